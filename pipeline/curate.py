@@ -1,0 +1,197 @@
+"""The curation job: Common Crawl style archives to interleaved image-text
+documents (Kosmos-1, paper §3.1; ../shared/KOSMOS.md §1).
+
+Read top to bottom, the graph is the paper's recipe:
+
+    archives -> records -> HTML pages (revisits resolved) -> cheap checks
+      -> extraction + English + spam/gibberish + images-in-text
+      -> image references join image bytes (shuffle on URL), each image judged once
+      -> documents meet their images (shuffle on document id): <= 5 images,
+         half of the single-image documents dropped -> Parquet shards
+    and every record and image reference is accounted for in stats.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import platform
+import subprocess
+import time
+from typing import Dict, List, Optional
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from filters.config import CurationConfig
+from pipeline.inputs import DEFAULT_PATHS_PREFIX, expand_inputs
+from transforms.accounting import OUTCOMES, CountOutcomes, error_line, summarize
+from transforms.assemble import AssembleDocument
+from transforms.images import SETTLED, InArchiveImages, ListImageReferences
+from transforms.pages import PagesToCandidates
+from transforms.read import ReadAndResolve
+from transforms.records import ERROR
+from transforms.write import WriteShards, WriteSortedLines, atomic_write
+
+DOCUMENTS_DIR = "documents"
+
+
+def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: CurationConfig):
+    files = (p
+             | "ListInputFiles" >> beam.Create(paths)
+             | "SpreadFilesOverWorkers" >> beam.Reshuffle())
+
+    pages, image_records, read_outcomes = files | "ReadArchives" >> ReadAndResolve(cfg.records)
+    candidates, page_outcomes = pages | "PagesToCandidates" >> PagesToCandidates(cfg)
+
+    refs = candidates | "ListImageReferences" >> beam.ParDo(ListImageReferences()).with_outputs(
+        SETTLED, OUTCOMES, main="refs")
+    fetched = refs["refs"] | "ImagesFromArchives" >> InArchiveImages(image_records, cfg.images)
+    results = (fetched, refs[SETTLED]) | "AllImageResults" >> beam.Flatten()
+
+    assembled = ({"doc": candidates | "KeyByDocId" >> beam.Map(lambda c: (c.doc_id, c)),
+                  "images": results}
+                 | "JoinDocumentsWithImages" >> beam.CoGroupByKey()
+                 | "CapImagesAndDropHalfOfSingleImageDocs" >> beam.ParDo(
+                     AssembleDocument(cfg.documents)).with_outputs(OUTCOMES, main="rows"))
+
+    out = cfg.output
+    manifest = assembled["rows"] | "WriteShards" >> WriteShards(
+        FileSystems.join(output, DOCUMENTS_DIR), out.num_shards, out.compression, out.row_group_size)
+
+    outcomes = ((read_outcomes, page_outcomes, refs[OUTCOMES], assembled[OUTCOMES])
+                | "AllOutcomes" >> beam.Flatten())
+    (outcomes
+     | "OnlyErrors" >> beam.Filter(lambda o: o.status == ERROR)
+     | "ErrorLines" >> beam.Map(error_line)
+     | "WriteErrors" >> WriteSortedLines(FileSystems.join(output, "errors.jsonl")))
+
+    counts = outcomes | "CountOutcomes" >> CountOutcomes()
+    config_json = cfg.to_json()
+
+    def write_stats(counts: Dict[str, int], manifest: Dict) -> Dict:
+        stats = summarize(counts)
+        stats["documents"] = {"kept": manifest["rows"], "images": manifest["images"],
+                              "shards": len(manifest["shards"])}
+        stats["counts"] = dict(sorted(counts.items()))
+        stats["config_sha256"] = __import__("hashlib").sha256(config_json.encode()).hexdigest()
+        atomic_write(FileSystems.join(output, "stats.json"),
+                     json.dumps(stats, indent=2, sort_keys=True).encode())
+        return stats
+
+    return counts | "WriteStats" >> beam.Map(write_stats, beam.pvalue.AsSingleton(manifest))
+
+
+def code_version() -> Dict[str, str]:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    version = {"package": _package_version()}
+    try:
+        sha = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain"], capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        if sha:
+            version["git_commit"] = sha + ("-dirty" if dirty else "")
+    except Exception:
+        pass
+    return version
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("kosmos-curation")
+    except Exception:
+        return "unknown"
+
+
+def default_beam_args(beam_args: List[str], num_workers: Optional[int]) -> List[str]:
+    """Beam's local runner with several worker processes unless told otherwise;
+    naming the runner keeps Beam from trying to download Prism first."""
+    args = list(beam_args)
+    if not any(a.startswith("--runner") for a in args):
+        args.append("--runner=DirectRunner")
+    runner = next(a.split("=", 1)[1] for a in args if a.startswith("--runner="))
+    if runner in ("DirectRunner", "direct"):
+        if not any(a.startswith("--direct_num_workers") for a in args):
+            args.append(f"--direct_num_workers={num_workers or os.cpu_count() or 2}")
+        if not any(a.startswith("--direct_running_mode") for a in args):
+            args.append("--direct_running_mode=multi_processing")
+    return args
+
+
+@contextlib.contextmanager
+def stderr_to(path: Optional[str]):
+    """Send file descriptor 2 to ``path`` for the duration: the local runner's
+    worker processes inherit it and log their start-up and shut-down there."""
+    if not path:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(fd)
+        os.close(saved)
+
+
+def run_curation(inputs: List[str], output: str, cfg: CurationConfig, beam_args: List[str],
+                 num_workers: Optional[int] = None, paths_prefix: str = DEFAULT_PATHS_PREFIX,
+                 wait: bool = True, worker_log: Optional[str] = None) -> Optional[Dict]:
+    files = expand_inputs(inputs, paths_prefix)
+    args = default_beam_args(beam_args, num_workers)
+    options = PipelineOptions(args)
+    started = time.time()
+    run_record = {
+        "kind": "curation",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "config": cfg.to_dict(),
+        "code": code_version(),
+        "inputs": files,
+        "output": output,
+        "beam_args": args,
+        "python": platform.python_version(),
+        "beam": beam.__version__,
+    }
+    atomic_write(FileSystems.join(output, "run.json"), json.dumps(run_record, indent=2).encode())
+
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, [f["path"] for f in files], output, cfg)
+    with stderr_to(worker_log):
+        result = p.run()
+        if not wait:
+            return None
+        state = result.wait_until_finish()
+    run_record["state"] = str(state)
+    run_record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    run_record["seconds"] = round(time.time() - started, 3)
+    atomic_write(FileSystems.join(output, "run.json"), json.dumps(run_record, indent=2).encode())
+    with FileSystems.open(FileSystems.join(output, "stats.json")) as fh:
+        return json.loads(fh.read())
+
+
+def format_stats(stats: Dict) -> str:
+    lines = []
+    for level in ("records", "images"):
+        block = stats[level]
+        lines.append(f"{level:<40} {'count':>10}")
+        lines.append(f"  {'in':<38} {block['in']:>10}")
+        lines.append(f"  {'kept':<38} {block['kept']:>10}")
+        if "image_source" in block:
+            lines.append(f"  {'image records (to the image join)':<38} {block['image_source']:>10}")
+        for status in ("dropped", "error"):
+            for reason, n in block[status].items():
+                lines.append(f"  {status + ': ' + reason:<38} {n:>10}")
+        mark = "balanced" if block["balanced"] else "NOT BALANCED"
+        lines.append(f"  {'out (' + mark + ')':<38} {block['out']:>10}")
+    d = stats["documents"]
+    lines.append(f"documents written: {d['kept']} with {d['images']} images in {d['shards']} shards")
+    return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""The Parquet schema of interleaved documents: the one contract between curation
+and training. Imports only pyarrow (the trainer reads it without Beam).
+
+One row is one document. ``items`` is the document in reading order: each item
+is either a text paragraph (``type == "text"``) or an image (``type == "image"``,
+``image`` indexing into ``images``). Images are stored re-encoded (longest side at
+most ``images.store_max_side``, 512 by default) with their original size and the
+sha256 of the original bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+ITEM = pa.struct([
+    pa.field("type", pa.string(), nullable=False),      # "text" | "image"
+    pa.field("text", pa.string()),                        # paragraph text (type == "text")
+    pa.field("image", pa.int32()),                        # index into ``images`` (type == "image")
+])
+
+IMAGE = pa.struct([
+    pa.field("url", pa.string(), nullable=False),        # resolved absolute source URL
+    pa.field("alt", pa.string()),
+    pa.field("title", pa.string()),
+    pa.field("data", pa.binary(), nullable=False),       # re-encoded bytes
+    pa.field("format", pa.string()),                      # format of ``data`` (jpeg by default)
+    pa.field("width", pa.int32()),                        # size of ``data``
+    pa.field("height", pa.int32()),
+    pa.field("original_width", pa.int32()),
+    pa.field("original_height", pa.int32()),
+    pa.field("original_format", pa.string()),
+    pa.field("original_bytes", pa.int64()),
+    pa.field("sha256", pa.string()),                      # of the original bytes
+    pa.field("source_file", pa.string()),                 # archive the bytes came from
+    pa.field("source_offset", pa.int64()),
+])
+
+SCORES = pa.struct([
+    pa.field("language", pa.string()),                    # fastText top label
+    pa.field("language_score", pa.float32()),             # fastText score of the kept language
+    pa.field("words", pa.int32()),
+    pa.field("emoji_ratio", pa.float32()),
+    pa.field("hashtag_ratio", pa.float32()),
+    pa.field("url_char_ratio", pa.float32()),
+    pa.field("special_char_ratio", pa.float32()),
+    pa.field("alpha_word_ratio", pa.float32()),
+    pa.field("paragraphs_removed", pa.int32()),           # spam paragraphs cut from the text
+    pa.field("single_image_hash", pa.float32()),          # the seeded draw, for single-image docs
+])
+
+DOCUMENT_SCHEMA = pa.schema([
+    pa.field("doc_id", pa.string(), nullable=False),      # stable hash of the capture
+    pa.field("url", pa.string(), nullable=False),
+    pa.field("capture_date", pa.string()),                # WARC-Date (ISO 8601) as recorded
+    pa.field("title", pa.string()),
+    pa.field("source_file", pa.string()),                 # WARC/ARC file (as given in the input)
+    pa.field("source_offset", pa.int64()),                # raw offset of the record's gzip member
+    pa.field("source_inner_offset", pa.int64()),          # offset inside it (whole-file gzip), else 0
+    pa.field("record_id", pa.string()),                   # WARC-Record-ID (empty for ARC)
+    pa.field("revisit_of", pa.string()),                  # payload digest a revisit resolved to
+    pa.field("items", pa.list_(ITEM), nullable=False),
+    pa.field("images", pa.list_(IMAGE), nullable=False),
+    pa.field("num_images", pa.int32(), nullable=False),
+    pa.field("scores", SCORES),
+], metadata={b"kosmos.schema": b"interleaved_document", b"kosmos.schema_version": SCHEMA_VERSION.encode()})
+
+
+def rows_to_table(rows: List[Dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA)
+
+
+def document_text(row: Dict[str, Any]) -> str:
+    """The text of a document row, paragraphs joined by blank lines."""
+    return "\n\n".join(i["text"] for i in row["items"] if i["type"] == "text" and i["text"])

@@ -1,0 +1,81 @@
+"""Accounting: every record and image reference ends in exactly one place.
+
+Steps emit :class:`Outcome` events on a tagged output; this module turns them into
+Beam metrics (for the runner's UI) and into exact counts for ``stats.json``
+(computed from the PCollection, so they do not depend on a runner's metrics).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Dict, Iterable, List, Tuple
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+
+from transforms.records import (DROPPED, ENTERED, ERROR, IMAGE, IMAGE_SOURCE, KEPT, READ,
+                                RECORD, Outcome)
+
+OUTCOMES = "outcomes"
+
+
+class AccountedDoFn(beam.DoFn):
+    """A DoFn whose rejects and errors go to the ``outcomes`` output, with a Beam
+    counter per level, status and reason (namespace ``kosmos``)."""
+
+    def _counter(self, outcome: Outcome):
+        cache = self.__dict__.setdefault("_counters", {})
+        name = outcome.key.replace("/", ".")
+        if name not in cache:
+            cache[name] = Metrics.counter("kosmos", name)
+        return cache[name]
+
+    def outcome(self, outcome: Outcome):
+        self._counter(outcome).inc()
+        return pvalue.TaggedOutput(OUTCOMES, outcome)
+
+
+def summarize(counts: Dict[str, int]) -> Dict:
+    """Nested statistics with the balance check, from ``{"level/status/reason": n}``."""
+    levels = {}
+    for level, entry in ((RECORD, READ), (IMAGE, ENTERED)):
+        block = {"in": 0, KEPT: 0, IMAGE_SOURCE: 0, DROPPED: {}, ERROR: {}}
+        for key, n in counts.items():
+            parts = key.split("/", 2)
+            if parts[0] != level:
+                continue
+            status = parts[1]
+            reason = parts[2] if len(parts) > 2 else ""
+            if status == entry:
+                block["in"] += n
+            elif status in (KEPT, IMAGE_SOURCE):
+                block[status] += n
+            elif status in (DROPPED, ERROR):
+                block[status][reason] = block[status].get(reason, 0) + n
+        if level == IMAGE:
+            block.pop(IMAGE_SOURCE)
+        out_total = block[KEPT] + block.get(IMAGE_SOURCE, 0) + sum(block[DROPPED].values()) + sum(
+            block[ERROR].values())
+        block[DROPPED] = dict(sorted(block[DROPPED].items()))
+        block[ERROR] = dict(sorted(block[ERROR].items()))
+        block["out"] = out_total
+        block["balanced"] = out_total == block["in"]
+        levels[level + "s"] = block
+    return levels
+
+
+class CountOutcomes(beam.PTransform):
+    """Outcome events -> one dict of exact counts keyed ``level/status/reason``."""
+
+    def expand(self, outcomes):
+        return (outcomes
+                | "KeyByOutcome" >> beam.Map(lambda o: (o.key, 1))
+                | "SumPerOutcome" >> beam.CombinePerKey(sum)
+                | "AllCounts" >> beam.combiners.ToDict())
+
+
+def error_line(o: Outcome) -> str:
+    return json.dumps({"level": o.level, "kind": o.reason, "file": o.file, "offset": o.offset,
+                       "inner_offset": o.inner_offset, "url": o.url, "message": o.message},
+                      sort_keys=True, ensure_ascii=False)

@@ -1,0 +1,106 @@
+"""A candidate document meets the verdicts on its images (CoGroupByKey on the
+document id) and becomes a row of the interleaved dataset, or is dropped."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Dict, List
+
+import apache_beam as beam
+
+from filters.config import DocumentConfig
+from filters.documents import cap_images, drop_half_of_single_image_docs
+from transforms.accounting import AccountedDoFn
+from transforms.records import (DROPPED, IMAGE, KEPT, RECORD, Candidate, ImageResult, Outcome)
+
+SCORE_FIELDS = ("language", "language_score", "words", "emoji_ratio", "hashtag_ratio", "url_char_ratio",
+                "special_char_ratio", "alpha_word_ratio", "paragraphs_removed", "single_image_hash")
+
+
+class AssembleDocument(AccountedDoFn):
+    def __init__(self, cfg: DocumentConfig):
+        self.cfg = cfg
+
+    def process(self, element):
+        yield from self._assemble(element)
+
+    def _assemble(self, element):
+        doc_id, groups = element
+        candidates: List[Candidate] = list(groups["doc"])
+        results: Dict[int, ImageResult] = {r.position: r for r in groups["images"]}
+        if not candidates:
+            return  # cannot happen: every result comes from a candidate
+        cand = min(candidates, key=lambda c: (c.provenance.file, c.provenance.offset))
+        prov = cand.provenance
+
+        def image_out(status, reason, url):
+            return self.outcome(Outcome(IMAGE, status, reason, file=prov.file, offset=prov.offset, url=url))
+
+        def record_out(status, reason=""):
+            return self.outcome(Outcome(RECORD, status, reason, file=prov.file, offset=prov.offset,
+                                        inner_offset=prov.inner_offset, url=cand.url))
+
+        positions = [i for i, it in enumerate(cand.items) if it["type"] == "image"]
+        good: List[int] = []
+        reasons = Counter()
+        seen_sha = set()
+        for pos in positions:
+            res = results.get(pos)
+            url = cand.items[pos]["url"]
+            if res is None:
+                reason = "no_result"   # an image source broke its contract; counted, never silent
+            elif res.reason is None and res.stored.sha256 in seen_sha:
+                reason = "duplicate_in_document"
+            else:
+                reason = res.reason
+            if reason is not None:
+                reasons[reason] += 1
+                yield image_out(DROPPED, reason, url)
+                continue
+            seen_sha.add(res.stored.sha256)
+            good.append(pos)
+
+        keep_pos, over = cap_images(good, self.cfg.max_images)
+        for pos in over:
+            yield image_out(DROPPED, "too_many_images", cand.items[pos]["url"])
+
+        if not keep_pos:
+            kinds = set(reasons)
+            reason = f"images_{kinds.pop()}" if len(kinds) == 1 else "no_usable_images"
+            yield record_out(DROPPED, reason)
+            return
+
+        single = drop_half_of_single_image_docs(doc_id, len(keep_pos), self.cfg.seed,
+                                                self.cfg.drop_single_image_fraction)
+        if not single.keep:
+            for pos in keep_pos:
+                yield image_out(DROPPED, "document_dropped", cand.items[pos]["url"])
+            yield record_out(DROPPED, single.reason)
+            return
+
+        keep_set = set(keep_pos)
+        items, images = [], []
+        for pos, it in enumerate(cand.items):
+            if it["type"] == "text":
+                items.append({"type": "text", "text": it["text"], "image": None})
+            elif pos in keep_set:
+                res = results[pos]
+                st = res.stored
+                items.append({"type": "image", "text": None, "image": len(images)})
+                images.append({
+                    "url": it["url"], "alt": it.get("alt", ""), "title": it.get("title", ""),
+                    "data": st.data, "format": st.format, "width": st.width, "height": st.height,
+                    "original_width": st.original_width, "original_height": st.original_height,
+                    "original_format": st.original_format, "original_bytes": st.original_bytes,
+                    "sha256": st.sha256, "source_file": res.source.file, "source_offset": res.source.offset})
+                yield image_out(KEPT, "", it["url"])
+        scores = dict(cand.scores)
+        scores.update(single.scores)
+        yield record_out(KEPT)
+        yield {
+            "doc_id": doc_id, "url": cand.url, "capture_date": cand.date, "title": cand.title,
+            "source_file": prov.file, "source_offset": prov.offset, "source_inner_offset": prov.inner_offset,
+            "record_id": prov.record_id, "revisit_of": prov.revisit_of or None,
+            "items": items, "images": images, "num_images": len(images),
+            "scores": {k: scores.get(k) for k in SCORE_FIELDS},
+        }

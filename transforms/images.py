@@ -1,0 +1,103 @@
+"""Images: the references of candidate documents meet their bytes through Beam's
+shuffle, each distinct image is judged once, and the verdict goes back to every
+document that uses it.
+
+An image source is any PTransform from ``(url, (doc_id, position))`` references to
+``(doc_id, ImageResult)`` results, one result per reference. ``InArchiveImages``
+takes the bytes from the image records of the input archives; an HTTP source
+plugs in beside it with the same contract.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+
+from filters.config import ImageConfig
+from filters.html import normalize_url
+from filters.images import judge_image
+from transforms.accounting import OUTCOMES, AccountedDoFn
+from transforms.records import ENTERED, IMAGE, Candidate, ImageRecord, ImageResult, Outcome
+
+SETTLED = "settled"
+
+
+class ListImageReferences(AccountedDoFn):
+    """Candidate -> one reference per image to fetch (main output); references that
+    need no fetch (a repeat of an earlier URL in the same document, a URL no source
+    can serve) are settled at once."""
+
+    def process(self, cand: Candidate):
+        seen = set()
+        for pos, item in enumerate(cand.items):
+            if item["type"] != "image":
+                continue
+            url = item["url"]
+            yield self.outcome(Outcome(IMAGE, ENTERED, url=url, file=cand.provenance.file,
+                                       offset=cand.provenance.offset))
+            if not url or not url.lower().startswith(("http://", "https://")):
+                yield pvalue.TaggedOutput(SETTLED, (cand.doc_id, ImageResult(pos, "unsupported_url")))
+            elif url in seen:
+                yield pvalue.TaggedOutput(SETTLED, (cand.doc_id, ImageResult(pos, "duplicate_in_document")))
+            else:
+                seen.add(url)
+                yield url, (cand.doc_id, pos)
+
+
+class JudgeEachImageOnce(beam.DoFn):
+    """(url, {refs, records}) -> (doc_id, ImageResult) for every reference."""
+
+    def __init__(self, cfg: ImageConfig):
+        self.cfg = cfg
+        self.decoded = Metrics.counter("kosmos", "images.decoded")
+        self.shared = Metrics.counter("kosmos", "images.results_shared")
+
+    def process(self, element):
+        yield from self._judge(element)
+
+    def _judge(self, element):
+        url, groups = element
+        refs = groups["refs"]
+        records = list(groups["records"])
+        first = next(iter(refs), None)
+        if first is None:
+            return  # an image record no kept document asks for: never decoded
+        if not records:
+            for doc_id, pos in refs:
+                yield doc_id, ImageResult(pos, "not_in_archive")
+            return
+        # The same URL captured more than once: a fixed choice, whatever the order.
+        rec = min(records, key=lambda r: (r.oversize, r.provenance.file, r.provenance.offset,
+                                          r.provenance.inner_offset))
+        if rec.oversize:
+            verdict, stored = None, None
+            reason, scores = "too_large", {}
+        else:
+            verdict, stored = judge_image(rec.payload, self.cfg)
+            self.decoded.inc()
+            reason, scores = (None if verdict.keep else verdict.reason), verdict.scores
+        n = 0
+        for doc_id, pos in refs:
+            n += 1
+            yield doc_id, ImageResult(pos, reason, stored, rec.provenance, scores)
+        if n > 1:
+            self.shared.inc(n - 1)
+
+
+class InArchiveImages(beam.PTransform):
+    """Image source: the image records of the input archives, joined on URL."""
+
+    def __init__(self, image_records, cfg: ImageConfig):
+        super().__init__()
+        self.image_records = image_records
+        self.cfg = cfg
+
+    def expand(self, refs):
+        keyed = self.image_records | "KeyImageRecordsByUrl" >> beam.Map(
+            lambda r: (normalize_url(r.url), r))
+        return ({"refs": refs, "records": keyed}
+                | "JoinReferencesWithRecords" >> beam.CoGroupByKey()
+                | "JudgeEachImageOnce" >> beam.ParDo(JudgeEachImageOnce(self.cfg)))

@@ -1,0 +1,209 @@
+"""Reading archives in Beam: each input file streamed record by record, each record
+sorted into pages, image records, revisits, or a named skip."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from filters.config import RecordConfig
+from filters.images import sniff_format
+from transforms.accounting import AccountedDoFn
+from transforms.records import (DROPPED, ERROR, IMAGE_SOURCE, READ, RECORD, ImageRecord, Outcome,
+                                Page, Provenance)
+from transforms.warc import ArchiveRecord, ReadError, iter_archive
+
+PAGES = "pages"
+IMAGES = "images"
+REVISITS = "revisits"
+ORIGINALS = "originals"
+
+HTML_TYPES = {"text/html", "application/xhtml+xml"}
+VAGUE_TYPES = {"", "text/plain", "application/octet-stream", "unk", "no-type", "unknown", "text/x-unknown"}
+SKIPPED_TYPES = {"warcinfo", "request", "metadata", "conversion", "continuation"}
+
+
+@dataclass
+class Revisit:
+    url: str
+    date: str
+    provenance: Provenance
+
+
+@dataclass
+class Original:
+    """A 2xx HTML or image payload that revisit records may point at."""
+    kind: str            # "page" | "image" | the reason such records are skipped
+    content_type: str
+    payload: bytes
+    provenance: Provenance
+
+
+def looks_like_html(payload: bytes) -> bool:
+    head = payload[:1024].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html", b"<head", b"<!--")) and b"<html" in payload[:4096].lower()
+
+
+def classify(rec: ArchiveRecord) -> str:
+    """'page', 'image', or the reason the record is skipped."""
+    if rec.rec_type in SKIPPED_TYPES:
+        return f"warc_type_{rec.rec_type}"
+    if rec.rec_type not in ("response", "resource"):
+        return "warc_type_other"
+    uri = rec.target_uri.lower()
+    if not uri.startswith(("http://", "https://")):
+        return "not_http"
+    if rec.http_status is None and rec.rec_type == "response":
+        return "error:bad_http"
+    if rec.http_status is not None and not 200 <= rec.http_status < 300:
+        return f"http_{rec.http_status // 100}xx"
+    mime = rec.mime
+    if mime in HTML_TYPES:
+        return "page"
+    if mime.startswith("image/"):
+        return "image"
+    if mime in VAGUE_TYPES:
+        if looks_like_html(rec.payload):
+            return "page"
+        if sniff_format(rec.payload) in ("jpeg", "png", "gif", "webp", "bmp", "tiff"):
+            return "image"
+    return "not_html_or_image"
+
+
+class ReadArchives(AccountedDoFn):
+    """File path -> pages (main), image records, revisits, originals, outcomes."""
+
+    def __init__(self, cfg: RecordConfig):
+        self.cfg = cfg
+
+    def process(self, path: str):
+        cfg = self.cfg
+        try:
+            raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        except Exception as exc:  # missing file, permissions, bad URL
+            yield self.outcome(Outcome(RECORD, READ, file=path, offset=0))
+            yield self.outcome(Outcome(RECORD, ERROR, "open_failed", file=path, offset=0,
+                                       message=f"{type(exc).__name__}: {exc}"))
+            return
+        last = (0, 0)
+        try:
+            with raw:
+                reader = iter_archive(raw, path, max_payload_bytes=max(cfg.max_html_bytes, cfg.max_image_bytes))
+                for item in reader:
+                    yield self.outcome(Outcome(RECORD, READ, file=path))
+                    if isinstance(item, ReadError):
+                        last = (item.offset, item.inner_offset)
+                        yield self.outcome(Outcome(RECORD, ERROR, item.kind, file=path, offset=item.offset,
+                                                   inner_offset=item.inner_offset, message=item.message))
+                        continue
+                    last = (item.offset, item.inner_offset)
+                    yield from self._route(item)
+        except Exception as exc:  # a reader bug must not take the job down
+            yield self.outcome(Outcome(RECORD, READ, file=path))
+            yield self.outcome(Outcome(RECORD, ERROR, "reader_failed", file=path, offset=last[0],
+                                       inner_offset=last[1], message=f"{type(exc).__name__}: {exc}"))
+
+    def _route(self, rec: ArchiveRecord):
+        cfg = self.cfg
+        prov = Provenance(rec.file, rec.offset, rec.inner_offset, rec.record_id)
+
+        def dropped(reason):
+            return self.outcome(Outcome(RECORD, DROPPED, reason, file=rec.file, offset=rec.offset,
+                                        inner_offset=rec.inner_offset, url=rec.target_uri))
+
+        if rec.rec_type == "revisit":
+            if not rec.target_uri.lower().startswith(("http://", "https://")):
+                yield dropped("not_http")
+            elif not cfg.resolve_revisits:
+                yield dropped("revisit_not_resolved")
+            elif not rec.payload_digest:
+                yield dropped("revisit_unresolved")
+            else:
+                yield pvalue.TaggedOutput(REVISITS, (rec.payload_digest, Revisit(rec.target_uri, rec.date, prov)))
+            return
+        kind = classify(rec)
+        ctype = rec.http_header("content-type") or rec.block_content_type
+        if kind == "page":
+            if rec.oversize or len(rec.payload) > cfg.max_html_bytes:
+                yield dropped("too_large")
+                return
+            if cfg.resolve_revisits and rec.payload_digest:
+                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original("page", ctype, rec.payload, prov)))
+            yield Page(rec.target_uri, rec.date, ctype, rec.payload, prov, truncated=rec.truncated)
+        elif kind == "image":
+            oversize = rec.oversize or len(rec.payload) > cfg.max_image_bytes
+            if cfg.resolve_revisits and rec.payload_digest and not oversize:
+                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original("image", ctype, rec.payload, prov)))
+            yield self.outcome(Outcome(RECORD, IMAGE_SOURCE, file=rec.file, offset=rec.offset, url=rec.target_uri))
+            yield pvalue.TaggedOutput(IMAGES, ImageRecord(rec.target_uri, rec.date, ctype,
+                                                          b"" if oversize else rec.payload, prov, oversize))
+        elif kind.startswith("error:"):
+            if cfg.resolve_revisits and rec.payload_digest:
+                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original(kind[6:], ctype, b"", prov)))
+            yield self.outcome(Outcome(RECORD, ERROR, kind[6:], file=rec.file, offset=rec.offset,
+                                       inner_offset=rec.inner_offset, url=rec.target_uri,
+                                       message="; ".join(rec.notes) or "response block is not an HTTP response"))
+        else:
+            if cfg.resolve_revisits and rec.payload_digest and rec.rec_type in ("response", "resource"):
+                # Revisits of this payload get the same verdict, without its bytes.
+                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original(kind, ctype, b"", prov)))
+            yield dropped(kind)
+
+
+class ResolveRevisit(AccountedDoFn):
+    """(digest, {revisits, originals}) -> pages (main) and image records for each
+    revisit whose payload is in the input; the rest dropped as unresolved."""
+
+    def process(self, element):
+        digest, groups = element
+        # Same digest, same payload: prefer a usable original, then a fixed position.
+        chosen: Optional[Original] = min(
+            groups["originals"], default=None,
+            key=lambda o: (o.kind not in ("page", "image"), o.provenance.file, o.provenance.offset,
+                           o.provenance.inner_offset))
+        for rev in groups["revisits"]:
+            prov = Provenance(rev.provenance.file, rev.provenance.offset, rev.provenance.inner_offset,
+                              rev.provenance.record_id, revisit_of=digest)
+            if chosen is None:
+                yield self.outcome(Outcome(RECORD, DROPPED, "revisit_unresolved", file=prov.file,
+                                           offset=prov.offset, inner_offset=prov.inner_offset, url=rev.url))
+            elif chosen.kind == "page":
+                yield Page(rev.url, rev.date, chosen.content_type, chosen.payload, prov)
+            elif chosen.kind != "image":
+                yield self.outcome(Outcome(RECORD, DROPPED, chosen.kind, file=prov.file, offset=prov.offset,
+                                           inner_offset=prov.inner_offset, url=rev.url))
+            else:
+                yield self.outcome(Outcome(RECORD, IMAGE_SOURCE, file=prov.file, offset=prov.offset, url=rev.url))
+                yield pvalue.TaggedOutput(IMAGES, ImageRecord(rev.url, rev.date, chosen.content_type,
+                                                              chosen.payload, prov))
+
+
+class ReadAndResolve(beam.PTransform):
+    """Paths -> (pages, image records, outcomes), revisits resolved through a
+    CoGroupByKey on the payload digest when enabled."""
+
+    def __init__(self, cfg: RecordConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, paths):
+        from transforms.accounting import OUTCOMES
+        read = paths | "ReadRecords" >> beam.ParDo(ReadArchives(self.cfg)).with_outputs(
+            IMAGES, REVISITS, ORIGINALS, OUTCOMES, main=PAGES)
+        pages, images, outcomes = [read[PAGES]], [read[IMAGES]], [read[OUTCOMES]]
+        if self.cfg.resolve_revisits:
+            resolved = ({"revisits": read[REVISITS], "originals": read[ORIGINALS]}
+                        | "JoinRevisitsOnDigest" >> beam.CoGroupByKey()
+                        | "ResolveRevisits" >> beam.ParDo(ResolveRevisit()).with_outputs(
+                            IMAGES, OUTCOMES, main=PAGES))
+            pages.append(resolved[PAGES])
+            images.append(resolved[IMAGES])
+            outcomes.append(resolved[OUTCOMES])
+        return (tuple(pages) | "AllPages" >> beam.Flatten(),
+                tuple(images) | "AllImageRecords" >> beam.Flatten(),
+                tuple(outcomes) | "ReadOutcomes" >> beam.Flatten())

@@ -1,0 +1,99 @@
+"""What flows between the steps of the curation job (plain picklable dataclasses)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+RECORD = "record"
+IMAGE = "image"
+
+# Terminal statuses: every record and every image reference ends in exactly one.
+KEPT = "kept"
+DROPPED = "dropped"
+ERROR = "error"
+IMAGE_SOURCE = "image_source"   # an image record, handed to the image join
+# Entry events that the terminal ones must balance.
+READ = "read"
+ENTERED = "entered"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    level: str                  # RECORD or IMAGE
+    status: str                 # READ/ENTERED, or a terminal status
+    reason: str = ""
+    file: str = ""
+    offset: int = -1
+    inner_offset: int = 0
+    url: str = ""
+    message: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.level}/{self.status}/{self.reason}" if self.reason else f"{self.level}/{self.status}"
+
+
+@dataclass
+class Provenance:
+    file: str
+    offset: int
+    inner_offset: int = 0
+    record_id: str = ""
+    revisit_of: str = ""
+
+
+@dataclass
+class Page:
+    url: str
+    date: str
+    content_type: str
+    payload: bytes
+    provenance: Provenance
+    oversize: bool = False
+    truncated: bool = False
+
+    @property
+    def doc_id(self) -> str:
+        return document_id(self.url, self.date, self.provenance)
+
+
+@dataclass
+class ImageRecord:
+    url: str
+    date: str
+    content_type: str
+    payload: bytes
+    provenance: Provenance
+    oversize: bool = False
+
+
+@dataclass
+class Candidate:
+    """A page that passed the text filters, waiting for its images."""
+    doc_id: str
+    url: str
+    date: str
+    title: str
+    provenance: Provenance
+    items: List[Dict[str, Any]]          # {"type": "text", "text"} | {"type": "image", "url", "alt", "title"}
+    scores: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ImageResult:
+    """The verdict on one image reference of one document."""
+    position: int                        # index of the image item in Candidate.items
+    reason: Optional[str]                # None when kept
+    stored: Any = None                   # filters.images.StoredImage when kept
+    source: Optional[Provenance] = None
+    scores: Dict[str, Any] = field(default_factory=dict)
+
+
+def document_id(url: str, date: str, prov: Provenance) -> str:
+    """Stable across runs and runners: the capture and where it sits in its archive
+    (file name without the directory, so moving the inputs keeps the ids)."""
+    where = f"{prov.record_id}\n{os.path.basename(prov.file)}@{prov.offset}+{prov.inner_offset}"
+    return hashlib.sha256(f"{url}\n{date}\n{where}".encode("utf-8")).hexdigest()[:32]
