@@ -58,7 +58,7 @@ def _curate(args, beam_args: List[str]) -> int:
         print(f"submitted; results will be written under {args.output}")
         return 0
     print(format_stats(stats))
-    print(f"shards:     {args.output.rstrip('/')}/documents/ (manifest.json lists them)")
+    print(f"shards:     {args.output.rstrip('/')}/documents/ (_manifest.json lists them)")
     print(f"statistics: {args.output.rstrip('/')}/stats.json")
     print(f"errors:     {args.output.rstrip('/')}/errors.jsonl")
     ok = stats["records"]["balanced"] and stats["images"]["balanced"]

@@ -13,7 +13,7 @@ from pipeline.schema import DOCUMENT_SCHEMA
 
 
 def read_manifest(documents_dir: str) -> Dict:
-    with open(os.path.join(documents_dir, "manifest.json"), encoding="utf-8") as fh:
+    with open(os.path.join(documents_dir, "_manifest.json"), encoding="utf-8") as fh:
         return json.load(fh)
 
 

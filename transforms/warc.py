@@ -355,7 +355,10 @@ class ArchiveReader:
         s = self.stream
         bad_start: Optional[int] = None
         if not s.peek(1):
-            yield ReadError(self.name, 0, 0, "empty_file", "the file holds no data")
+            if s.errors:
+                yield from self._drain_errors()
+            else:
+                yield ReadError(self.name, 0, 0, "empty_file", "the file holds no data")
             return
         while True:
             yield from self._drain_errors()

@@ -59,7 +59,7 @@ class WriteShard(beam.DoFn):
 
 
 class WriteShards(beam.PTransform):
-    """Rows -> ``{out}/documents/part-*.parquet`` and ``{out}/documents/manifest.json``."""
+    """Rows -> ``{out}/documents/part-*.parquet`` and ``{out}/documents/_manifest.json`` (the leading underscore keeps Parquet dataset readers off it)."""
 
     def __init__(self, out_dir: str, num_shards: int, compression: str = "zstd", row_group_size: int = 256):
         super().__init__()
@@ -82,7 +82,7 @@ class WriteShards(beam.PTransform):
             manifest = {"schema": "interleaved_document", "shards": entries,
                         "rows": sum(e["rows"] for e in entries),
                         "images": sum(e["images"] for e in entries)}
-            atomic_write(_join(out_dir, "manifest.json"),
+            atomic_write(_join(out_dir, "_manifest.json"),
                          json.dumps(manifest, indent=2, sort_keys=True).encode())
             return manifest
 

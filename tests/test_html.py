@@ -1,0 +1,71 @@
+"""Decoding, cheap checks and ordered extraction on real pages."""
+
+from pathlib import Path
+
+from conftest import SHARED, shared_warc
+from filters.html import base_href, decode_html, extract_content, has_img_tag, normalize_url, resolve_url, rough_text
+from transforms.read import classify
+from transforms.warc import ArchiveRecord, iter_archive
+
+
+def test_resolve_against_base_href_and_page_url():
+    assert resolve_url("img/a.png", "http://example.com/dir/page.html", None) == "http://example.com/dir/img/a.png"
+    assert resolve_url("img/a.png", "http://example.com/dir/page.html", "http://cdn.example.net/static/") == \
+        "http://cdn.example.net/static/img/a.png"
+    assert resolve_url("/a.png#frag", "HTTP://Example.COM/x", None) == "http://example.com/a.png"
+    assert resolve_url("//other.org/b.jpg", "https://example.com/", None) == "https://other.org/b.jpg"
+    assert resolve_url("", "http://example.com/", None) is None
+    assert normalize_url("HTTP://WWW.Example.com/A.png#x") == "http://www.example.com/A.png"
+
+
+def test_base_href_parsed_from_head():
+    html = '<html><head><BASE HREF="http://static.example.org/root/"></head><body><img src="x.png"></body></html>'
+    assert base_href(html) == "http://static.example.org/root/"
+    assert has_img_tag(html) and not has_img_tag("<p>no images</p>")
+
+
+def test_decoding_follows_http_then_meta_charset():
+    body = "<html><head><meta charset='iso-8859-1'></head><body>Æblegrød</body></html>".encode("latin-1")
+    text, enc = decode_html(body)
+    assert "Æblegrød" in text and enc == "iso8859-1"
+    text, enc = decode_html("naïve".encode("utf-8"), "text/html; charset=UTF-8")
+    assert text == "naïve" and enc == "utf-8"
+    text, enc = decode_html(b"caf\xe9 au lait")   # undeclared, not UTF-8
+    assert text == "café au lait" and enc == "cp1252"
+
+
+def test_rough_text_drops_scripts_and_tags():
+    html = "<html><script>var x = 'hidden';</script><style>p{}</style><p>Hello &amp; welcome</p></html>"
+    assert rough_text(html) == "Hello & welcome"
+
+
+def books_page():
+    path = shared_warc("node-warc__books.toscrape.warc")
+    for rec in iter_archive(open(path, "rb"), path):
+        if isinstance(rec, ArchiveRecord) and rec.rec_type == "response" and classify(rec) == "page":
+            return rec
+    raise AssertionError("no page")
+
+
+def test_books_page_images_stay_in_reading_order_with_alt_text():
+    rec = books_page()
+    text, _ = decode_html(rec.payload, rec.http_header("content-type"))
+    content = extract_content(text, rec.target_uri)
+    kinds = [i.kind for i in content.items]
+    assert kinds[0] == "image"  # the first cover comes before its title
+    images = [i for i in content.items if i.kind == "image"]
+    assert images[0].alt == "A Light in the Attic"
+    assert images[0].url == "http://books.toscrape.com/media/cache/2c/da/2cdad67c44b002e7ead0cc35693c0e8b.jpg"
+    # Every image is followed, somewhere after it, by the title of its book.
+    titles = [i.text for i in content.items if i.kind == "text"]
+    assert any(t.startswith("Tipping the Velvet") for t in titles)
+    assert content.n_images >= 20
+
+
+def test_real_article_has_images_between_paragraphs():
+    raw = (SHARED / "html" / "trafilatura__theverge.com.ios13.html").read_bytes()
+    text, _ = decode_html(raw)
+    content = extract_content(text, "https://www.theverge.com/2019/7/3/20680681/ios-13")
+    kinds = [i.kind for i in content.items]
+    first_img = kinds.index("image")
+    assert "text" in kinds[first_img + 1:] and content.n_images == 3

@@ -1,0 +1,170 @@
+"""The curation job end to end on the real archives of ../shared/data/warc."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import IN_MEMORY, ROOT, all_shared_warcs, read_docs, run_job, shared_warc
+
+
+def test_accounting_balances_for_records_and_images(shared_run):
+    out, stats = shared_run
+    for level in ("records", "images"):
+        block = stats[level]
+        total = block["kept"] + block.get("image_source", 0) + sum(block["dropped"].values()) + \
+            sum(block["error"].values())
+        assert block["balanced"] and total == block["in"] == block["out"], (level, block)
+    assert stats["records"]["in"] > 2000 and stats["records"]["kept"] == stats["documents"]["kept"]
+    assert stats["images"]["kept"] == stats["documents"]["images"]
+
+
+def test_every_file_yields_documents_or_named_outcomes(shared_run):
+    """No file crashes the job: each has its records counted, and damaged ones
+    have their errors written with file and offset."""
+    out, stats = shared_run
+    errors = [json.loads(l) for l in (out / "errors.jsonl").read_text().splitlines()]
+    assert errors, "the truncated WARC must produce a named error"
+    for e in errors:
+        assert e["file"] and e["offset"] >= 0 and e["kind"] and e["message"]
+    assert {e["kind"] for e in errors} == {"bad_record_header"}
+    run = json.loads((out / "run.json").read_text())
+    assert len(run["inputs"]) == len(all_shared_warcs()) and run["state"].endswith("DONE")
+    assert run["config"]["images"]["min_side"] == 64 and run["config"]["documents"]["max_images"] == 5
+
+
+def test_shards_open_with_pyarrow_duckdb_and_pandas(shared_run):
+    import duckdb
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from pipeline.schema import DOCUMENT_SCHEMA
+    out, stats = shared_run
+    docs_dir = out / "documents"
+    manifest = json.loads((docs_dir / "_manifest.json").read_text())
+    assert manifest["rows"] == stats["documents"]["kept"] > 0
+    for entry in manifest["shards"]:
+        path = docs_dir / entry["file"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+        table = pq.read_table(path)
+        assert table.schema.remove_metadata().equals(DOCUMENT_SCHEMA.remove_metadata())
+        assert table.num_rows == entry["rows"]
+        assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert not list(docs_dir.glob(".tmp-*")), "temporary files left behind"
+    n = duckdb.sql(f"select count(*) from '{docs_dir}/*.parquet'").fetchall()[0][0]
+    assert n == manifest["rows"]
+    df = pd.read_parquet(docs_dir)
+    assert len(df) == manifest["rows"] and set(df.columns) >= {"doc_id", "items", "images"}
+
+
+def test_documents_follow_the_paper(shared_run):
+    out, _ = shared_run
+    docs = read_docs(out)
+    assert docs
+    for d in docs:
+        assert 1 <= d["num_images"] <= 5 == 5
+        assert d["num_images"] == len(d["images"])
+        assert any(i["type"] == "text" for i in d["items"])
+        image_items = [i["image"] for i in d["items"] if i["type"] == "image"]
+        assert image_items == list(range(len(d["images"])))
+        for im in d["images"]:
+            assert min(im["original_width"], im["original_height"]) >= 64
+            assert max(im["width"], im["height"]) <= 512
+            assert len(im["sha256"]) == 64 and im["data"]
+        assert d["scores"]["language"] == "en" and d["scores"]["language_score"] >= 0.65
+        if d["num_images"] == 1:
+            assert d["scores"]["single_image_hash"] >= 0.5  # the kept half
+    assert len({d["doc_id"] for d in docs}) == len(docs)
+
+
+def test_danish_pages_are_dropped_as_non_english(tmp_path):
+    stats = run_job([shared_warc("netarchivesuite__NAS-20100909163324-00000-mette.kb.dk.warc")],
+                    tmp_path / "da", beam_args=IN_MEMORY)
+    assert stats["records"]["dropped"]["non_english"] == 5
+    assert stats["records"]["kept"] == 0
+    # The one English page is not called non-English: it is dropped for having no
+    # images in its main content.
+    assert stats["records"]["dropped"]["no_images_in_content"] == 1
+
+
+def test_books_toscrape_yields_one_document_with_five_large_images(tmp_path):
+    stats = run_job([shared_warc("node-warc__books.toscrape.warc")], tmp_path / "books", beam_args=IN_MEMORY)
+    docs = read_docs(tmp_path / "books")
+    assert len(docs) == 1
+    doc = docs[0]
+    assert doc["url"] == "http://books.toscrape.com/" and doc["num_images"] == 5
+    assert all(min(i["original_width"], i["original_height"]) >= 64 for i in doc["images"])
+    assert [i["alt"] for i in doc["images"]][:2] == ["A Light in the Attic", "Tipping the Velvet"]
+    assert stats["images"]["dropped"]["too_many_images"] == 15
+
+
+def test_page_whose_images_are_all_too_small_is_dropped_with_that_reason(tmp_path):
+    overrides = {"images.min_side": 64}
+    stats = run_job([shared_warc("aut__example.warc.gz")], tmp_path / "aut", beam_args=IN_MEMORY,
+                    overrides=overrides)
+    assert stats["records"]["dropped"].get("images_too_small", 0) >= 1
+    assert stats["images"]["dropped"]["too_small"] >= 1
+    # Lower the bar and the same pages come back.
+    relaxed = run_job([shared_warc("aut__example.warc.gz")], tmp_path / "aut1", beam_args=IN_MEMORY,
+                      overrides={"images.min_side": 1})
+    assert "images_too_small" not in relaxed["records"]["dropped"]
+    assert relaxed["records"]["kept"] > stats["records"]["kept"]
+
+
+def test_rerun_gives_identical_ids_shards_and_stats(shared_run, tmp_path):
+    """Determinism across runs and across runner modes: the second run uses one
+    in-process worker instead of two worker processes."""
+    out, stats = shared_run
+    stats2 = run_job(all_shared_warcs(), tmp_path / "again", beam_args=IN_MEMORY)
+    assert (out / "stats.json").read_text() == (tmp_path / "again" / "stats.json").read_text()
+    assert [d["doc_id"] for d in read_docs(out)] == [d["doc_id"] for d in read_docs(tmp_path / "again")]
+    m1 = json.loads((out / "documents" / "_manifest.json").read_text())
+    m2 = json.loads((tmp_path / "again" / "documents" / "_manifest.json").read_text())
+    assert m1 == m2  # same bytes in every shard
+    assert (out / "errors.jsonl").read_text() == (tmp_path / "again" / "errors.jsonl").read_text()
+
+
+def test_warc_paths_listing_and_missing_files(tmp_path):
+    listing = tmp_path / "warc.paths"
+    listing.write_text("node-warc__books.toscrape.warc\nno-such-file.warc.gz\n")
+    from filters.config import CurationConfig
+    from pipeline.curate import run_curation
+    stats = run_curation([str(listing)], str(tmp_path / "out"), CurationConfig(), IN_MEMORY,
+                         paths_prefix=str(Path(shared_warc("node-warc__books.toscrape.warc")).parent) + "/",
+                         worker_log=str(tmp_path / "log"))
+    assert stats["records"]["kept"] == 1
+    assert stats["records"]["error"] == {"open_failed": 1}
+    assert stats["records"]["balanced"]
+
+
+def test_garbage_input_is_an_error_not_a_crash(tmp_path):
+    bad = tmp_path / "bad.warc.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 100)
+    text = tmp_path / "notes.txt"
+    text.write_text("just some text\n")
+    stats = run_job([str(bad), str(text), shared_warc("warcio__example.warc.gz")], tmp_path / "out",
+                    beam_args=IN_MEMORY)
+    assert stats["records"]["error"].get("bad_gzip", 0) + stats["records"]["error"].get("truncated_gzip", 0) >= 1
+    assert stats["records"]["error"]["not_an_archive"] == 1
+    assert stats["records"]["balanced"]
+
+
+def test_trainer_reads_schema_without_beam():
+    code = ("import sys; import pipeline.schema, trainer.shards; "
+            "assert 'apache_beam' not in sys.modules, 'beam imported'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_cli_prints_config_with_overrides():
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "curate", "--input", "x", "--output", "y",
+                          "--set", "images.min_side=100", "--set", "documents.seed=7", "--print_config"],
+                         capture_output=True, text=True, cwd=ROOT)
+    cfg = json.loads(out.stdout)
+    assert cfg["images"]["min_side"] == 100 and cfg["documents"]["seed"] == 7
+    bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "curate", "--input", "x", "--output", "y",
+                          "--set", "images.nope=1", "--print_config"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode != 0 and "unknown setting" in bad.stderr

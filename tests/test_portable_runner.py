@@ -1,0 +1,43 @@
+"""The same job through Beam's PortableRunner against a local job service (the
+path Flink and Spark take) gives the same documents and statistics."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import all_shared_warcs, free_port, read_docs, run_job, wait_for_port
+
+
+@pytest.fixture
+def job_service(tmp_path):
+    port = free_port()
+    log = open(tmp_path / "job_service.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+         "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    try:
+        wait_for_port(port, proc)
+        yield f"localhost:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.mark.timeout(600)
+def test_portable_runner_matches_local_runner(shared_run, job_service, tmp_path):
+    out, stats = shared_run
+    portable = run_job(all_shared_warcs(), tmp_path / "portable",
+                       beam_args=["--runner=PortableRunner", f"--job_endpoint={job_service}",
+                                  "--environment_type=LOOPBACK"])
+    assert portable == stats
+    assert (tmp_path / "portable" / "stats.json").read_text() == (out / "stats.json").read_text()
+    assert json.loads((tmp_path / "portable" / "documents" / "_manifest.json").read_text()) == \
+        json.loads((out / "documents" / "_manifest.json").read_text())
+    assert [d["doc_id"] for d in read_docs(tmp_path / "portable")] == [d["doc_id"] for d in read_docs(out)]
