@@ -168,3 +168,21 @@ def test_cli_prints_config_with_overrides():
     bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "curate", "--input", "x", "--output", "y",
                           "--set", "images.nope=1", "--print_config"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode != 0 and "unknown setting" in bad.stderr
+
+
+def test_revisits_resolve_through_the_digest_join(tmp_path):
+    # iana: 4 image responses + 29 SVG revisits whose payload is in the file.
+    iana = run_job([shared_warc("pywb__iana.warc.gz")], tmp_path / "iana", beam_args=IN_MEMORY)
+    assert iana["records"]["image_source"] == 33
+    assert "revisit_unresolved" not in iana["records"]["dropped"]
+    # warcio: the revisit of example.com resolves to the original page, which has no <img>.
+    ex = run_job([shared_warc("warcio__example.warc.gz")], tmp_path / "ex", beam_args=IN_MEMORY)
+    assert ex["records"]["dropped"]["no_img_tag"] == 2
+    # ipwb: 10 revisits whose originals were captured elsewhere stay unresolved, and say so.
+    ipwb = run_job([shared_warc("ipwb__sample-1.warc.gz")], tmp_path / "ipwb", beam_args=IN_MEMORY)
+    assert ipwb["records"]["dropped"]["revisit_unresolved"] == 10
+    # With resolution off, revisits are counted as such and nothing else changes.
+    off = run_job([shared_warc("pywb__iana.warc.gz")], tmp_path / "off", beam_args=IN_MEMORY,
+                  overrides={"records.resolve_revisits": False})
+    assert off["records"]["dropped"]["revisit_not_resolved"] == 123
+    assert off["records"]["image_source"] == 4
