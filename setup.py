@@ -25,7 +25,7 @@ setup(
         # Cloud file systems for --input/--output on gs:// or s3:// (not needed locally).
         "gcp": ["apache-beam[gcp]>=2.60,<3"],
         "aws": ["apache-beam[aws]>=2.60,<3"],
-        "test": ["pytest", "pytest-timeout", "duckdb", "pandas"],
+        "test": ["pytest", "pytest-timeout", "duckdb", "pandas", "datasketch"],
     },
     entry_points={"console_scripts": ["kosmos=pipeline.cli:main"]},
 )

@@ -67,6 +67,24 @@ class DocumentConfig:
 
 
 @dataclass(frozen=True)
+class DedupConfig:
+    # Each stage can be switched off; they run on text, before any image is fetched.
+    url: bool = True                        # one document per normalised URL, newest capture kept
+    exact: bool = True                      # sha256 of the normalised extracted text
+    near: bool = True                       # MinHash + LSH over word n-grams
+    ngram: int = 5                          # DataTrove/FineWeb: word 5-grams
+    bands: int = 14                         # 14 x 8: threshold ~0.72, P(catch | J=0.8) ~0.92
+    rows: int = 8
+    seed: int = 1                           # seeds the MinHash permutations
+    # Rounds of large-star + small-star for connected components (Kiveris et al. 2014);
+    # stats.json reports edges left unsettled if a corpus ever needs more.
+    cc_rounds: int = 6
+    # Images whose URL, or whose bytes, appear in more than this many documents are
+    # logos, icons and buttons (OBELICS: 10). 0 turns it off.
+    image_max_repeats: int = 10
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     num_shards: int = 8
     compression: str = "zstd"
@@ -80,6 +98,7 @@ class CurationConfig:
     text: TextQualityConfig = field(default_factory=TextQualityConfig)
     images: ImageConfig = field(default_factory=ImageConfig)
     documents: DocumentConfig = field(default_factory=DocumentConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> Dict[str, Any]:

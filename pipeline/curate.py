@@ -5,7 +5,9 @@ Read top to bottom, the graph is the paper's recipe:
 
     archives -> records -> HTML pages (revisits resolved) -> cheap checks
       -> extraction + English + spam/gibberish + images-in-text
-      -> image references join image bytes (shuffle on URL), each image judged once
+      -> dedup: URL (newest capture), exact text, near-duplicates (MinHash LSH)
+      -> image references join image bytes (shuffle on URL), each image judged once,
+         images used by more than 10 documents (logos, icons) removed
       -> documents meet their images (shuffle on document id): <= 5 images,
          half of the single-image documents dropped -> Parquet shards
     and every record and image reference is accounted for in stats.json.
@@ -30,11 +32,12 @@ from filters.config import CurationConfig
 from pipeline.inputs import DEFAULT_PATHS_PREFIX, expand_inputs
 from transforms.accounting import OUTCOMES, CountOutcomes, error_line, summarize
 from transforms.assemble import AssembleDocument
-from transforms.images import SETTLED, InArchiveImages, ListImageReferences
+from transforms.dedup import Deduplicate
+from transforms.images import SETTLED, FetchImages, InArchiveImages, ListImageReferences
 from transforms.pages import PagesToCandidates
 from transforms.read import ReadAndResolve
 from transforms.records import ERROR
-from transforms.write import WriteShards, WriteSortedLines, atomic_write
+from transforms.write import WriteShardedLines, WriteShards, WriteSortedLines, atomic_write
 
 DOCUMENTS_DIR = "documents"
 
@@ -46,10 +49,13 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
 
     pages, image_records, read_outcomes = files | "ReadArchives" >> ReadAndResolve(cfg.records)
     candidates, page_outcomes = pages | "PagesToCandidates" >> PagesToCandidates(cfg)
+    # Dedup runs on text, before any image is fetched or decoded.
+    candidates, dedup_outcomes, dedup_audit = candidates | "Deduplicate" >> Deduplicate(cfg.dedup)
 
     refs = candidates | "ListImageReferences" >> beam.ParDo(ListImageReferences()).with_outputs(
         SETTLED, OUTCOMES, main="refs")
-    fetched = refs["refs"] | "ImagesFromArchives" >> InArchiveImages(image_records, cfg.images)
+    fetched = refs["refs"] | "FetchImages" >> FetchImages(
+        InArchiveImages(image_records, cfg.images), cfg.dedup.image_max_repeats)
     results = (fetched, refs[SETTLED]) | "AllImageResults" >> beam.Flatten()
 
     assembled = ({"doc": candidates | "KeyByDocId" >> beam.Map(lambda c: (c.doc_id, c)),
@@ -62,7 +68,8 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
     manifest = assembled["rows"] | "WriteShards" >> WriteShards(
         FileSystems.join(output, DOCUMENTS_DIR), out.num_shards, out.compression, out.row_group_size)
 
-    outcomes = ((read_outcomes, page_outcomes, refs[OUTCOMES], assembled[OUTCOMES])
+    (dedup_audit | "WriteDuplicates" >> WriteShardedLines(FileSystems.join(output, "duplicates"), out.num_shards))
+    outcomes = ((read_outcomes, page_outcomes, dedup_outcomes, refs[OUTCOMES], assembled[OUTCOMES])
                 | "AllOutcomes" >> beam.Flatten())
     (outcomes
      | "OnlyErrors" >> beam.Filter(lambda o: o.status == ERROR)

@@ -101,3 +101,66 @@ class InArchiveImages(beam.PTransform):
         return ({"refs": refs, "records": keyed}
                 | "JoinReferencesWithRecords" >> beam.CoGroupByKey()
                 | "JudgeEachImageOnce" >> beam.ParDo(JudgeEachImageOnce(self.cfg)))
+
+
+class SettleRepeatedUrls(beam.DoFn):
+    """(url, refs) -> refs to fetch (main), or, for a URL used by more than
+    ``max_repeats`` documents (logos, icons, buttons), ``repeated_image`` results
+    settled without any download or decode."""
+
+    def __init__(self, max_repeats: int):
+        self.max_repeats = max_repeats
+        self.skipped = Metrics.counter("kosmos", "images.repeated_url_not_fetched")
+
+    def process(self, element):
+        url, refs = element
+        refs = list(refs)
+        if self.max_repeats and len({doc for doc, _ in refs}) > self.max_repeats:
+            self.skipped.inc()
+            for doc_id, pos in refs:
+                yield pvalue.TaggedOutput(SETTLED, (doc_id, ImageResult(pos, "repeated_image")))
+            return
+        for ref in refs:
+            yield url, ref
+
+
+class SettleRepeatedContent(beam.DoFn):
+    """(sha256, results) -> results, with ``repeated_image`` for bytes used by more
+    than ``max_repeats`` documents under different URLs."""
+
+    def __init__(self, max_repeats: int):
+        self.max_repeats = max_repeats
+
+    def process(self, element):
+        sha, results = element
+        results = list(results)
+        repeated = bool(sha) and self.max_repeats and len({doc for doc, _ in results}) > self.max_repeats
+        for doc_id, res in results:
+            if repeated and res.reason is None:
+                yield doc_id, ImageResult(res.position, "repeated_image", None, res.source, res.scores)
+            else:
+                yield doc_id, res
+
+
+class FetchImages(beam.PTransform):
+    """References -> one result per reference: repeated URLs settled first, the
+    rest through ``source``, then bytes repeated across the corpus settled."""
+
+    def __init__(self, source: beam.PTransform, max_repeats: int):
+        super().__init__()
+        self.source = source
+        self.max_repeats = max_repeats
+
+    def expand(self, refs):
+        n = self.max_repeats
+        if not n:
+            return refs | "FromSource" >> self.source
+        split = (refs
+                 | "GroupByUrl" >> beam.GroupByKey()
+                 | "SettleRepeatedUrls" >> beam.ParDo(SettleRepeatedUrls(n)).with_outputs(SETTLED, main="fetch"))
+        fetched = split["fetch"] | "FromSource" >> self.source
+        checked = (fetched
+                   | "KeyBySha256" >> beam.Map(lambda kv: (kv[1].stored.sha256 if kv[1].stored else "", kv))
+                   | "GroupBySha256" >> beam.GroupByKey()
+                   | "SettleRepeatedContent" >> beam.ParDo(SettleRepeatedContent(n)))
+        return (checked, split[SETTLED]) | "AllFetchResults" >> beam.Flatten()

@@ -108,3 +108,28 @@ class WriteSortedLines(beam.PTransform):
             return len(all_lines)
 
         return lines | "CollectLines" >> beam.combiners.ToList() | "WriteLines" >> beam.Map(write)
+
+
+class WriteShardedLines(beam.PTransform):
+    """Lines -> ``{directory}/part-NNNNN.jsonl``, each file sorted; for outputs that
+    grow with the corpus (the audit of removed duplicates)."""
+
+    def __init__(self, directory: str, num_shards: int):
+        super().__init__()
+        self.directory = directory
+        self.num_shards = num_shards
+
+    def expand(self, lines):
+        n = self.num_shards
+        directory = self.directory
+
+        def write(element):
+            shard, shard_lines = element
+            data = "".join(line + "\n" for line in sorted(shard_lines)).encode("utf-8")
+            atomic_write(_join(directory, f"part-{shard:05d}.jsonl"), data)
+            yield shard
+
+        return (lines
+                | "KeyByShard" >> beam.Map(lambda l: (int(hashlib.sha256(l.encode()).hexdigest()[:8], 16) % n, l))
+                | "GroupShards" >> beam.GroupByKey()
+                | "WriteLines" >> beam.FlatMap(write))

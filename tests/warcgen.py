@@ -1,0 +1,27 @@
+"""Writing small WARC files for tests (per-record gzip, WARC/1.0)."""
+
+import gzip
+import hashlib
+import base64
+import uuid
+
+
+def _record(rec_type: str, uri: str, date: str, block: bytes, content_type: str) -> bytes:
+    rid = uuid.UUID(hashlib.md5(f"{rec_type}{uri}{date}".encode() + block[:64]).hexdigest())
+    headers = [
+        "WARC/1.0", f"WARC-Type: {rec_type}", f"WARC-Target-URI: {uri}", f"WARC-Date: {date}",
+        f"WARC-Record-ID: <urn:uuid:{rid}>", f"Content-Type: {content_type}", f"Content-Length: {len(block)}",
+    ]
+    return ("\r\n".join(headers) + "\r\n\r\n").encode() + block + b"\r\n\r\n"
+
+
+def http_response(uri: str, body: bytes, mime: str, date: str = "2024-01-01T00:00:00Z") -> bytes:
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: {mime}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    return _record("response", uri, date, head + body, "application/http; msgtype=response")
+
+
+def write_warc(path, records, gzip_members: bool = True):
+    with open(path, "wb") as fh:
+        for rec in records:
+            fh.write(gzip.compress(rec, mtime=0) if gzip_members else rec)
+    return str(path)

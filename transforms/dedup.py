@@ -1,0 +1,251 @@
+"""Deduplication through Beam's shuffle, so no worker needs to see the corpus:
+
+* ``DedupByUrl``: GroupByKey on the normalised URL; the newest capture survives.
+* ``DedupExactText``: GroupByKey on a hash of the normalised text.
+* ``DedupNearDuplicates``: MinHash signatures, a GroupByKey on each LSH band key,
+  candidate edges, connected components by alternating large-star / small-star
+  rounds (each a GroupByKey), one survivor per component.
+
+Each removal is an outcome with its reason (``duplicate_url``, ``duplicate_exact``,
+``near_duplicate``) and an audit line naming the survivor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, List, Tuple
+
+import apache_beam as beam
+from apache_beam import pvalue
+
+from filters.config import DedupConfig
+from filters.dedup import (MinHasher, band_keys, capture_time, exact_text_hash, url_key, word_ngrams)
+from transforms.accounting import OUTCOMES, AccountedDoFn
+from transforms.records import DROPPED, RECORD, Candidate, Outcome
+
+AUDIT = "audit"
+
+
+def capture_rank(c: Candidate):
+    """Sort key: newest capture first, then a fixed position (file name, offset), so
+    ties resolve the same way on every runner."""
+    inverted = "".join(chr(ord("9") - ord(ch) + ord("0")) if ch.isdigit() else ch for ch in capture_time(c.date))
+    return (inverted, os.path.basename(c.provenance.file), c.provenance.offset, c.provenance.inner_offset, c.doc_id)
+
+
+def candidate_text(c: Candidate) -> str:
+    return "\n".join(i["text"] for i in c.items if i["type"] == "text")
+
+
+def audit_line(reason: str, removed: Candidate, survivor_id: str, survivor_url: str) -> str:
+    return json.dumps({"reason": reason, "doc_id": removed.doc_id, "url": removed.url,
+                       "file": removed.provenance.file, "offset": removed.provenance.offset,
+                       "survivor_doc_id": survivor_id, "survivor_url": survivor_url}, sort_keys=True)
+
+
+class KeepBestOfGroup(AccountedDoFn):
+    """(key, candidates) -> the best-ranked candidate; the others dropped with ``reason``."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def process(self, element):
+        _, group = element
+        ranked = sorted(group, key=capture_rank)
+        best = ranked[0]
+        yield best
+        for other in ranked[1:]:
+            p = other.provenance
+            yield self.outcome(Outcome(RECORD, DROPPED, self.reason, file=p.file, offset=p.offset,
+                                       inner_offset=p.inner_offset, url=other.url,
+                                       message=f"survivor {best.doc_id}"))
+            yield pvalue.TaggedOutput(AUDIT, audit_line(self.reason, other, best.doc_id, best.url))
+
+
+class _GroupDedup(beam.PTransform):
+    def __init__(self, key_fn, reason: str):
+        super().__init__()
+        self.key_fn = key_fn
+        self.reason = reason
+
+    def expand(self, candidates):
+        key_fn = self.key_fn
+        out = (candidates
+               | "Key" >> beam.Map(lambda c: (key_fn(c), c))
+               | "Group" >> beam.GroupByKey()
+               | "KeepOne" >> beam.ParDo(KeepBestOfGroup(self.reason)).with_outputs(OUTCOMES, AUDIT, main="kept"))
+        return out["kept"], out[OUTCOMES], out[AUDIT]
+
+
+def DedupByUrl():
+    return _GroupDedup(lambda c: url_key(c.url), "duplicate_url")
+
+
+def DedupExactText():
+    return _GroupDedup(lambda c: exact_text_hash(i["text"] for i in c.items if i["type"] == "text"),
+                       "duplicate_exact")
+
+
+# -- near duplicates -----------------------------------------------------------------
+def node_id(c: Candidate) -> str:
+    """Graph node of a document. Components keep their smallest node, so the survivor
+    is chosen by URL, then capture date, then id: content of the capture, not where
+    it sits in the input, so the choice does not depend on how the input is split."""
+    return f"{c.url}\t{capture_time(c.date)}\t{c.doc_id}"
+
+
+class BandKeys(beam.DoFn):
+    def __init__(self, cfg: DedupConfig):
+        self.cfg = cfg
+        self.hasher = None
+
+    def setup(self):
+        self.hasher = MinHasher(self.cfg.bands * self.cfg.rows, self.cfg.seed)
+
+    def process(self, c: Candidate):
+        shingles = word_ngrams(candidate_text(c), self.cfg.ngram)
+        if not shingles:
+            return
+        node = node_id(c)
+        for key in band_keys(self.hasher.signature(shingles), self.cfg.bands, self.cfg.rows):
+            yield key, node
+
+
+def star_edges(element):
+    """A bucket of documents sharing a band -> edges from its smallest node to the rest."""
+    _, nodes = element
+    nodes = sorted(set(nodes))
+    for other in nodes[1:]:
+        yield nodes[0], other
+
+
+def _large_star(element):
+    u, nbrs = element
+    nbrs = set(nbrs)
+    m = min(nbrs | {u})
+    for v in nbrs:
+        if v > u:
+            yield v, m
+
+
+def _small_star(element):
+    u, nbrs = element
+    smaller = {v for v in nbrs if v <= u}
+    m = min(smaller | {u})
+    for v in smaller | {u}:
+        if v != m:
+            yield v, m
+
+
+def _both_ways(edge):
+    a, b = edge
+    yield a, b
+    yield b, a
+
+
+class ConnectedComponents(beam.PTransform):
+    """Undirected edges -> (node, component minimum) for every node with an edge.
+
+    Alternating large-star and small-star rounds (Kiveris et al., "Connected
+    Components in MapReduce and Beyond", 2014): each round is a GroupByKey, the
+    result is a function of the edge set only (not of its partitioning), and the
+    graph converges to stars around each component's minimum in O(log^2 n) rounds.
+    ``rounds`` pairs are unrolled; edges still unsettled afterwards are counted."""
+
+    def __init__(self, rounds: int):
+        super().__init__()
+        self.rounds = rounds
+
+    def expand(self, edges):
+        for r in range(self.rounds):
+            edges = (edges
+                     | f"LargeStarAdjacency{r}" >> beam.FlatMap(_both_ways)
+                     | f"LargeStarGroup{r}" >> beam.GroupByKey()
+                     | f"LargeStar{r}" >> beam.FlatMap(_large_star)
+                     | f"SmallStarKeyByLarger{r}" >> beam.Map(lambda e: (max(e), min(e)))
+                     | f"SmallStarGroup{r}" >> beam.GroupByKey()
+                     | f"SmallStar{r}" >> beam.FlatMap(_small_star)
+                     | f"DistinctEdges{r}" >> beam.Distinct())
+        # Converged: every edge is (leaf, root) and no root is itself a leaf.
+        labels = (edges
+                  | "FinalAdjacency" >> beam.FlatMap(_both_ways)
+                  | "FinalGroup" >> beam.GroupByKey()
+                  | "Label" >> beam.Map(lambda kv: (kv[0], min(set(kv[1]) | {kv[0]}))))
+        return labels
+
+
+class FlagUnsettled(beam.DoFn):
+    """(node, label) pairs whose label is itself labelled lower: rounds ran out."""
+
+    def process(self, element):
+        label, groups = element
+        own = list(groups["own"])
+        if own and own[0] != label and groups["members"]:
+            yield 1
+
+
+class DedupNearDuplicates(beam.PTransform):
+    def __init__(self, cfg: DedupConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, candidates):
+        edges = (candidates
+                 | "MinHashBands" >> beam.ParDo(BandKeys(self.cfg))
+                 | "GroupByBand" >> beam.GroupByKey()
+                 | "CandidateEdges" >> beam.FlatMap(star_edges)
+                 | "DistinctCandidateEdges" >> beam.Distinct())
+        labels = edges | "Components" >> ConnectedComponents(self.cfg.cc_rounds)
+        unsettled = ({"own": labels, "members": labels | "ByLabel" >> beam.Map(lambda nl: (nl[1], nl[0]))}
+                     | "JoinLabels" >> beam.CoGroupByKey()
+                     | "FlagUnsettled" >> beam.ParDo(FlagUnsettled())
+                     | "CountUnsettled" >> beam.Map(lambda _: Outcome("dedup", "cc_unsettled_components")))
+        removed = (labels
+                   | "OnlyNonSurvivors" >> beam.Filter(lambda nl: nl[0] != nl[1])
+                   | "KeyByDocId" >> beam.Map(lambda nl: (nl[0].rsplit("\t", 1)[1], nl[1])))
+        out = ({"doc": candidates | "KeyCandidates" >> beam.Map(lambda c: (c.doc_id, c)), "survivor": removed}
+               | "JoinVerdicts" >> beam.CoGroupByKey()
+               | "DropNearDuplicates" >> beam.ParDo(DropNearDuplicates()).with_outputs(OUTCOMES, AUDIT, main="kept"))
+        outcomes = (out[OUTCOMES], unsettled) | "NearDupOutcomes" >> beam.Flatten()
+        return out["kept"], outcomes, out[AUDIT]
+
+
+class DropNearDuplicates(AccountedDoFn):
+    def process(self, element):
+        _, groups = element
+        survivors = list(groups["survivor"])
+        for c in groups["doc"]:
+            if not survivors:
+                yield c
+                continue
+            survivor_url, _, survivor_id = survivors[0].rsplit("\t", 2)
+            p = c.provenance
+            yield self.outcome(Outcome(RECORD, DROPPED, "near_duplicate", file=p.file, offset=p.offset,
+                                       inner_offset=p.inner_offset, url=c.url, message=f"survivor {survivor_id}"))
+            yield pvalue.TaggedOutput(AUDIT, audit_line("near_duplicate", c, survivor_id, survivor_url))
+
+
+class Deduplicate(beam.PTransform):
+    """Candidates -> (unique candidates, outcomes, audit lines), stages as configured."""
+
+    def __init__(self, cfg: DedupConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, candidates):
+        outcomes, audits = [], []
+        stages = [("ByUrl", self.cfg.url, DedupByUrl), ("ExactText", self.cfg.exact, DedupExactText),
+                  ("NearDuplicates", self.cfg.near, lambda: DedupNearDuplicates(self.cfg))]
+        for name, enabled, make in stages:
+            if not enabled:
+                continue
+            candidates, o, a = candidates | f"Dedup{name}" >> make()
+            outcomes.append(o)
+            audits.append(a)
+        p = candidates.pipeline
+        if not outcomes:
+            empty = p | "NoDedup" >> beam.Create([])
+            return candidates, empty, empty
+        return (candidates, tuple(outcomes) | "DedupOutcomes" >> beam.Flatten(),
+                tuple(audits) | "DedupAudit" >> beam.Flatten())
