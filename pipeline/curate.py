@@ -83,6 +83,7 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
         stats = summarize(counts)
         stats["documents"] = {"kept": manifest["rows"], "images": manifest["images"],
                               "shards": len(manifest["shards"])}
+        stats["dedup"] = {"cc_unsettled_components": counts.get("dedup/cc_unsettled_components", 0)}
         stats["counts"] = dict(sorted(counts.items()))
         stats["config_sha256"] = __import__("hashlib").sha256(config_json.encode()).hexdigest()
         atomic_write(FileSystems.join(output, "stats.json"),
