@@ -20,6 +20,9 @@ setup(
         "pillow>=10",
         "brotli",
         "numpy",
+        "torch>=2.4",
+        "torchvision",
+        "open_clip_torch>=2.24",
     ],
     extras_require={
         # Cloud file systems for --input/--output on gs:// or s3:// (not needed locally).

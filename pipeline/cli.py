@@ -67,6 +67,24 @@ def _curate(args, beam_args: List[str]) -> int:
     return 0 if ok else 3
 
 
+def _model(args, _beam_args) -> int:
+    from trainer.model.config import get_config
+    from trainer.model.kosmos import build_on_meta
+
+    cfg = get_config(args.config)
+    counts = build_on_meta(cfg).parameter_counts()
+    if args.json:
+        print(json.dumps({"config": cfg.to_dict(), "parameters": counts}, indent=2, default=str))
+        return 0
+    d = cfg.decoder
+    print(f"{cfg.name}: decoder {d.layers} layers x {d.dim} (FFN {d.ffn_dim}, {d.heads} heads), "
+          f"vocabulary {d.vocab_size}, context {d.max_seq_len}; vision {cfg.vision_model}; "
+          f"{cfg.num_image_tokens} embeddings per image")
+    for part in ("decoder", "vision", "resampler", "total", "trainable"):
+        print(f"  {part:<10} {counts[part]:>15,d}  ({counts[part] / 1e9:.3f}B)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kosmos", description="Kosmos-1 data curation and training")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--worker_log", default=None,
                    help="file for the runner's and local workers' logs (default: a temp file; '' = terminal)")
     c.set_defaults(func=_curate)
+
+    m = sub.add_parser("model", help="describe a model configuration and count its parameters (no memory used)")
+    m.add_argument("--config", default="kosmos-1", help="kosmos-1 or tiny")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=_model)
     return parser
 
 

@@ -1,0 +1,167 @@
+"""The MAGNETO causal decoder (Wang et al., 2022, "Foundation Transformers"), as
+configured for Kosmos-1 (KOSMOS.md §2): Sub-LN blocks
+
+    x = x + out_proj(LN(attention(LN(x))))
+    x = x + fc2(LN(gelu(fc1(LN(x)))))
+
+a final LayerNorm, xPos in attention, and the Magneto initialisation (the weights
+and biases of fc1, fc2, out_proj and v_proj multiplied by sqrt(ln(2N))).
+
+Module and parameter names follow torchscale's ``Decoder`` so that checkpoints map
+one to one (``self_attn.q_proj``, ``ffn.ffn_layernorm``, ...). Attention goes
+through ``scaled_dot_product_attention`` so fused kernels are used on GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.model.xpos import XPos
+
+KVCache = List[Tuple[torch.Tensor, torch.Tensor]]   # per layer: unrotated keys, values [B, H, S, hd]
+
+
+@dataclass
+class DecoderConfig:
+    vocab_size: int
+    layers: int = 24
+    dim: int = 2048
+    ffn_dim: int = 8192
+    heads: int = 32
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    layernorm_eps: float = 1e-5
+    xpos_scale_base: int = 512
+    max_seq_len: int = 2048
+    tie_embeddings: bool = True
+    pad_id: int = 1
+
+
+class MagnetoSelfAttention(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        if cfg.dim % cfg.heads:
+            raise ValueError("dim must be a multiple of heads")
+        self.heads = cfg.heads
+        self.head_dim = cfg.dim // cfg.heads
+        self.q_proj = nn.Linear(cfg.dim, cfg.dim)
+        self.k_proj = nn.Linear(cfg.dim, cfg.dim)
+        self.v_proj = nn.Linear(cfg.dim, cfg.dim)
+        self.out_proj = nn.Linear(cfg.dim, cfg.dim)
+        self.inner_attn_ln = nn.LayerNorm(cfg.dim, eps=cfg.layernorm_eps)   # Sub-LN
+        self.xpos = XPos(self.head_dim, cfg.xpos_scale_base)
+        self.attention_dropout = cfg.attention_dropout
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, past: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                key_mask: Optional[torch.Tensor] = None):
+        b, length, dim = x.shape
+        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(x)), self._split(self.v_proj(x))
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        present = (k, v)
+        total = k.shape[2]
+        q = self.xpos(q, total, downscale=False)
+        k = self.xpos(k, total, downscale=True)
+        past_len = total - length
+        mask = None
+        if key_mask is not None or (past_len and length > 1):
+            # Causal with an offset, combined with the padding mask of the keys;
+            # a position may always see itself so no row is empty.
+            qpos = torch.arange(past_len, total, device=x.device)[:, None]
+            kpos = torch.arange(total, device=x.device)[None, :]
+            mask = (kpos <= qpos)[None, None]
+            if key_mask is not None:
+                mask = mask & (key_mask[:, None, None, :].bool() | (kpos == qpos)[None, None])
+        attn = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0,
+            is_causal=mask is None and past_len == 0 and length > 1)
+        attn = attn.transpose(1, 2).reshape(b, length, dim)
+        return self.out_proj(self.inner_attn_ln(attn)), present
+
+
+class MagnetoFeedForward(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.dim, cfg.ffn_dim)
+        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.dim)
+        self.ffn_layernorm = nn.LayerNorm(cfg.ffn_dim, eps=cfg.layernorm_eps)   # Sub-LN
+        self.activation_dropout = nn.Dropout(cfg.activation_dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.fc1(x).float()).type_as(x)
+        h = self.ffn_layernorm(self.activation_dropout(h))
+        return self.dropout(self.fc2(h))
+
+
+class MagnetoDecoderLayer(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.self_attn_layer_norm = nn.LayerNorm(cfg.dim, eps=cfg.layernorm_eps)
+        self.self_attn = MagnetoSelfAttention(cfg)
+        self.final_layer_norm = nn.LayerNorm(cfg.dim, eps=cfg.layernorm_eps)
+        self.ffn = MagnetoFeedForward(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, past=None, key_mask=None):
+        h, present = self.self_attn(self.self_attn_layer_norm(x), past, key_mask)
+        x = x + self.dropout(h)
+        x = x + self.ffn(self.final_layer_norm(x))
+        return x, present
+
+
+class MagnetoDecoder(nn.Module):
+    """Token embeddings in, logits out; ``forward`` also takes embeddings directly
+    (the Kosmos model splices image embeddings into them)."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=cfg.pad_id)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(MagnetoDecoderLayer(cfg) for _ in range(cfg.layers))
+        self.layer_norm = nn.LayerNorm(cfg.dim, eps=cfg.layernorm_eps)
+        self.output_projection = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output_projection.weight = self.embed_tokens.weight
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """Default init, then Magneto's sqrt(ln(2N)) on fc1, fc2, out_proj, v_proj."""
+        if self.embed_tokens.weight.is_meta:
+            return
+        nn.init.normal_(self.embed_tokens.weight, mean=0.0, std=self.cfg.dim ** -0.5)
+        self.embed_tokens.weight[self.cfg.pad_id].zero_()
+        if not self.cfg.tie_embeddings:
+            nn.init.normal_(self.output_projection.weight, mean=0.0, std=self.cfg.dim ** -0.5)
+        gamma = math.sqrt(math.log(2 * self.cfg.layers))
+        for name, p in self.layers.named_parameters():
+            if any(part in name for part in ("fc1", "fc2", "out_proj", "v_proj")):
+                p.mul_(gamma)
+
+    def forward(self, tokens: Optional[torch.Tensor] = None, embeds: Optional[torch.Tensor] = None,
+                cache: Optional[KVCache] = None, key_mask: Optional[torch.Tensor] = None,
+                features_only: bool = False):
+        """Returns (logits or features [B, L, *], new cache). ``key_mask`` [B, past + L]
+        marks real (1) and padding (0) positions."""
+        x = self.embed_tokens(tokens) if embeds is None else embeds
+        x = self.dropout(x)
+        presents: KVCache = []
+        for i, layer in enumerate(self.layers):
+            x, present = layer(x, None if cache is None else cache[i], key_mask)
+            presents.append(present)
+        x = self.layer_norm(x)
+        return (x if features_only else self.output_projection(x)), presents
