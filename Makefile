@@ -8,6 +8,7 @@ demo:
 	bin/kosmos curate --input 'data/sample/warc/*' --output $(SAMPLE_OUT)
 
 test:
+	scripts/ensure-chromium
 	scripts/in-venv python -m pytest -q tests
 
 bench:

@@ -85,6 +85,14 @@ class DedupConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    # Rejected documents and images kept per (level, status, reason) for auditors,
+    # chosen by a seeded hash (DataTrove's exclusion writer, without writing every reject).
+    samples_per_reason: int = 20
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     num_shards: int = 8
     compression: str = "zstd"
@@ -99,6 +107,7 @@ class CurationConfig:
     images: ImageConfig = field(default_factory=ImageConfig)
     documents: DocumentConfig = field(default_factory=DocumentConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> Dict[str, Any]:

@@ -85,6 +85,13 @@ def _model(args, _beam_args) -> int:
     return 0
 
 
+def _report(args, _beam_args) -> int:
+    from pipeline.report import write_report
+    html_path, json_path = write_report(args.run_dir, args.output, args.max_docs)
+    print(f"report:  {html_path}\nsummary: {json_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kosmos", description="Kosmos-1 data curation and training")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--config", default="kosmos-1", help="kosmos-1 or tiny")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_model)
+
+    r = sub.add_parser("report", help="HTML + JSON audit of a curation run, or the comparison of two runs")
+    r.add_argument("run_dir", nargs="+", help="a run's output directory; two to compare (A then B)")
+    r.add_argument("--output", help="HTML file to write (default: RUN/report.html, or B/compare.html)")
+    r.add_argument("--max_docs", type=int, default=100_000, help="kept documents read for the distributions")
+    r.set_defaults(func=_report)
     return parser
 
 
@@ -127,7 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.getLogger().setLevel(logging.ERROR)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command != "curate" and rest:
+    if args.command not in ("curate",) and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args, rest)
 

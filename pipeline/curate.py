@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from filters.config import CurationConfig
 from pipeline.inputs import DEFAULT_PATHS_PREFIX, expand_inputs
-from transforms.accounting import OUTCOMES, CountOutcomes, error_line, summarize
+from transforms.accounting import OUTCOMES, CountOutcomes, SampleRejects, error_line, summarize
 from transforms.assemble import AssembleDocument
 from transforms.dedup import Deduplicate
 from transforms.images import SETTLED, FetchImages, InArchiveImages, ListImageReferences
@@ -47,7 +47,11 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
              | "ListInputFiles" >> beam.Create(paths)
              | "SpreadFilesOverWorkers" >> beam.Reshuffle())
 
-    pages, image_records, read_outcomes = files | "ReadArchives" >> ReadAndResolve(cfg.records)
+    reader = ReadAndResolve(cfg.records)
+    pages, image_records, read_outcomes = files | "ReadArchives" >> reader
+    (reader.inputs
+     | "InputLines" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
+     | "WriteInputManifest" >> WriteSortedLines(FileSystems.join(output, "inputs.jsonl")))
     candidates, page_outcomes = pages | "PagesToCandidates" >> PagesToCandidates(cfg)
     # Dedup runs on text, before any image is fetched or decoded.
     candidates, dedup_outcomes, dedup_audit = candidates | "Deduplicate" >> Deduplicate(cfg.dedup)
@@ -76,6 +80,11 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
      | "ErrorLines" >> beam.Map(error_line)
      | "WriteErrors" >> WriteSortedLines(FileSystems.join(output, "errors.jsonl")))
 
+    (outcomes
+     | "SampleRejects" >> SampleRejects(cfg.audit.samples_per_reason, cfg.audit.seed)
+     | "CollectSamples" >> beam.combiners.ToList()
+     | "WriteSamples" >> beam.Map(write_reject_samples, FileSystems.join(output, "rejects", "samples.parquet")))
+
     counts = outcomes | "CountOutcomes" >> CountOutcomes()
     config_json = cfg.to_json()
 
@@ -91,6 +100,22 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
         return stats
 
     return counts | "WriteStats" >> beam.Map(write_stats, beam.pvalue.AsSingleton(manifest))
+
+
+def write_reject_samples(rows: List[Dict], path: str) -> int:
+    """The sampled rejects as one small Parquet file, in a fixed order."""
+    import io
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    schema = pa.schema([("level", pa.string()), ("status", pa.string()), ("reason", pa.string()),
+                        ("url", pa.string()), ("file", pa.string()), ("offset", pa.int64()),
+                        ("inner_offset", pa.int64()), ("scores", pa.string()), ("snippet", pa.string()),
+                        ("message", pa.string()), ("sample_key", pa.string())])
+    rows = sorted(rows, key=lambda r: (r["level"], r["status"], r["reason"], r["sample_key"]))
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, compression="zstd")
+    atomic_write(path, buf.getvalue())
+    return len(rows)
 
 
 def code_version() -> Dict[str, str]:
@@ -181,6 +206,11 @@ def run_curation(inputs: List[str], output: str, cfg: CurationConfig, beam_args:
     run_record["state"] = str(state)
     run_record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     run_record["seconds"] = round(time.time() - started, 3)
+    try:  # the checksums the workers computed while streaming the inputs
+        with FileSystems.open(FileSystems.join(output, "inputs.jsonl")) as fh:
+            run_record["inputs"] = [json.loads(l) for l in fh.read().decode().splitlines() if l.strip()]
+    except Exception:
+        pass
     atomic_write(FileSystems.join(output, "run.json"), json.dumps(run_record, indent=2).encode())
     with FileSystems.open(FileSystems.join(output, "stats.json")) as fh:
         return json.loads(fh.read())

@@ -7,6 +7,7 @@ Beam metrics (for the runner's UI) and into exact counts for ``stats.json``
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Dict, Iterable, List, Tuple
 
@@ -79,3 +80,36 @@ def error_line(o: Outcome) -> str:
     return json.dumps({"level": o.level, "kind": o.reason, "file": o.file, "offset": o.offset,
                        "inner_offset": o.inner_offset, "url": o.url, "message": o.message},
                       sort_keys=True, ensure_ascii=False)
+
+
+REJECT_SCHEMA_FIELDS = ("level", "status", "reason", "url", "file", "offset", "inner_offset", "scores",
+                        "snippet", "message", "sample_key")
+
+
+def sample_key(o: Outcome, seed: int) -> str:
+    return hashlib.sha256(f"{seed}|{o.level}|{o.reason}|{o.url}|{o.file}|{o.offset}|{o.inner_offset}"
+                          .encode("utf-8")).hexdigest()
+
+
+class SampleRejects(beam.PTransform):
+    """Outcomes -> a bounded, seeded sample of the drops and errors of each reason
+    (the ``n`` smallest seeded hashes per reason: the same sample on every runner)."""
+
+    def __init__(self, n: int, seed: int):
+        super().__init__()
+        self.n = n
+        self.seed = seed
+
+    def expand(self, outcomes):
+        seed, n = self.seed, self.n
+
+        def row(o: Outcome, key: str) -> Dict:
+            return {"level": o.level, "status": o.status, "reason": o.reason, "url": o.url, "file": o.file,
+                    "offset": o.offset, "inner_offset": o.inner_offset, "scores": o.scores,
+                    "snippet": o.snippet, "message": o.message, "sample_key": key}
+
+        return (outcomes
+                | "OnlyRejects" >> beam.Filter(lambda o: o.status in (DROPPED, ERROR))
+                | "KeyByReason" >> beam.Map(lambda o: (o.key, (sample_key(o, seed), o)))
+                | "SmallestHashes" >> beam.combiners.Top.PerKey(n, key=lambda kv: kv[0], reverse=True)
+                | "ToRows" >> beam.FlatMap(lambda kv: [row(o, k) for k, o in kv[1]]))

@@ -3,6 +3,7 @@ document id) and becomes a row of the interleaved dataset, or is dropped."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Dict, List
 
@@ -33,12 +34,19 @@ class AssembleDocument(AccountedDoFn):
         cand = min(candidates, key=lambda c: (c.provenance.file, c.provenance.offset))
         prov = cand.provenance
 
-        def image_out(status, reason, url):
-            return self.outcome(Outcome(IMAGE, status, reason, file=prov.file, offset=prov.offset, url=url))
+        def image_out(status, reason, url, res=None):
+            # Where the image's bytes are, when it has any; the page otherwise.
+            src = res.source if res is not None and res.source is not None else prov
+            scores = json.dumps(res.scores, sort_keys=True, default=str) if res is not None else ""
+            return self.outcome(Outcome(IMAGE, status, reason, file=src.file, offset=src.offset,
+                                        inner_offset=src.inner_offset, url=url, scores=scores))
 
-        def record_out(status, reason=""):
+        def record_out(status, reason="", scores=None):
+            snippet = "" if status == KEPT else " ".join(
+                i["text"] for i in cand.items if i["type"] == "text")[:300]
             return self.outcome(Outcome(RECORD, status, reason, file=prov.file, offset=prov.offset,
-                                        inner_offset=prov.inner_offset, url=cand.url))
+                                        inner_offset=prov.inner_offset, url=cand.url, snippet=snippet,
+                                        scores=json.dumps(scores or {}, sort_keys=True)))
 
         positions = [i for i, it in enumerate(cand.items) if it["type"] == "image"]
         good: List[int] = []
@@ -55,27 +63,27 @@ class AssembleDocument(AccountedDoFn):
                 reason = res.reason
             if reason is not None:
                 reasons[reason] += 1
-                yield image_out(DROPPED, reason, url)
+                yield image_out(DROPPED, reason, url, res)
                 continue
             seen_sha.add(res.stored.sha256)
             good.append(pos)
 
         keep_pos, over = cap_images(good, self.cfg.max_images)
         for pos in over:
-            yield image_out(DROPPED, "too_many_images", cand.items[pos]["url"])
+            yield image_out(DROPPED, "too_many_images", cand.items[pos]["url"], results[pos])
 
         if not keep_pos:
             kinds = set(reasons)
             reason = f"images_{kinds.pop()}" if len(kinds) == 1 else "no_usable_images"
-            yield record_out(DROPPED, reason)
+            yield record_out(DROPPED, reason, dict(reasons))
             return
 
         single = drop_half_of_single_image_docs(doc_id, len(keep_pos), self.cfg.seed,
                                                 self.cfg.drop_single_image_fraction)
         if not single.keep:
             for pos in keep_pos:
-                yield image_out(DROPPED, "document_dropped", cand.items[pos]["url"])
-            yield record_out(DROPPED, single.reason)
+                yield image_out(DROPPED, "document_dropped", cand.items[pos]["url"], results[pos])
+            yield record_out(DROPPED, single.reason, single.scores)
             return
 
         keep_set = set(keep_pos)
@@ -93,7 +101,7 @@ class AssembleDocument(AccountedDoFn):
                     "original_width": st.original_width, "original_height": st.original_height,
                     "original_format": st.original_format, "original_bytes": st.original_bytes,
                     "sha256": st.sha256, "source_file": res.source.file, "source_offset": res.source.offset})
-                yield image_out(KEPT, "", it["url"])
+                yield image_out(KEPT, "", it["url"], res)
         scores = dict(cand.scores)
         scores.update(single.scores)
         yield record_out(KEPT)

@@ -59,7 +59,8 @@ class KeepBestOfGroup(AccountedDoFn):
             p = other.provenance
             yield self.outcome(Outcome(RECORD, DROPPED, self.reason, file=p.file, offset=p.offset,
                                        inner_offset=p.inner_offset, url=other.url,
-                                       message=f"survivor {best.doc_id}"))
+                                       message=f"survivor {best.doc_id}", snippet=candidate_text(other)[:300],
+                                       scores=json.dumps({"survivor_doc_id": best.doc_id, "survivor_url": best.url})))
             yield pvalue.TaggedOutput(AUDIT, audit_line(self.reason, other, best.doc_id, best.url))
 
 
@@ -222,7 +223,9 @@ class DropNearDuplicates(AccountedDoFn):
             survivor_url, _, survivor_id = survivors[0].rsplit("\t", 2)
             p = c.provenance
             yield self.outcome(Outcome(RECORD, DROPPED, "near_duplicate", file=p.file, offset=p.offset,
-                                       inner_offset=p.inner_offset, url=c.url, message=f"survivor {survivor_id}"))
+                                       inner_offset=p.inner_offset, url=c.url, message=f"survivor {survivor_id}",
+                                       snippet=candidate_text(c)[:300],
+                                       scores=json.dumps({"survivor_doc_id": survivor_id, "survivor_url": survivor_url})))
             yield pvalue.TaggedOutput(AUDIT, audit_line("near_duplicate", c, survivor_id, survivor_url))
 
 

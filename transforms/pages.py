@@ -3,6 +3,7 @@ text filters. Each step sends its rejects, with the reason, to ``outcomes``."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Dict
 
@@ -24,10 +25,15 @@ class DecodedPage:
     scores: Dict[str, Any]
 
 
-def _drop(page: Page, reason: str, message: str = "", status: str = DROPPED) -> Outcome:
+SNIPPET_CHARS = 300
+
+
+def _drop(page: Page, reason: str, message: str = "", status: str = DROPPED, scores=None,
+          snippet: str = "") -> Outcome:
     p = page.provenance
     return Outcome(RECORD, status, reason, file=p.file, offset=p.offset, inner_offset=p.inner_offset,
-                   url=page.url, message=message)
+                   url=page.url, message=message, scores=json.dumps(scores or {}, sort_keys=True),
+                   snippet=snippet[:SNIPPET_CHARS])
 
 
 class _WithLanguageId(AccountedDoFn):
@@ -45,7 +51,7 @@ class CheapPageChecks(_WithLanguageId):
 
     def process(self, page: Page):
         if len(page.payload) > self.cfg.records.max_html_bytes:
-            yield self.outcome(_drop(page, "too_large"))
+            yield self.outcome(_drop(page, "too_large", scores={"bytes": len(page.payload)}))
             return
         try:
             text, _ = decode_html(page.payload, page.content_type)
@@ -53,12 +59,14 @@ class CheapPageChecks(_WithLanguageId):
             yield self.outcome(_drop(page, "undecodable_html", f"{type(exc).__name__}: {exc}", ERROR))
             return
         if not has_img_tag(text):
-            yield self.outcome(_drop(page, "no_img_tag"))
+            yield self.outcome(_drop(page, "no_img_tag", snippet=rough_text(text, 20_000)))
             return
         lang = self.cfg.language
-        verdict = language_filter(self.lid, rough_text(text), lang.language, lang.cheap_min_score)
+        crude = rough_text(text)
+        verdict = language_filter(self.lid, crude, lang.language, lang.cheap_min_score)
         if not verdict.keep:
-            yield self.outcome(_drop(page, verdict.reason))
+            yield self.outcome(_drop(page, verdict.reason, scores=dict(verdict.scores, stage="cheap"),
+                                     snippet=crude))
             return
         yield DecodedPage(page, text, {})
 
@@ -76,22 +84,24 @@ class ExtractDocuments(_WithLanguageId):
             yield self.outcome(_drop(page, "extraction_failed", f"{type(exc).__name__}: {exc}", ERROR))
             return
         if not content.items:
-            yield self.outcome(_drop(page, "extraction_empty"))
+            yield self.outcome(_drop(page, "extraction_empty", snippet=rough_text(decoded.text, 20_000)))
             return
         texts = [i.text for i in content.items if i.kind == "text"]
         kept_flags, removed = filter_paragraphs(texts, cfg.text)
         kept_texts = [t for t, k in zip(texts, kept_flags) if k]
 
         lang = cfg.language
-        verdict = language_filter(self.lid, " ".join(kept_texts), lang.language, lang.min_score)
+        joined = " ".join(kept_texts)
+        verdict = language_filter(self.lid, joined, lang.language, lang.min_score)
         if not verdict.keep:
-            yield self.outcome(_drop(page, verdict.reason))
+            yield self.outcome(_drop(page, verdict.reason, scores=dict(verdict.scores, stage="extracted"),
+                                     snippet=joined))
             return
         scores = {"language": verdict.scores["language"],
                   "language_score": verdict.scores[f"{lang.language}_score"]}
         text_verdict = filter_document_text(kept_texts, cfg.text)
         if not text_verdict.keep:
-            yield self.outcome(_drop(page, text_verdict.reason))
+            yield self.outcome(_drop(page, text_verdict.reason, scores=text_verdict.scores, snippet=joined))
             return
         scores.update({k: v for k, v in text_verdict.scores.items()})
         scores["paragraphs_removed"] = sum(removed.values())
@@ -108,7 +118,7 @@ class ExtractDocuments(_WithLanguageId):
         n_images = sum(1 for i in items if i["type"] == "image")
         shape = interspersed(n_images, len(items) - n_images)
         if not shape.keep:
-            yield self.outcome(_drop(page, shape.reason))
+            yield self.outcome(_drop(page, shape.reason, scores=shape.scores, snippet=joined))
             return
         yield Candidate(page.doc_id, page.url, page.date, content.title, page.provenance, items, scores)
 

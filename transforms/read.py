@@ -3,6 +3,7 @@ sorted into pages, image records, revisits, or a named skip."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -18,6 +19,7 @@ from transforms.records import (DROPPED, ERROR, IMAGE_SOURCE, READ, RECORD, Imag
                                 Page, Provenance)
 from transforms.warc import ArchiveRecord, ReadError, iter_archive
 
+INPUTS = "inputs"
 PAGES = "pages"
 IMAGES = "images"
 REVISITS = "revisits"
@@ -75,6 +77,28 @@ def classify(rec: ArchiveRecord) -> str:
     return "not_html_or_image"
 
 
+class HashingReader:
+    """A file object that hashes every byte read through it (the input manifest's
+    checksum comes for free with the one streaming pass)."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.bytes = 0
+
+    def read(self, n=-1):
+        data = self.raw.read(n)
+        self.sha.update(data)
+        self.bytes += len(data)
+        return data
+
+    def finish(self) -> str:
+        while True:
+            chunk = self.read(1 << 20)
+            if not chunk:
+                return self.sha.hexdigest()
+
+
 class ReadArchives(AccountedDoFn):
     """File path -> pages (main), image records, revisits, originals, outcomes."""
 
@@ -91,9 +115,10 @@ class ReadArchives(AccountedDoFn):
                                        message=f"{type(exc).__name__}: {exc}"))
             return
         last = (0, 0)
+        hashing = HashingReader(raw)
         try:
             with raw:
-                reader = iter_archive(raw, path, max_payload_bytes=max(cfg.max_html_bytes, cfg.max_image_bytes))
+                reader = iter_archive(hashing, path, max_payload_bytes=max(cfg.max_html_bytes, cfg.max_image_bytes))
                 for item in reader:
                     yield self.outcome(Outcome(RECORD, READ, file=path))
                     if isinstance(item, ReadError):
@@ -103,10 +128,13 @@ class ReadArchives(AccountedDoFn):
                         continue
                     last = (item.offset, item.inner_offset)
                     yield from self._route(item)
+                sha = hashing.finish()
+            yield pvalue.TaggedOutput(INPUTS, {"path": path, "bytes": hashing.bytes, "sha256": sha})
         except Exception as exc:  # a reader bug must not take the job down
             yield self.outcome(Outcome(RECORD, READ, file=path))
             yield self.outcome(Outcome(RECORD, ERROR, "reader_failed", file=path, offset=last[0],
                                        inner_offset=last[1], message=f"{type(exc).__name__}: {exc}"))
+            yield pvalue.TaggedOutput(INPUTS, {"path": path, "bytes": hashing.bytes, "sha256": None})
 
     def _route(self, rec: ArchiveRecord):
         cfg = self.cfg
@@ -194,7 +222,8 @@ class ReadAndResolve(beam.PTransform):
     def expand(self, paths):
         from transforms.accounting import OUTCOMES
         read = paths | "ReadRecords" >> beam.ParDo(ReadArchives(self.cfg)).with_outputs(
-            IMAGES, REVISITS, ORIGINALS, OUTCOMES, main=PAGES)
+            IMAGES, REVISITS, ORIGINALS, OUTCOMES, INPUTS, main=PAGES)
+        self.inputs = read[INPUTS]
         pages, images, outcomes = [read[PAGES]], [read[IMAGES]], [read[OUTCOMES]]
         if self.cfg.resolve_revisits:
             resolved = ({"revisits": read[REVISITS], "originals": read[ORIGINALS]}

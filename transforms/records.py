@@ -30,6 +30,8 @@ class Outcome:
     inner_offset: int = 0
     url: str = ""
     message: str = ""
+    scores: str = ""            # JSON of the scores that decided a drop (for the audit sample)
+    snippet: str = ""           # a little of the text, for the audit sample
 
     @property
     def key(self) -> str:

@@ -1,0 +1,358 @@
+"""``kosmos report``: what a curation run read, what each filter removed and why.
+
+One self-contained HTML file (inline SVG charts, inline thumbnails; no script, font
+or stylesheet from anywhere: it opens from disk with no network) and a JSON
+summary whose numbers are those of ``stats.json``. ``kosmos report A B`` compares
+two runs filter by filter.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from collections import Counter
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+# Which step of the job removes each record-level reason (the funnel's stages).
+STAGES: List[Tuple[str, Tuple[str, ...]]] = [
+    ("HTML pages (2xx, revisits resolved)", ("warc_type_", "not_http", "http_", "not_html_or_image", "revisit_",
+                                     "too_large", "bad_http", "truncated", "bad_gzip", "bad_record_header",
+                                     "not_an_archive", "empty_file", "open_failed", "reader_failed")),
+    ("pages with an <img>", ("no_img_tag", "undecodable_html")),
+    ("English, clean, images in text", ("non_english", "no_text", "extraction_", "too_few_words",
+                                                  "spam_", "special_characters", "gibberish",
+                                                  "no_images_in_content", "no_text_in_content")),
+    ("unique (URL, text, near-dup)", ("duplicate_url", "duplicate_exact", "near_duplicate")),
+    ("documents with usable images", ("images_", "no_usable_images")),
+    ("half of single-image docs dropped", ("single_image_dropped",)),
+]
+IMAGE_FILTER_REASONS = {"too_small", "single_color", "undecodable", "decompression_bomb", "repeated_image",
+                        "too_many_images", "document_dropped", "duplicate_in_document"}
+
+
+# -- reading a run ----------------------------------------------------------------------
+def _read_json(path: str):
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def load_run(run_dir: str, max_docs: int = 100_000) -> Dict:
+    stats = _read_json(os.path.join(run_dir, "stats.json"))
+    run = _read_json(os.path.join(run_dir, "run.json")) if os.path.exists(os.path.join(run_dir, "run.json")) else {}
+    samples = []
+    sample_path = os.path.join(run_dir, "rejects", "samples.parquet")
+    if os.path.exists(sample_path):
+        import pyarrow.parquet as pq
+        samples = pq.read_table(sample_path).to_pylist()
+    return {"dir": run_dir, "stats": stats, "run": run, "samples": samples,
+            "distributions": document_distributions(os.path.join(run_dir, "documents"), max_docs)}
+
+
+def document_distributions(documents_dir: str, max_docs: int) -> Dict[str, List[float]]:
+    """Per-document figures of the kept documents (the first ``max_docs`` in shard order)."""
+    out = {"images_per_document": [], "image_width": [], "image_height": [], "language_score": [], "words": []}
+    manifest = os.path.join(documents_dir, "_manifest.json")
+    if not os.path.exists(manifest):
+        return out
+    import pyarrow.parquet as pq
+    seen = 0
+    for entry in _read_json(manifest)["shards"]:
+        pf = pq.ParquetFile(os.path.join(documents_dir, entry["file"]))
+        for batch in pf.iter_batches(columns=["num_images", "images", "scores"], batch_size=256):
+            for row in batch.to_pylist():
+                out["images_per_document"].append(row["num_images"])
+                for im in row["images"]:
+                    out["image_width"].append(im["original_width"])
+                    out["image_height"].append(im["original_height"])
+                out["language_score"].append(row["scores"]["language_score"])
+                out["words"].append(row["scores"]["words"])
+                seen += 1
+                if seen >= max_docs:
+                    return out
+    return out
+
+
+def funnel(stats: Dict) -> List[Tuple[str, int]]:
+    rec = stats["records"]
+    removed = dict(rec["dropped"])
+    for reason, n in rec["error"].items():
+        removed[reason] = removed.get(reason, 0) + n
+    removed["__image_source"] = rec.get("image_source", 0)
+    rows = [("records read", rec["in"])]
+    remaining = rec["in"]
+    claimed = set()
+    for label, prefixes in STAGES:
+        gone = 0
+        for reason, n in removed.items():
+            if reason in claimed:
+                continue
+            if reason == "__image_source" and label.startswith("HTML pages"):
+                gone += n
+                claimed.add(reason)
+            elif any(reason == p or reason.startswith(p) for p in prefixes):
+                gone += n
+                claimed.add(reason)
+        remaining -= gone
+        rows.append((label, remaining))
+    unclaimed = sum(n for r, n in removed.items() if r not in claimed)
+    if unclaimed:
+        remaining -= unclaimed
+        rows.append(("other filters", remaining))
+    rows.append(("documents kept", rec["kept"]))
+    return rows
+
+
+def summary(run: Dict) -> Dict:
+    stats = run["stats"]
+    drops = {}
+    for level in ("records", "images"):
+        block = stats[level]
+        total = block["in"] or 1
+        drops[level] = {f"{status}:{reason}": {"count": n, "rate": n / total}
+                        for status in ("dropped", "error") for reason, n in block[status].items()}
+    d = run["distributions"]
+    return {
+        "run_dir": run["dir"],
+        "accounting": {level: {"in": stats[level]["in"], "out": stats[level]["out"],
+                               "kept": stats[level]["kept"], "balanced": stats[level]["balanced"]}
+                       for level in ("records", "images")},
+        "documents": stats["documents"],
+        "funnel": [{"stage": s, "remaining": n} for s, n in funnel(stats)],
+        "drops": drops,
+        "samples_per_reason": dict(Counter(f"{s['level']}/{s['status']}/{s['reason']}" for s in run["samples"])),
+        "distributions": {k: {"n": len(v), "mean": (sum(v) / len(v)) if v else None} for k, v in d.items()},
+    }
+
+
+# -- drawing ------------------------------------------------------------------------------
+def _esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def bar_chart(items: Sequence[Tuple[str, float]], width: int = 720, bar_h: int = 22, color: str = "#3b6ea8",
+              label_w: int = 300, fmt=lambda v: f"{v:,.0f}") -> str:
+    if not items:
+        return "<p class='muted'>nothing to show</p>"
+    top = max(v for _, v in items) or 1
+    h = bar_h * len(items) + 10
+    parts = [f"<svg class='chart' role='img' width='{width}' height='{h}' viewBox='0 0 {width} {h}' "
+             f"xmlns='http://www.w3.org/2000/svg'>"]
+    for i, (label, v) in enumerate(items):
+        y = 5 + i * bar_h
+        w = max(1, int((width - label_w - 90) * v / top)) if v else 0
+        parts.append(f"<text x='{label_w - 6}' y='{y + bar_h * 0.68}' text-anchor='end' font-size='12'>"
+                     f"{_esc(label)}</text>")
+        parts.append(f"<rect x='{label_w}' y='{y + 3}' width='{w}' height='{bar_h - 6}' fill='{color}'/>")
+        parts.append(f"<text x='{label_w + w + 6}' y='{y + bar_h * 0.68}' font-size='12'>{_esc(fmt(v))}</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def histogram(values: Sequence[float], bins: int = 12, integer: bool = False, color: str = "#5a9a5a") -> str:
+    if not values:
+        return "<p class='muted'>no kept documents</p>"
+    lo, hi = min(values), max(values)
+    if integer:
+        counts = Counter(int(v) for v in values)
+        items = [(str(k), counts[k]) for k in range(int(lo), int(hi) + 1)]
+    else:
+        if hi == lo:
+            hi = lo + 1
+        step = (hi - lo) / bins
+        counts = Counter(min(int((v - lo) / step), bins - 1) for v in values)
+        items = [(f"{lo + i * step:,.2f} - {lo + (i + 1) * step:,.2f}", counts[i]) for i in range(bins)]
+    return bar_chart(items, width=560, bar_h=18, color=color, label_w=170)
+
+
+def _thumbnail(sample: Dict, max_side: int = 96) -> Optional[str]:
+    """Re-read the dropped image's record from its archive and shrink it; None when
+    the archive is not at hand or the bytes do not decode."""
+    if sample["level"] != "image" or sample["reason"] not in IMAGE_FILTER_REASONS:
+        return None
+    path, offset = sample["file"], sample["offset"]
+    if not path or offset is None or offset < 0 or sample.get("inner_offset") or not os.path.exists(path):
+        return None
+    try:
+        from PIL import Image
+
+        from transforms.read import classify
+        from transforms.warc import ArchiveRecord, iter_archive
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            rec = next(iter(iter_archive(fh, path)), None)
+        if not isinstance(rec, ArchiveRecord) or classify(rec) != "image":
+            return None
+        img = Image.open(io.BytesIO(rec.payload))
+        img.seek(0)
+        img = img.convert("RGBA")
+        img.thumbnail((max_side, max_side))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    except Exception:
+        return None
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px;color:#222;max-width:1100px}
+h1{font-size:22px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
+td.num,th.num{text-align:right} .muted{color:#777} .ok{background:#e7f5e7;border:1px solid #7bb27b;padding:10px}
+.bad{background:#fde2e2;border:3px solid #c0392b;padding:14px;font-size:20px;font-weight:bold;color:#8e1b10}
+details{margin:4px 0} summary{cursor:pointer} .snippet{max-width:520px;font-size:12px;color:#444}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:8px 24px} img.thumb{border:1px solid #ccc}
+.pos{color:#1b7a1b} .neg{color:#b03a2e}
+"""
+
+
+def _accounting_html(stats: Dict) -> str:
+    out = []
+    for level in ("records", "images"):
+        b = stats[level]
+        if b["balanced"]:
+            out.append(f"<div class='ok' data-balanced='true'>{level}: balanced. {b['in']:,} in = {b['kept']:,} kept"
+                       + (f" + {b.get('image_source', 0):,} image records" if level == "records" else "")
+                       + f" + {sum(b['dropped'].values()):,} dropped + {sum(b['error'].values()):,} errors</div>")
+        else:
+            out.append(f"<div class='bad' data-balanced='false'>{level}: ACCOUNTING DOES NOT BALANCE: "
+                       f"{b['in']:,} in, {b['out']:,} accounted for, {b['in'] - b['out']:+,} unexplained</div>")
+    return "\n".join(out)
+
+
+def _drops_table(stats: Dict, level: str) -> str:
+    b = stats[level]
+    total = b["in"] or 1
+    rows = sorted(((s, r, n) for s in ("dropped", "error") for r, n in b[s].items()), key=lambda x: -x[2])
+    body = "".join(f"<tr><td>{_esc(s)}</td><td>{_esc(r)}</td><td class='num'>{n:,}</td>"
+                   f"<td class='num'>{100 * n / total:.2f}%</td></tr>" for s, r, n in rows)
+    return (f"<table><tr><th>status</th><th>reason</th><th class='num'>count</th><th class='num'>rate</th></tr>"
+            f"{body}</table>")
+
+
+def _samples_html(samples: List[Dict]) -> str:
+    by_reason: Dict[Tuple[str, str, str], List[Dict]] = {}
+    for s in samples:
+        by_reason.setdefault((s["level"], s["status"], s["reason"]), []).append(s)
+    parts = []
+    for (level, status, reason), rows in sorted(by_reason.items()):
+        trs = []
+        for s in rows:
+            thumb = _thumbnail(s)
+            img = f"<img class='thumb' src='{thumb}' alt='thumbnail'>" if thumb else ""
+            trs.append(f"<tr><td>{img}<a href='{_esc(s['url'])}'>{_esc(s['url'][:90])}</a></td>"
+                       f"<td>{_esc(os.path.basename(s['file']))}@{s['offset']}</td>"
+                       f"<td><code>{_esc(s['scores'][:200])}</code></td>"
+                       f"<td class='snippet'>{_esc((s['snippet'] or s['message'])[:300])}</td></tr>")
+        parts.append(f"<details data-reason='{_esc(reason)}'><summary>{_esc(level)} / {_esc(status)} / "
+                     f"<b>{_esc(reason)}</b> ({len(rows)} sampled)</summary><table><tr><th>URL</th>"
+                     f"<th>where</th><th>scores</th><th>text</th></tr>{''.join(trs)}</table></details>")
+    return "\n".join(parts) or "<p class='muted'>no sampled rejects in this run</p>"
+
+
+def render_report(run: Dict) -> str:
+    stats, meta = run["stats"], run["run"]
+    d = run["distributions"]
+    inputs = meta.get("inputs", [])
+    total_bytes = sum((i.get("bytes") or i.get("size") or 0) for i in inputs)
+    drop_items = sorted(((f"{r}", n) for r, n in stats["records"]["dropped"].items()), key=lambda x: -x[1])
+    image_items = sorted(((f"{r}", n) for r, n in stats["images"]["dropped"].items()), key=lambda x: -x[1])
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Curation report: {_esc(run['dir'])}</title>
+<style>{CSS}</style></head><body>
+<h1>Curation report</h1>
+<p>Run <code>{_esc(run['dir'])}</code>, started {_esc(meta.get('started_at', '?'))}, finished
+{_esc(meta.get('finished_at', '?'))}; code {_esc(meta.get('code', {}))}; Beam {_esc(meta.get('beam', '?'))};
+{len(inputs)} input files, {total_bytes:,} bytes; config sha256 <code>{_esc(stats.get('config_sha256', '')[:16])}</code>.</p>
+<h2>Accounting</h2>
+{_accounting_html(stats)}
+<h2>Funnel: from records read to documents kept</h2>
+{bar_chart(funnel(stats))}
+<p>{stats['documents']['kept']:,} documents with {stats['documents']['images']:,} images in
+{stats['documents']['shards']} shards.</p>
+<h2>Records dropped, by reason</h2>
+<div class="grid"><div>{bar_chart(drop_items, width=560, label_w=220, color="#b5651d")}</div>
+<div>{_drops_table(stats, 'records')}</div></div>
+<h2>Image references dropped, by reason</h2>
+<div class="grid"><div>{bar_chart(image_items, width=560, label_w=220, color="#7d5ba6")}</div>
+<div>{_drops_table(stats, 'images')}</div></div>
+<h2>Kept documents</h2>
+<div class="grid">
+<div><h3>images per document</h3>{histogram(d['images_per_document'], integer=True)}</div>
+<div><h3>English score (fastText)</h3>{histogram(d['language_score'])}</div>
+<div><h3>words per document</h3>{histogram(d['words'])}</div>
+<div><h3>original image width (px)</h3>{histogram(d['image_width'])}</div>
+<div><h3>original image height (px)</h3>{histogram(d['image_height'])}</div>
+</div>
+<h2>Sampled rejects, per reason</h2>
+<p class="muted">Up to {meta.get('config', {}).get('audit', {}).get('samples_per_reason', '?')} per reason,
+chosen by a seeded hash; image thumbnails are re-read from the archives when they are at hand.</p>
+{_samples_html(run['samples'])}
+</body></html>
+"""
+
+
+def compare(a: Dict, b: Dict) -> Dict:
+    rows = []
+    for level in ("records", "images"):
+        keys = set()
+        for run in (a, b):
+            for status in ("dropped", "error"):
+                keys |= {(status, r) for r in run["stats"][level][status]}
+            keys.add(("kept", ""))
+        for status, reason in sorted(keys):
+            get = (lambda s: s["stats"][level]["kept"]) if status == "kept" else \
+                (lambda s: s["stats"][level][status].get(reason, 0))
+            na, nb = get(a), get(b)
+            rows.append({"level": level, "status": status, "reason": reason, "a": na, "b": nb, "diff": nb - na})
+    return {"a": a["dir"], "b": b["dir"], "rows": rows, "changed": [r for r in rows if r["diff"]]}
+
+
+def render_compare(cmp: Dict, a: Dict, b: Dict) -> str:
+    def cls(v):
+        return "pos" if v > 0 else "neg" if v < 0 else "muted"
+    body = "".join(f"<tr data-changed='{str(bool(r['diff'])).lower()}'><td>{_esc(r['level'])}</td><td>{_esc(r['status'])}</td>"
+                   f"<td>{_esc(r['reason'])}</td><td class='num'>{r['a']:,}</td><td class='num'>{r['b']:,}</td>"
+                   f"<td class='num {cls(r['diff'])}'>{r['diff']:+,}</td></tr>" for r in cmp["rows"])
+    changed = bar_chart([(f"{r['level']}/{r['reason'] or r['status']}", abs(r["diff"])) for r in cmp["changed"]],
+                        color="#c0392b")
+    cfg_a, cfg_b = a["run"].get("config", {}), b["run"].get("config", {})
+    cfg_diff = [f"{sec}.{k}: {cfg_a[sec][k]!r} -> {cfg_b.get(sec, {}).get(k)!r}"
+                for sec in sorted(cfg_a) if isinstance(cfg_a[sec], dict)
+                for k in sorted(cfg_a[sec]) if cfg_a[sec][k] != cfg_b.get(sec, {}).get(k)]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Curation runs compared</title><style>{CSS}</style></head><body>
+<h1>Curation runs compared</h1>
+<p>A: <code>{_esc(cmp['a'])}</code><br>B: <code>{_esc(cmp['b'])}</code></p>
+<h2>Settings that differ</h2>
+<ul>{''.join(f'<li><code>{_esc(c)}</code></li>' for c in cfg_diff) or '<li class="muted">none</li>'}</ul>
+<h2>What changed (|B - A|)</h2>{changed}
+<h2>Every filter</h2>
+<table><tr><th>level</th><th>status</th><th>reason</th><th class='num'>A</th><th class='num'>B</th>
+<th class='num'>B - A</th></tr>{body}</table>
+</body></html>
+"""
+
+
+def write_report(run_dirs: List[str], output: Optional[str] = None, max_docs: int = 100_000) -> Tuple[str, str]:
+    """Write the HTML report (and its JSON summary beside it); returns both paths."""
+    runs = [load_run(d, max_docs) for d in run_dirs]
+    if len(runs) == 1:
+        html_text = render_report(runs[0])
+        data = summary(runs[0])
+        default = os.path.join(run_dirs[0], "report.html")
+    elif len(runs) == 2:
+        data = compare(runs[0], runs[1])
+        html_text = render_compare(data, runs[0], runs[1])
+        default = os.path.join(run_dirs[1], "compare.html")
+    else:
+        raise ValueError("give one run directory, or two to compare")
+    out = output or default
+    with open(out, "w", encoding="utf-8") as fh:
+        fh.write(html_text)
+    json_path = os.path.splitext(out)[0] + ".json"
+    with open(json_path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+    return out, json_path
