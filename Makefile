@@ -6,6 +6,7 @@ SAMPLE_OUT ?= out/sample
 demo:
 	rm -rf $(SAMPLE_OUT)
 	bin/kosmos curate --input 'data/sample/warc/*' --output $(SAMPLE_OUT)
+	bin/kosmos report $(SAMPLE_OUT)
 
 test:
 	scripts/ensure-chromium
