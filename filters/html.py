@@ -26,7 +26,7 @@ _TAG = re.compile(r"<[^>]{0,2000}>", re.DOTALL)
 _SPACES = re.compile(r"\s+")
 
 BLOCK_TAGS = {"p", "head", "item", "quote", "code", "cell", "row", "list", "table",
-              "main", "doc", "comments", "div", "lb-block"}
+              "main", "doc", "comments", "div"}
 
 
 def _charset_ok(name: Optional[str]) -> Optional[str]:

@@ -16,6 +16,7 @@ Read top to bottom, the graph is the paper's recipe:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -94,7 +95,7 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
                               "shards": len(manifest["shards"])}
         stats["dedup"] = {"cc_unsettled_components": counts.get("dedup/cc_unsettled_components", 0)}
         stats["counts"] = dict(sorted(counts.items()))
-        stats["config_sha256"] = __import__("hashlib").sha256(config_json.encode()).hexdigest()
+        stats["config_sha256"] = hashlib.sha256(config_json.encode()).hexdigest()
         atomic_write(FileSystems.join(output, "stats.json"),
                      json.dumps(stats, indent=2, sort_keys=True).encode())
         return stats

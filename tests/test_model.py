@@ -187,3 +187,18 @@ def test_model_command_prints_the_counts():
     assert out.returncode == 0, out.stderr
     assert "1,340,180,480" in out.stdout and "1,658,902,528" in out.stdout
     assert "apache_beam" not in out.stderr
+
+
+def test_vision_tower_loads_a_local_checkpoint(tmp_path):
+    """``pretrained=`` takes a local checkpoint path (the offline way to load CLIP)."""
+    import open_clip
+    from trainer.model.vision import TINY_VIT, CLIPVisionEncoder, register_tiny_config
+    register_tiny_config()
+    torch.manual_seed(5)
+    clip = open_clip.create_model(TINY_VIT, pretrained=None)
+    path = tmp_path / "tiny-clip.pt"
+    torch.save(clip.state_dict(), path)
+    enc = CLIPVisionEncoder(TINY_VIT, pretrained=str(path))
+    for name, p in clip.visual.state_dict().items():
+        assert torch.equal(enc.visual.state_dict()[name], p), name
+    assert enc(torch.randn(2, 3, 224, 224)).shape == (2, 49, 64)

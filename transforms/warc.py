@@ -93,6 +93,8 @@ class _Stream:
         self.member_start_pos = 0       # decompressed position where that member began
         self._members: List[Tuple[int, int]] = [(0, 0)]  # (decompressed pos, raw offset)
         self._dec = zlib.decompressobj(31) if self.gzip else None
+        self._member_has_input = False   # the current gzip member has been fed bytes
+        self._current_member_raw = 0     # raw offset where the current member starts
         self.eof = False
         self.errors: List[ReadError] = []
 
@@ -138,7 +140,6 @@ class _Stream:
             self._pending_raw = b""
             if not data:
                 if self._dec is not None and not self._dec.eof and self._member_has_input:
-                    raw_off, _ = self.address(self.buf_start + len(self.buf))
                     self.errors.append(ReadError(
                         self.name, self._current_member_raw, 0, "truncated_gzip",
                         f"gzip member at offset {self._current_member_raw} ends before its end marker"))
@@ -164,9 +165,6 @@ class _Stream:
                 self._start_member(next_raw)
             if out:
                 return True
-
-    _member_has_input = False
-    _current_member_raw = 0
 
     def _start_member(self, raw_offset: int):
         self._current_member_raw = raw_offset
