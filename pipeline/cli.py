@@ -49,7 +49,7 @@ def _curate(args, beam_args: List[str]) -> int:
     try:
         stats = run_curation(args.input, args.output, cfg, beam_args, num_workers=args.num_workers,
                              paths_prefix=args.paths_prefix, wait=not args.no_wait,
-                             worker_log=worker_log or None)
+                             worker_log=worker_log or None, overwrite=args.overwrite)
     except Exception:
         if worker_log:
             print(f"the job failed; runner and worker logs: {worker_log}", file=sys.stderr)
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the revisit join (Common Crawl WARCs hold no revisit records)")
     c.add_argument("--print_config", action="store_true", help="print the effective settings and exit")
     c.add_argument("--no_wait", action="store_true", help="submit and return (remote runners)")
+    c.add_argument("--overwrite", action="store_true", help="replace a previous run's outputs in --output")
     c.add_argument("--worker_log", default=None,
                    help="file for the runner's and local workers' logs (default: a temp file; '' = terminal)")
     c.set_defaults(func=_curate)

@@ -177,10 +177,38 @@ def stderr_to(path: Optional[str]):
         os.close(saved)
 
 
+OUTPUTS = (DOCUMENTS_DIR, "duplicates", "rejects", "stats.json", "errors.jsonl", "inputs.jsonl", "run.json",
+           "report.html", "report.json")
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """Refuse to mix two runs in one directory (a stale shard would be read by any
+    Parquet dataset reader); with ``overwrite`` the previous run's outputs go."""
+    present = [name for name in OUTPUTS if FileSystems.exists(FileSystems.join(output, name))]
+    if not present:
+        return
+    if not overwrite:
+        raise FileExistsError(f"{output} already holds a run ({', '.join(present)}); "
+                              f"choose another --output or pass --overwrite")
+    for name in present:
+        path = FileSystems.join(output, name)
+        if name.endswith((".json", ".jsonl", ".html")):
+            FileSystems.delete([path])
+        else:
+            matches = FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list
+            if matches:
+                FileSystems.delete([m.path for m in matches])
+            try:
+                FileSystems.delete([path])
+            except Exception:
+                pass  # object stores have no directories to delete
+
+
 def run_curation(inputs: List[str], output: str, cfg: CurationConfig, beam_args: List[str],
                  num_workers: Optional[int] = None, paths_prefix: str = DEFAULT_PATHS_PREFIX,
-                 wait: bool = True, worker_log: Optional[str] = None) -> Optional[Dict]:
+                 wait: bool = True, worker_log: Optional[str] = None, overwrite: bool = False) -> Optional[Dict]:
     files = expand_inputs(inputs, paths_prefix)
+    prepare_output(output, overwrite)
     args = default_beam_args(beam_args, num_workers)
     options = PipelineOptions(args)
     started = time.time()

@@ -186,3 +186,19 @@ def test_revisits_resolve_through_the_digest_join(tmp_path):
                   overrides={"records.resolve_revisits": False})
     assert off["records"]["dropped"]["revisit_not_resolved"] == 123
     assert off["records"]["image_source"] == 4
+
+
+def test_a_second_run_into_the_same_directory_needs_overwrite(tmp_path):
+    from filters.config import CurationConfig
+    from pipeline.curate import run_curation
+    src = [shared_warc("node-warc__books.toscrape.warc")]
+    out = tmp_path / "out"
+    run_curation(src, str(out), CurationConfig(), IN_MEMORY, worker_log=str(tmp_path / "log"))
+    stale = out / "documents" / "part-00099-of-00100.parquet"
+    stale.write_bytes(b"left over from an older run")
+    with pytest.raises(FileExistsError):
+        run_curation(src, str(out), CurationConfig(), IN_MEMORY, worker_log=str(tmp_path / "log"))
+    stats = run_curation(src, str(out), CurationConfig(), IN_MEMORY, worker_log=str(tmp_path / "log"),
+                         overwrite=True)
+    assert not stale.exists() and stats["documents"]["kept"] == 1
+    assert len(read_docs(out)) == 1
