@@ -134,7 +134,7 @@ class SettleRepeatedContent(beam.DoFn):
     def process(self, element):
         sha, results = element
         results = list(results)
-        repeated = bool(sha) and self.max_repeats and len({doc for doc, _ in results}) > self.max_repeats
+        repeated = self.max_repeats and len({doc for doc, _ in results}) > self.max_repeats
         for doc_id, res in results:
             if repeated and res.reason is None:
                 yield doc_id, ImageResult(res.position, "repeated_image", None, res.source, res.scores)
@@ -159,8 +159,12 @@ class FetchImages(beam.PTransform):
                  | "GroupByUrl" >> beam.GroupByKey()
                  | "SettleRepeatedUrls" >> beam.ParDo(SettleRepeatedUrls(n)).with_outputs(SETTLED, main="fetch"))
         fetched = split["fetch"] | "FromSource" >> self.source
-        checked = (fetched
-                   | "KeyBySha256" >> beam.Map(lambda kv: (kv[1].stored.sha256 if kv[1].stored else "", kv))
+        # Only images that passed carry bytes to count; failures skip the shuffle
+        # (grouped under one key they would make a hot key as large as the failures).
+        with_bytes = fetched | "WithBytes" >> beam.Filter(lambda kv: kv[1].stored is not None)
+        without = fetched | "WithoutBytes" >> beam.Filter(lambda kv: kv[1].stored is None)
+        checked = (with_bytes
+                   | "KeyBySha256" >> beam.Map(lambda kv: (kv[1].stored.sha256, kv))
                    | "GroupBySha256" >> beam.GroupByKey()
                    | "SettleRepeatedContent" >> beam.ParDo(SettleRepeatedContent(n)))
-        return (checked, split[SETTLED]) | "AllFetchResults" >> beam.Flatten()
+        return (checked, without, split[SETTLED]) | "AllFetchResults" >> beam.Flatten()
