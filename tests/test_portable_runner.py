@@ -41,3 +41,34 @@ def test_portable_runner_matches_local_runner(shared_run, job_service, tmp_path)
     assert json.loads((tmp_path / "portable" / "documents" / "_manifest.json").read_text()) == \
         json.loads((out / "documents" / "_manifest.json").read_text())
     assert [d["doc_id"] for d in read_docs(tmp_path / "portable")] == [d["doc_id"] for d in read_docs(out)]
+
+
+@pytest.fixture
+def worker_pool(tmp_path):
+    """Beam's SDK worker pool as a separate process: how Flink and Spark run Python
+    workers (the EXTERNAL environment)."""
+    port = free_port()
+    log = open(tmp_path / "worker_pool.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
+        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    try:
+        wait_for_port(port, proc)
+        yield f"localhost:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.mark.timeout(600)
+def test_external_worker_pool_matches_local_runner(shared_run, job_service, worker_pool, tmp_path):
+    out, stats = shared_run
+    external = run_job(all_shared_warcs(), tmp_path / "external",
+                       beam_args=["--runner=PortableRunner", f"--job_endpoint={job_service}",
+                                  "--environment_type=EXTERNAL", f"--environment_config={worker_pool}"])
+    assert external == stats
+    assert [d["doc_id"] for d in read_docs(tmp_path / "external")] == [d["doc_id"] for d in read_docs(out)]
