@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import os
 import random
-import resource
 import subprocess
 import sys
 import time

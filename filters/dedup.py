@@ -16,7 +16,7 @@ import re
 import struct
 import unicodedata
 from datetime import datetime, timezone
-from typing import Iterable, List, Sequence, Tuple
+from typing import Iterable, List, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np

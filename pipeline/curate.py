@@ -108,13 +108,11 @@ def write_reject_samples(rows: List[Dict], path: str) -> int:
     import io
     import pyarrow as pa
     import pyarrow.parquet as pq
-    schema = pa.schema([("level", pa.string()), ("status", pa.string()), ("reason", pa.string()),
-                        ("url", pa.string()), ("file", pa.string()), ("offset", pa.int64()),
-                        ("inner_offset", pa.int64()), ("scores", pa.string()), ("snippet", pa.string()),
-                        ("message", pa.string()), ("sample_key", pa.string())])
+
+    from pipeline.schema import REJECT_SCHEMA
     rows = sorted(rows, key=lambda r: (r["level"], r["status"], r["reason"], r["sample_key"]))
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, compression="zstd")
+    pq.write_table(pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), buf, compression="zstd")
     atomic_write(path, buf.getvalue())
     return len(rows)
 

@@ -14,7 +14,7 @@ import io
 import json
 import os
 from collections import Counter
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 # Which step of the job removes each record-level reason (the funnel's stages).
 STAGES: List[Tuple[str, Tuple[str, ...]]] = [

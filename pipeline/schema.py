@@ -69,6 +69,22 @@ DOCUMENT_SCHEMA = pa.schema([
 ], metadata={b"kosmos.schema": b"interleaved_document", b"kosmos.schema_version": SCHEMA_VERSION.encode()})
 
 
+# The sampled rejects of a run (``rejects/samples.parquet``): what auditors browse.
+REJECT_SCHEMA = pa.schema([
+    pa.field("level", pa.string()),          # "record" | "image"
+    pa.field("status", pa.string()),         # "dropped" | "error"
+    pa.field("reason", pa.string()),
+    pa.field("url", pa.string()),
+    pa.field("file", pa.string()),           # archive and offset of the record (of the image's record for images)
+    pa.field("offset", pa.int64()),
+    pa.field("inner_offset", pa.int64()),
+    pa.field("scores", pa.string()),         # JSON of the scores that decided
+    pa.field("snippet", pa.string()),
+    pa.field("message", pa.string()),
+    pa.field("sample_key", pa.string()),     # the seeded hash that chose it
+], metadata={b"kosmos.schema": b"reject_sample"})
+
+
 def rows_to_table(rows: List[Dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA)
 

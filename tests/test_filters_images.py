@@ -1,7 +1,6 @@
 """Image filters on crafted boundary cases and on real images from the archives."""
 
 import io
-from pathlib import Path
 
 import pytest
 from PIL import Image

@@ -1,6 +1,5 @@
 """Spam/gibberish heuristics, language identification and document rules."""
 
-from pathlib import Path
 
 import pytest
 

@@ -1,6 +1,5 @@
 """Decoding, cheap checks and ordered extraction on real pages."""
 
-from pathlib import Path
 
 from conftest import SHARED, shared_warc
 from filters.html import base_href, decode_html, extract_content, has_img_tag, normalize_url, resolve_url, rough_text

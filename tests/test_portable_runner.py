@@ -1,6 +1,7 @@
 """The same job through Beam's PortableRunner against a local job service (the
 path Flink and Spark take) gives the same documents and statistics."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -11,23 +12,29 @@ import pytest
 from conftest import all_shared_warcs, free_port, read_docs, run_job, wait_for_port
 
 
+@contextlib.contextmanager
+def service(args, log_path):
+    """A Beam service started as its own process on 127.0.0.1; yields its address."""
+    port = free_port()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", *args(port)], stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ))
+        try:
+            wait_for_port(port, proc)
+            yield f"localhost:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 @pytest.fixture
 def job_service(tmp_path):
-    port = free_port()
-    log = open(tmp_path / "job_service.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
-         "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-    try:
-        wait_for_port(port, proc)
-        yield f"localhost:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with service(lambda port: ["apache_beam.runners.portability.local_job_service_main", "--port", str(port)],
+                 tmp_path / "job_service.log") as address:
+        yield address
 
 
 @pytest.mark.timeout(600)
@@ -47,21 +54,9 @@ def test_portable_runner_matches_local_runner(shared_run, job_service, tmp_path)
 def worker_pool(tmp_path):
     """Beam's SDK worker pool as a separate process: how Flink and Spark run Python
     workers (the EXTERNAL environment)."""
-    port = free_port()
-    log = open(tmp_path / "worker_pool.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-    try:
-        wait_for_port(port, proc)
-        yield f"localhost:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with service(lambda port: ["apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
+                 tmp_path / "worker_pool.log") as address:
+        yield address
 
 
 @pytest.mark.timeout(600)

@@ -2,7 +2,6 @@
 
 import gzip
 import hashlib
-import base64
 import uuid
 
 

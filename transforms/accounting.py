@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
+from pipeline.schema import REJECT_SCHEMA
 from transforms.records import (DROPPED, ENTERED, ERROR, IMAGE, IMAGE_SOURCE, KEPT, READ,
                                 RECORD, Outcome)
 
@@ -82,10 +83,6 @@ def error_line(o: Outcome) -> str:
                       sort_keys=True, ensure_ascii=False)
 
 
-REJECT_SCHEMA_FIELDS = ("level", "status", "reason", "url", "file", "offset", "inner_offset", "scores",
-                        "snippet", "message", "sample_key")
-
-
 def sample_key(o: Outcome, seed: int) -> str:
     return hashlib.sha256(f"{seed}|{o.level}|{o.reason}|{o.url}|{o.file}|{o.offset}|{o.inner_offset}"
                           .encode("utf-8")).hexdigest()
@@ -104,9 +101,7 @@ class SampleRejects(beam.PTransform):
         seed, n = self.seed, self.n
 
         def row(o: Outcome, key: str) -> Dict:
-            return {"level": o.level, "status": o.status, "reason": o.reason, "url": o.url, "file": o.file,
-                    "offset": o.offset, "inner_offset": o.inner_offset, "scores": o.scores,
-                    "snippet": o.snippet, "message": o.message, "sample_key": key}
+            return {name: key if name == "sample_key" else getattr(o, name) for name in REJECT_SCHEMA.names}
 
         return (outcomes
                 | "OnlyRejects" >> beam.Filter(lambda o: o.status in (DROPPED, ERROR))

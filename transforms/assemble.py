@@ -7,12 +7,12 @@ import json
 from collections import Counter
 from typing import Dict, List
 
-import apache_beam as beam
 
 from filters.config import DocumentConfig
 from filters.documents import cap_images, drop_half_of_single_image_docs
 from transforms.accounting import AccountedDoFn
-from transforms.records import (DROPPED, IMAGE, KEPT, RECORD, Candidate, ImageResult, Outcome)
+from transforms.records import (DROPPED, IMAGE, KEPT, RECORD, Candidate, ImageResult, Outcome,
+                                text_snippet)
 
 SCORE_FIELDS = ("language", "language_score", "words", "emoji_ratio", "hashtag_ratio", "url_char_ratio",
                 "special_char_ratio", "alpha_word_ratio", "paragraphs_removed", "single_image_hash")
@@ -42,8 +42,7 @@ class AssembleDocument(AccountedDoFn):
                                         inner_offset=src.inner_offset, url=url, scores=scores))
 
         def record_out(status, reason="", scores=None):
-            snippet = "" if status == KEPT else " ".join(
-                i["text"] for i in cand.items if i["type"] == "text")[:300]
+            snippet = "" if status == KEPT else text_snippet(cand.items)
             return self.outcome(Outcome(RECORD, status, reason, file=prov.file, offset=prov.offset,
                                         inner_offset=prov.inner_offset, url=cand.url, snippet=snippet,
                                         scores=json.dumps(scores or {}, sort_keys=True)))

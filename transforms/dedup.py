@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, List, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -22,7 +21,7 @@ from apache_beam import pvalue
 from filters.config import DedupConfig
 from filters.dedup import (MinHasher, band_keys, capture_time, exact_text_hash, url_key, word_ngrams)
 from transforms.accounting import OUTCOMES, AccountedDoFn
-from transforms.records import DROPPED, RECORD, Candidate, Outcome
+from transforms.records import DROPPED, RECORD, Candidate, Outcome, text_snippet
 
 AUDIT = "audit"
 
@@ -59,7 +58,7 @@ class KeepBestOfGroup(AccountedDoFn):
             p = other.provenance
             yield self.outcome(Outcome(RECORD, DROPPED, self.reason, file=p.file, offset=p.offset,
                                        inner_offset=p.inner_offset, url=other.url,
-                                       message=f"survivor {best.doc_id}", snippet=candidate_text(other)[:300],
+                                       message=f"survivor {best.doc_id}", snippet=text_snippet(other.items),
                                        scores=json.dumps({"survivor_doc_id": best.doc_id, "survivor_url": best.url})))
             yield pvalue.TaggedOutput(AUDIT, audit_line(self.reason, other, best.doc_id, best.url))
 
@@ -224,7 +223,7 @@ class DropNearDuplicates(AccountedDoFn):
             p = c.provenance
             yield self.outcome(Outcome(RECORD, DROPPED, "near_duplicate", file=p.file, offset=p.offset,
                                        inner_offset=p.inner_offset, url=c.url, message=f"survivor {survivor_id}",
-                                       snippet=candidate_text(c)[:300],
+                                       snippet=text_snippet(c.items),
                                        scores=json.dumps({"survivor_doc_id": survivor_id, "survivor_url": survivor_url})))
             yield pvalue.TaggedOutput(AUDIT, audit_line("near_duplicate", c, survivor_id, survivor_url))
 

@@ -10,7 +10,6 @@ plugs in beside it with the same contract.
 
 from __future__ import annotations
 
-from typing import Iterable
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -19,8 +18,8 @@ from apache_beam.metrics import Metrics
 from filters.config import ImageConfig
 from filters.html import normalize_url
 from filters.images import judge_image
-from transforms.accounting import OUTCOMES, AccountedDoFn
-from transforms.records import ENTERED, IMAGE, Candidate, ImageRecord, ImageResult, Outcome
+from transforms.accounting import AccountedDoFn
+from transforms.records import ENTERED, IMAGE, Candidate, ImageResult, Outcome
 
 SETTLED = "settled"
 

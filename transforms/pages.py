@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Dict
 
 import apache_beam as beam
 
@@ -15,17 +14,13 @@ from filters.html import decode_html, extract_content, has_img_tag, rough_text
 from filters.language import LanguageIdentifier, language_filter
 from filters.text_quality import filter_document_text, filter_paragraphs
 from transforms.accounting import OUTCOMES, AccountedDoFn
-from transforms.records import DROPPED, ERROR, RECORD, Candidate, Outcome, Page
+from transforms.records import DROPPED, ERROR, RECORD, SNIPPET_CHARS, Candidate, Outcome, Page
 
 
 @dataclass
 class DecodedPage:
     page: Page
     text: str
-    scores: Dict[str, Any]
-
-
-SNIPPET_CHARS = 300
 
 
 def _drop(page: Page, reason: str, message: str = "", status: str = DROPPED, scores=None,
@@ -68,7 +63,7 @@ class CheapPageChecks(_WithLanguageId):
             yield self.outcome(_drop(page, verdict.reason, scores=dict(verdict.scores, stage="cheap"),
                                      snippet=crude))
             return
-        yield DecodedPage(page, text, {})
+        yield DecodedPage(page, text)
 
 
 class ExtractDocuments(_WithLanguageId):

@@ -94,6 +94,21 @@ class ImageResult:
     scores: Dict[str, Any] = field(default_factory=dict)
 
 
+SNIPPET_CHARS = 300   # text kept with a reject for the audit sample
+
+
+def text_snippet(items: List[Dict[str, Any]], limit: int = SNIPPET_CHARS) -> str:
+    """The first ``limit`` characters of a document's paragraphs, without joining all of them."""
+    parts, size = [], 0
+    for item in items:
+        if item["type"] == "text":
+            parts.append(item["text"])
+            size += len(item["text"]) + 1
+            if size >= limit:
+                break
+    return " ".join(parts)[:limit]
+
+
 def document_id(url: str, date: str, prov: Provenance) -> str:
     """Stable across runs and runners: the capture and where it sits in its archive
     (file name without the directory, so moving the inputs keeps the ids)."""

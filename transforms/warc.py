@@ -15,7 +15,7 @@ import hashlib
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple, Union
+from typing import BinaryIO, Iterator, List, Optional, Tuple, Union
 
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 16

@@ -7,7 +7,7 @@ import hashlib
 import io
 import json
 import uuid
-from typing import Dict, Iterable, List
+from typing import Dict, List
 
 import apache_beam as beam
 import pyarrow as pa

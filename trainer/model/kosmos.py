@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.model.config import KosmosConfig
-from trainer.model.decoder import KVCache, MagnetoDecoder
+from trainer.model.decoder import MagnetoDecoder
 from trainer.model.resampler import PerceiverResampler
 from trainer.model.vision import CLIPVisionEncoder
 from trainer.tokens import IGNORE_INDEX, SpecialIds
