@@ -1,6 +1,6 @@
 """Kosmos-1 data curation (Apache Beam) and training (PyTorch)."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="kosmos-curation",
@@ -10,7 +10,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["pipeline", "transforms", "filters", "trainer"],
+    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "filters", "filters.*",
+                                    "trainer", "trainer.*"]),
+    package_data={"trainer": ["configs/*.json", "model/configs/*.json"]},
     install_requires=[
         "apache-beam>=2.60,<3",
         "pyarrow>=14",
@@ -23,11 +25,15 @@ setup(
         "torch>=2.4",
         "torchvision",
         "open_clip_torch>=2.24",
+        "sentencepiece>=0.2",
+        "tqdm",
+        "fsspec",
     ],
     extras_require={
         # Cloud file systems for --input/--output on gs:// or s3:// (not needed locally).
         "gcp": ["apache-beam[gcp]>=2.60,<3"],
         "aws": ["apache-beam[aws]>=2.60,<3"],
+        "tensorboard": ["tensorboard"],
         "test": ["pytest", "pytest-timeout", "duckdb", "pandas", "datasketch"],
     },
     entry_points={"console_scripts": ["kosmos=pipeline.cli:main"]},

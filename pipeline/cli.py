@@ -85,6 +85,48 @@ def _model(args, _beam_args) -> int:
     return 0
 
 
+def _tokenizer(args, _beam_args) -> int:
+    from trainer.tokenizer import dataset_texts, train_tokenizer
+    tok = train_tokenizer(dataset_texts(args.input, args.max_rows), args.output, args.vocab_size,
+                          model_type=args.model_type, character_coverage=args.character_coverage)
+    ids = tok.ids
+    print(f"tokenizer: {args.output}.model ({tok.num_pieces:,d} pieces; model vocabulary {ids.vocab_size:,d}: "
+          f"<s>={ids.bos} <pad>={ids.pad} </s>={ids.eos} <unk>={ids.unk} <image>={ids.image_start} "
+          f"</image>={ids.image_end} <image_slot>={ids.image_slot})")
+    if tok.num_pieces < args.vocab_size:
+        print(f"note: the text supports {tok.num_pieces} of the {args.vocab_size} pieces asked for")
+    return 0
+
+
+def _train(args, _beam_args) -> int:
+    from trainer.config import TrainConfig
+    from trainer.train import run_training
+
+    cfg = TrainConfig.load(args.config) if args.config else TrainConfig()
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key] = _parse_value(value)
+    for key, value in (("run.stage", args.stage), ("run.init", args.init), ("run.output", args.output),
+                       ("run.tokenizer", args.tokenizer), ("run.max_steps", args.max_steps)):
+        if value is not None:
+            overrides[key] = value
+    if overrides:
+        cfg = cfg.override(overrides)
+    if cfg.run.stage == "instruct" and not cfg.data.instructions:
+        raise SystemExit("--stage instruct needs instruction data: --set data.instructions='[\"FILE.jsonl\"]'")
+    if args.print_config:
+        print(cfg.to_json())
+        return 0
+    history = run_training(cfg, resume=args.resume)
+    if history:
+        first, last = history[0], history[-1]
+        print(f"loss {first['loss']:.4f} at step {first['step']} -> {last['loss']:.4f} at step {last['step']}")
+    return 0
+
+
 def _report(args, _beam_args) -> int:
     from pipeline.report import write_report
     html_path, json_path = write_report(args.run_dir, args.output, args.max_docs)
@@ -125,6 +167,32 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--config", default="kosmos-1", help="kosmos-1 or tiny")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_model)
+
+    t = sub.add_parser("tokenizer", help="learn a SentencePiece model from curated shards")
+    tsub = t.add_subparsers(dest="action", required=True)
+    tt = tsub.add_parser("train", help="learn the pieces from datasets' text")
+    tt.add_argument("--input", action="append", required=True,
+                    help="a dataset (directory with _manifest.json, Parquet files, glob) or instruction JSONL; repeat")
+    tt.add_argument("--output", required=True, help="prefix: writes PREFIX.model, PREFIX.vocab, PREFIX.json")
+    tt.add_argument("--vocab_size", type=int, default=64000, help="pieces (Kosmos-1: 64,000)")
+    tt.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
+    tt.add_argument("--character_coverage", type=float, default=0.9995)
+    tt.add_argument("--max_rows", type=int, default=None, help="read at most this many rows")
+    tt.set_defaults(func=_tokenizer)
+
+    tr = sub.add_parser("train", help="pretrain or instruction-tune Kosmos on curated shards (torchrun for many GPUs)")
+    tr.add_argument("--config", help="JSON training config (trainer/configs/*.json); see --print_config")
+    tr.add_argument("--set", action="append", metavar="SECTION.NAME=VALUE",
+                    help="override one setting, e.g. --set optim.lr=3e-4 --set data.interleaved='[\"out/documents\"]'")
+    tr.add_argument("--stage", choices=["pretrain", "instruct"])
+    tr.add_argument("--init", help="checkpoint whose model weights start the run (instruction tuning)")
+    tr.add_argument("--tokenizer", help="SentencePiece .model")
+    tr.add_argument("--output", help="run directory (metrics, TensorBoard, checkpoints)")
+    tr.add_argument("--max_steps", type=int, help="stop after this step (the schedule still ends at optim.steps)")
+    tr.add_argument("--resume", nargs="?", const="auto", default=None,
+                    help="continue from the newest checkpoint in the output, or from the one given")
+    tr.add_argument("--print_config", action="store_true")
+    tr.set_defaults(func=_train)
 
     r = sub.add_parser("report", help="HTML + JSON audit of a curation run, or the comparison of two runs")
     r.add_argument("run_dir", nargs="+", help="a run's output directory; two to compare (A then B)")

@@ -69,6 +69,31 @@ DOCUMENT_SCHEMA = pa.schema([
 ], metadata={b"kosmos.schema": b"interleaved_document", b"kosmos.schema_version": SCHEMA_VERSION.encode()})
 
 
+# Image-caption pairs (LAION/COYO style): one web image with the text that describes it.
+PAIR_SCHEMA = pa.schema([
+    pa.field("pair_id", pa.string(), nullable=False),     # stable hash of (image sha256, caption)
+    pa.field("caption", pa.string(), nullable=False),
+    pa.field("caption_source", pa.string()),              # "alt" | "figcaption" | "title"
+    pa.field("image", IMAGE, nullable=False),
+    pa.field("page_url", pa.string()),
+    pa.field("doc_id", pa.string()),                      # the page's capture id
+    pa.field("capture_date", pa.string()),
+    pa.field("language_score", pa.float32()),             # fastText English score of the caption
+], metadata={b"kosmos.schema": b"image_caption_pair", b"kosmos.schema_version": SCHEMA_VERSION.encode()})
+
+# Text-only documents: the page's extracted text, paragraphs separated by newlines.
+TEXT_SCHEMA = pa.schema([
+    pa.field("doc_id", pa.string(), nullable=False),
+    pa.field("url", pa.string(), nullable=False),
+    pa.field("capture_date", pa.string()),
+    pa.field("title", pa.string()),
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("source_file", pa.string()),
+    pa.field("source_offset", pa.int64()),
+    pa.field("scores", SCORES),
+], metadata={b"kosmos.schema": b"text_document", b"kosmos.schema_version": SCHEMA_VERSION.encode()})
+
+
 # The sampled rejects of a run (``rejects/samples.parquet``): what auditors browse.
 REJECT_SCHEMA = pa.schema([
     pa.field("level", pa.string()),          # "record" | "image"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
@@ -134,6 +135,8 @@ class MagnetoDecoder(nn.Module):
         self.layers = nn.ModuleList(MagnetoDecoderLayer(cfg) for _ in range(cfg.layers))
         self.layer_norm = nn.LayerNorm(cfg.dim, eps=cfg.layernorm_eps)
         self.output_projection = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        # Recompute each layer's activations in the backward pass (training only).
+        self.activation_checkpointing = False
         if cfg.tie_embeddings:
             self.output_projection.weight = self.embed_tokens.weight
         self.reset_parameters()
@@ -160,8 +163,12 @@ class MagnetoDecoder(nn.Module):
         x = self.embed_tokens(tokens) if embeds is None else embeds
         x = self.dropout(x)
         presents: KVCache = []
+        recompute = self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x, present = layer(x, None if cache is None else cache[i], key_mask)
+            if recompute:
+                x, present = torch.utils.checkpoint.checkpoint(layer, x, None, key_mask, use_reentrant=False)
+            else:
+                x, present = layer(x, None if cache is None else cache[i], key_mask)
             presents.append(present)
         x = self.layer_norm(x)
         return (x if features_only else self.output_projection(x)), presents

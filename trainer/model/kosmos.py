@@ -42,6 +42,10 @@ class KosmosModel(nn.Module):
         slots = input_ids == self.ids.image_slot
         n_slots = int(slots.sum())
         if n_slots == 0:
+            if images is not None:
+                # Images without slots (a placeholder the trainer passes so that every rank
+                # runs the same modules in every micro-batch): they take part with weight 0.
+                embeds = embeds + 0.0 * self.encode_images(images).sum().to(embeds.dtype)
             return embeds
         if image_embeds is None:
             if images is None:

@@ -1,0 +1,138 @@
+"""Every setting of a training run, in one object that the run records.
+
+Defaults are the paper's recipe (../shared/KOSMOS.md §3): AdamW (0.9, 0.98),
+eps 1e-6, weight decay 0.01, 2e-4 peak after 375 warm-up steps then linear
+decay to 0 over 300k steps, clipping at 2.0, and 1.2M tokens a step split
+0.5M text / 0.5M image-caption / 0.2M interleaved. ``trainer/configs/*.json``
+scale them down for a CPU or up for a cluster; ``--set section.name=value``
+changes one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+SOURCES = ("text", "pairs", "interleaved", "instructions")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    config: str = "kosmos-1"                 # trainer.model.config name: kosmos-1 | tiny
+    vision_pretrained: Optional[str] = None  # open_clip tag ("openai") or a local checkpoint path
+    dropout: Optional[float] = None          # None: the model config's (kosmos-1: 0.1)
+    activation_checkpointing: bool = False   # recompute each decoder layer in the backward pass
+    compile: bool = False                    # torch.compile each decoder layer
+
+
+@dataclass(frozen=True)
+class DataSection:
+    # Datasets (directories with a _manifest.json, Parquet files or globs; local or
+    # any fsspec URL). A source with no dataset or no token budget is left out.
+    text: List[str] = field(default_factory=list)
+    pairs: List[str] = field(default_factory=list)
+    interleaved: List[str] = field(default_factory=list)
+    instructions: List[str] = field(default_factory=list)   # JSONL or Parquet
+    # Tokens per optimizer step over all ranks, per source (paper: 0.5M / 0.5M / 0.2M).
+    text_tokens: int = 500_000
+    pairs_tokens: int = 500_000
+    interleaved_tokens: int = 200_000
+    instructions_tokens: int = 0
+    seq_len: int = 2048
+    micro_batch_size: int = 4                # sequences per forward pass on one rank
+    num_workers: int = 2                     # data-loader processes per rank (0: in the trainer)
+    image_size: int = 224
+    seed: int = 0                            # shard order per epoch
+    on_bad_shard: str = "skip"               # "skip" (report path, go on) | "stop"
+    verify_checksums: bool = False           # sha256 of every shard against its _manifest.json
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    lr: float = 2e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    weight_decay: float = 0.01               # not on norms, biases, embeddings, latents
+    warmup_steps: int = 375
+    steps: int = 300_000                     # the schedule decays linearly to 0 here
+    grad_clip: float = 2.0
+
+
+@dataclass(frozen=True)
+class RunSection:
+    output: str = "runs/kosmos"              # metrics.jsonl, tb/, checkpoints/, config.json
+    tokenizer: Optional[str] = None          # SentencePiece .model (kosmos tokenizer train)
+    stage: str = "pretrain"                  # pretrain | instruct
+    init: Optional[str] = None               # checkpoint whose model weights start the run
+    max_steps: Optional[int] = None          # stop here (default: optim.steps)
+    seed: int = 0                            # model init and dropout
+    precision: str = "auto"                  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    parallel: str = "auto"                   # auto (ddp when WORLD_SIZE > 1) | none | ddp | fsdp
+    log_every: int = 1
+    save_every: int = 1000
+    keep_last: int = 3
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
+        parts = {}
+        for f in dataclasses.fields(cls):
+            sub = data.get(f.name, {})
+            unknown = set(sub) - {g.name for g in dataclasses.fields(f.default_factory)}
+            if unknown:
+                raise ValueError(f"unknown {f.name} settings: {sorted(unknown)}")
+            parts[f.name] = f.default_factory(**sub)
+        extra = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if extra:
+            raise ValueError(f"unknown config sections: {sorted(extra)}")
+        cfg = cls(**parts)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path: str) -> "TrainConfig":
+        with open(path, encoding="utf-8") as fh:
+            return cls.from_dict(json.load(fh))
+
+    def override(self, dotted: Dict[str, Any]) -> "TrainConfig":
+        """A copy with ``{"optim.lr": 1e-3, ...}`` applied."""
+        data = self.to_dict()
+        for key, value in dotted.items():
+            section, _, name = key.partition(".")
+            if section not in data or name not in data[section]:
+                raise ValueError(f"unknown setting {key!r}")
+            data[section][name] = value
+        return TrainConfig.from_dict(data)
+
+    def validate(self) -> None:
+        if self.data.on_bad_shard not in ("skip", "stop"):
+            raise ValueError("data.on_bad_shard must be 'skip' or 'stop'")
+        if self.run.stage not in ("pretrain", "instruct"):
+            raise ValueError("run.stage must be 'pretrain' or 'instruct'")
+        if self.run.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError("run.precision must be auto, bf16 or fp32")
+        if self.run.parallel not in ("auto", "none", "ddp", "fsdp"):
+            raise ValueError("run.parallel must be auto, none, ddp or fsdp")
+        for name in SOURCES:
+            if getattr(self.data, f"{name}_tokens") < 0:
+                raise ValueError(f"data.{name}_tokens must be >= 0")
+
+    def active_sources(self) -> List[str]:
+        return [s for s in SOURCES if getattr(self.data, s) and getattr(self.data, f"{s}_tokens") > 0]

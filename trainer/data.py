@@ -1,0 +1,538 @@
+"""Streaming the curated datasets into packed, mixed training batches.
+
+Layers, each testable alone:
+
+* **Units** (``list_units``): the row groups of every Parquet shard of a dataset
+  (a directory with ``_manifest.json``, a directory of ``*.parquet``, a glob, a
+  file; local or any fsspec URL), or whole JSONL files for instruction data.
+* **Readers** (``SourceStream``): one per (rank, data-loader worker, source). With
+  ``G = world_size * num_workers`` readers, reader ``g`` takes units ``g, g+G, ...``;
+  when a dataset has fewer units than readers, every reader opens every unit and
+  takes rows ``g, g+G, ...`` instead. Either way no two readers see the same row.
+  The order of a reader's units is reshuffled each epoch by a seeded hash.
+* **Chunks**: a row becomes whole sentences and image blocks (``<image>``, the
+  slots, ``</image>``, with the image decoded and CLIP-normalised in the worker);
+  an instruction example is one chunk whose prompt tokens are not targets.
+* **Packing** ("full-sentence", KOSMOS.md §3): chunks are appended to a sequence of
+  ``seq_len`` tokens until the next one does not fit; the rest is padding. A
+  sentence is never cut unless it is longer than a whole sequence.
+* **Mixing** (``MixtureDataset``): every optimizer step is the same list of
+  micro-batches, each from one source, sized from the per-source token budgets.
+  Micro-batch ``k`` of the run is made by worker ``k mod num_workers``, so the
+  data loader's in-order round robin hands them out in schedule order.
+
+The position of every reader (epoch, unit, row, chunk of the first chunk of its
+next sequence) travels with each micro-batch; the trainer keeps the positions of
+what it consumed and puts them in the checkpoint, so ``--resume`` continues with
+exactly the next micro-batch.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import io
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from trainer.config import SOURCES, TrainConfig
+from trainer.model.vision import CLIP_MEAN, CLIP_STD
+from trainer.tokens import IGNORE_INDEX, SpecialIds
+
+log = logging.getLogger(__name__)
+
+
+class BadShardError(RuntimeError):
+    """A shard (or one of its row groups) that cannot be read; names the path."""
+
+
+# --------------------------------------------------------------------------- units
+@dataclass(frozen=True)
+class Unit:
+    path: str
+    row_group: int      # -1 for a whole JSONL file
+    rows: int
+    kind: str           # "parquet" | "jsonl"
+
+
+def _fs(path: str):
+    import fsspec
+    return fsspec.core.url_to_fs(path)
+
+
+def _join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name
+
+
+def expand_dataset(path: str, verify: bool = False) -> List[str]:
+    """The files of a dataset path, in a stable order."""
+    fs, root = _fs(path)
+    protocol = path.split("://", 1)[0] + "://" if "://" in path else ""
+    if any(ch in path for ch in "*?["):
+        return sorted(protocol + p if protocol else p for p in fs.glob(root))
+    if fs.isdir(root):
+        manifest = _join(path, "_manifest.json")
+        if fs.exists(_fs(manifest)[1]):
+            with fs.open(_fs(manifest)[1], "r") as fh:
+                entries = json.load(fh)["shards"]
+            files = [_join(path, e["file"]) for e in entries]
+            if verify:
+                for entry, file in zip(entries, files):
+                    with fs.open(_fs(file)[1], "rb") as fh:
+                        digest = hashlib.sha256(fh.read()).hexdigest()
+                    if digest != entry["sha256"]:
+                        raise BadShardError(f"{file}: sha256 {digest} does not match _manifest.json")
+            return files
+        names = sorted(p for p in fs.ls(root, detail=False) if p.endswith((".parquet", ".jsonl")))
+        return [protocol + p if protocol else p for p in names]
+    if not fs.exists(root):
+        raise FileNotFoundError(f"dataset not found: {path}")
+    return [path]
+
+
+def file_units(path: str) -> List[Unit]:
+    if path.endswith((".jsonl", ".json", ".jsonl.gz")):
+        return [Unit(path, -1, -1, "jsonl")]
+    import pyarrow.parquet as pq
+    fs, local = _fs(path)
+    try:
+        with fs.open(local, "rb") as fh:
+            md = pq.ParquetFile(fh).metadata
+            return [Unit(path, i, md.row_group(i).num_rows, "parquet") for i in range(md.num_row_groups)]
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for damaged files
+        raise BadShardError(f"{path}: cannot read the Parquet footer ({type(exc).__name__}: {exc})") from exc
+
+
+def list_units(paths: List[str], on_bad: str = "skip", verify: bool = False,
+               bad: Optional[List[Dict]] = None) -> List[Unit]:
+    units: List[Unit] = []
+    for path in paths:
+        for file in expand_dataset(path, verify):
+            try:
+                units.extend(file_units(file))
+            except BadShardError as exc:
+                if on_bad == "stop":
+                    raise
+                log.error("skipping bad shard: %s", exc)
+                if bad is not None:
+                    bad.append({"path": file, "error": str(exc)})
+    return units
+
+
+def read_unit(unit: Unit, columns: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+    fs, local = _fs(unit.path)
+    try:
+        if unit.kind == "jsonl":
+            with fs.open(local, "rt", encoding="utf-8", compression="infer") as fh:
+                rows = []
+                for n, line in enumerate(fh):
+                    if line.strip():
+                        try:
+                            rows.extend(instruction_rows(json.loads(line)))
+                        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                            raise BadShardError(f"{unit.path}: line {n + 1}: {exc}") from exc
+                return rows
+        import pyarrow.parquet as pq
+        with fs.open(local, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            names = set(pf.schema_arrow.names)
+            cols = [c for c in columns if c in names] if columns else None
+            return pf.read_row_group(unit.row_group, columns=cols).to_pylist()
+    except BadShardError:
+        raise
+    except Exception as exc:
+        where = f"row group {unit.row_group}" if unit.kind == "parquet" else "file"
+        raise BadShardError(f"{unit.path}: {where}: {type(exc).__name__}: {exc}") from exc
+
+
+def instruction_rows(obj: Dict[str, Any]) -> List[Dict[str, str]]:
+    """(instruction, input, output) rows: flat records (Unnatural Instructions / FLAN
+    style) or self-instruct's ``instances`` lists."""
+    if "instances" in obj:
+        return [{"instruction": obj["instruction"], "input": inst.get("input", "") or "",
+                 "output": inst["output"]} for inst in obj["instances"]]
+    return [{"instruction": obj["instruction"], "input": obj.get("input", "") or "", "output": obj["output"]}]
+
+
+# --------------------------------------------------------------------------- rows -> chunks
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])[\"'”’)\]]*\s+(?=\S)")
+
+
+def split_sentences(paragraph: str) -> List[str]:
+    return [s for s in (p.strip() for p in _SENTENCE_END.split(paragraph)) if s]
+
+
+def preprocess_image(data: bytes, size: int = 224) -> torch.Tensor:
+    """CLIP's preprocessing: RGB, shorter side to ``size`` (bicubic), centre crop, mean/std."""
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        im = im.resize((nw, nh), Image.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+    arr = (arr - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
+    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+
+@dataclass
+class Chunk:
+    ids: List[int]
+    labels: List[int]
+    images: List[torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class Chunker:
+    """Rows of one source kind -> chunks. Deterministic: the same row gives the
+    same chunks, which is what lets a reader resume in the middle of a row."""
+
+    COLUMNS = {"interleaved": ["doc_id", "items", "images"], "text": ["doc_id", "text"],
+               "pairs": ["pair_id", "image", "caption"], "instructions": None}
+
+    def __init__(self, kind: str, tokenizer, num_image_tokens: int, seq_len: int, image_size: int):
+        self.kind, self.tok, self.seq_len, self.image_size = kind, tokenizer, seq_len, image_size
+        self.ids: SpecialIds = tokenizer.ids
+        self.block = self.ids.image_block(num_image_tokens)
+        self.block_labels = [IGNORE_INDEX] * (len(self.block) - 1) + [self.ids.image_end]
+        self.stats = {"rows": 0, "chunks": 0, "split_sentences": 0, "truncated": 0, "bad_images": 0}
+
+    def _text(self, text: str) -> List[Chunk]:
+        out = []
+        for para in text.split("\n"):
+            sentences = split_sentences(para)
+            if not sentences:
+                continue
+            for ids in self.tok.encode_batch(sentences):
+                if ids:
+                    out.append(Chunk(ids, list(ids), []))
+        return out
+
+    def _image(self, data: bytes, where: str) -> Optional[Chunk]:
+        try:
+            pixels = preprocess_image(data, self.image_size)
+        except Exception as exc:
+            self.stats["bad_images"] += 1
+            log.error("undecodable image in %s: %s", where, exc)
+            return None
+        return Chunk(list(self.block), list(self.block_labels), [pixels])
+
+    def _document(self, chunks: List[Chunk]) -> List[Chunk]:
+        """<s> first ... last </s>, sentences longer than a sequence cut to fit."""
+        if not chunks:
+            return []
+        chunks[0] = Chunk([self.ids.bos] + chunks[0].ids, [IGNORE_INDEX] + chunks[0].labels, chunks[0].images)
+        last = chunks[-1]
+        chunks[-1] = Chunk(last.ids + [self.ids.eos], last.labels + [self.ids.eos], last.images)
+        out = []
+        for ch in chunks:
+            if len(ch) <= self.seq_len:
+                out.append(ch)
+            elif ch.images:       # an image block with a marker: can only be cut off
+                self.stats["truncated"] += 1
+            else:
+                self.stats["split_sentences"] += 1
+                for i in range(0, len(ch), self.seq_len):
+                    out.append(Chunk(ch.ids[i:i + self.seq_len], ch.labels[i:i + self.seq_len], []))
+        return out
+
+    def __call__(self, row: Dict[str, Any], where: str) -> List[Chunk]:
+        self.stats["rows"] += 1
+        if self.kind == "interleaved":
+            chunks: List[Chunk] = []
+            for item in row["items"]:
+                if item["type"] == "text" and item["text"]:
+                    chunks.extend(self._text(item["text"]))
+                elif item["type"] == "image" and item["image"] is not None:
+                    ch = self._image(row["images"][item["image"]]["data"], where)
+                    if ch is not None:
+                        chunks.append(ch)
+            out = self._document(chunks)
+        elif self.kind == "text":
+            out = self._document(self._text(row["text"] or ""))
+        elif self.kind == "pairs":
+            ch = self._image(row["image"]["data"], where)
+            caption = self.tok.encode(row["caption"] or "")
+            if ch is None or not caption:
+                return []
+            ids = [self.ids.bos] + ch.ids + caption + [self.ids.eos]
+            labels = [IGNORE_INDEX] + ch.labels + caption + [self.ids.eos]
+            if len(ids) > self.seq_len:
+                self.stats["truncated"] += 1
+                ids, labels = ids[:self.seq_len], labels[:self.seq_len]
+            out = [Chunk(ids, labels, ch.images)]
+        elif self.kind == "instructions":
+            prompt = row["instruction"].strip()
+            if row.get("input"):
+                prompt += "\n\n" + row["input"].strip()
+            p = [self.ids.bos] + self.tok.encode(prompt + "\n\n")
+            o = self.tok.encode(row["output"].strip()) + [self.ids.eos]
+            ids, labels = p + o, [IGNORE_INDEX] * len(p) + o
+            if len(ids) > self.seq_len:
+                self.stats["truncated"] += 1
+                ids, labels = ids[:self.seq_len], labels[:self.seq_len]
+            out = [Chunk(ids, labels, [])]
+        else:
+            raise ValueError(f"unknown source kind {self.kind!r}")
+        self.stats["chunks"] += len(out)
+        return out
+
+
+# --------------------------------------------------------------------------- readers
+def seeded_order(n: int, *key) -> List[int]:
+    seed = int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "little")
+    return list(np.random.default_rng(seed).permutation(n))
+
+
+Position = Tuple[int, int, int, int]   # (epoch, index in the epoch's unit order, row, chunk)
+
+
+class SourceStream:
+    """One reader of one source: packed sequences, forever (epoch after epoch)."""
+
+    def __init__(self, name: str, units: List[Unit], reader: int, readers: int, chunker: Chunker,
+                 seq_len: int, pad_id: int, seed: int, on_bad: str = "skip",
+                 position: Optional[Position] = None):
+        self.name, self.chunker, self.seq_len, self.pad_id = name, chunker, seq_len, pad_id
+        self.seed, self.on_bad = seed, on_bad
+        self.reader, self.readers = reader, readers
+        if len(units) >= readers:
+            self.units = [u for i, u in enumerate(units) if i % readers == reader]
+            self.row_stride = False
+        else:
+            self.units = list(units)
+            self.row_stride = True
+        self.position: Position = tuple(position) if position else (0, 0, 0, 0)
+        self.bad: List[Dict] = []
+        self.bad_units: set = set()
+        self.documents = 0
+        self.rows_read: List[str] = []      # "path#row_group:row" of rows begun since the last batch
+
+    def _rows(self, unit: Unit) -> List[Tuple[int, Dict]]:
+        rows = read_unit(unit, Chunker.COLUMNS.get(self.chunker.kind))
+        if not self.row_stride:
+            return list(enumerate(rows))
+        # rows numbered across the dataset (Parquet row counts are known from the footers)
+        offset = self._row_offsets[unit]
+        return [(r, row) for r, row in enumerate(rows) if (offset + r) % self.readers == self.reader]
+
+    @property
+    def _row_offsets(self) -> Dict[Unit, int]:
+        if not hasattr(self, "_offsets"):
+            self._offsets, total = {}, 0
+            for u in self.units:
+                self._offsets[u] = total
+                total += u.rows if u.rows >= 0 else 0
+        return self._offsets
+
+    def chunks(self) -> Iterator[Tuple[Position, Chunk]]:
+        epoch, start_unit, start_row, start_chunk = self.position
+        first = True
+        while True:
+            produced = False
+            order = seeded_order(len(self.units), self.seed, self.name, epoch)
+            for k in range(start_unit if first else 0, len(order)):
+                unit = self.units[order[k]]
+                if unit in self.bad_units:
+                    continue
+                try:
+                    rows = self._rows(unit)
+                except BadShardError as exc:
+                    if self.on_bad == "stop":
+                        raise
+                    log.error("skipping bad shard: %s", exc)
+                    self.bad_units.add(unit)
+                    self.bad.append({"path": unit.path, "row_group": unit.row_group, "error": str(exc)})
+                    continue
+                for r, row in rows:
+                    if first and k == start_unit and r < start_row:
+                        continue
+                    chs = self.chunker(row, f"{unit.path} row group {unit.row_group} row {r}")
+                    c0 = start_chunk if (first and k == start_unit and r == start_row) else 0
+                    if c0 == 0:
+                        self.documents += 1
+                        self.rows_read.append(f"{unit.path}#{unit.row_group}:{r}")
+                    for c in range(c0, len(chs)):
+                        produced = True
+                        yield (epoch, k, r, c), chs[c]
+            if not produced and not first:
+                raise RuntimeError(
+                    f"source {self.name!r}: reader {self.reader} of {self.readers} has no rows "
+                    f"({len(self.units)} units); use fewer ranks x data-loader workers or more data")
+            if not produced and first and (start_unit, start_row, start_chunk) == (0, 0, 0):
+                raise RuntimeError(
+                    f"source {self.name!r}: reader {self.reader} of {self.readers} has no rows "
+                    f"({len(self.units)} units, {len(self.bad_units)} unreadable)")
+            first = False
+            epoch += 1
+
+    def sequences(self) -> Iterator[Dict[str, Any]]:
+        """Packed sequences; ``self.position`` is where the next one begins."""
+        buf: List[Chunk] = []
+        used = 0
+        for pos, ch in self.chunks():
+            if buf and used + len(ch) > self.seq_len:
+                seq = self._pack(buf)
+                self.position = pos
+                yield seq
+                buf, used = [], 0
+            buf.append(ch)
+            used += len(ch)
+
+    def _pack(self, chunks: List[Chunk]) -> Dict[str, Any]:
+        ids = [t for ch in chunks for t in ch.ids]
+        labels = [t for ch in chunks for t in ch.labels]
+        pad = self.seq_len - len(ids)
+        return {"input_ids": ids + [self.pad_id] * pad, "labels": labels + [IGNORE_INDEX] * pad,
+                "images": [im for ch in chunks for im in ch.images]}
+
+
+# --------------------------------------------------------------------------- mixing
+def build_schedule(cfg: TrainConfig, world_size: int) -> List[Tuple[str, int]]:
+    """The micro-batches of one optimizer step on one rank: [(source, sequences), ...].
+    A source's sequences per rank = its token budget / seq_len / ranks, at least 1."""
+    d = cfg.data
+    schedule = []
+    for source in cfg.active_sources():
+        tokens = getattr(d, f"{source}_tokens")
+        n = max(1, round(tokens / d.seq_len / world_size))
+        full, rest = divmod(n, d.micro_batch_size)
+        schedule += [(source, d.micro_batch_size)] * full + ([(source, rest)] if rest else [])
+    if not schedule:
+        raise ValueError("no data source: give at least one of data.text, data.pairs, data.interleaved, "
+                         "data.instructions with a token budget > 0")
+    return schedule
+
+
+def schedule_tokens(schedule: List[Tuple[str, int]], seq_len: int, world_size: int) -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    for source, n in schedule:
+        out[source] = out.get(source, 0) + n * seq_len * world_size
+    return out
+
+
+def collate(seqs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    images = [im for s in seqs for im in s["images"]]
+    return {"input_ids": torch.tensor([s["input_ids"] for s in seqs], dtype=torch.long),
+            "labels": torch.tensor([s["labels"] for s in seqs], dtype=torch.long),
+            "images": torch.stack(images) if images else None}
+
+
+class MixtureDataset(IterableDataset):
+    """Micro-batches in schedule order for one rank (see the module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, tokenizer, num_image_tokens: int, rank: int, world_size: int,
+                 state: Optional[Dict[str, Any]] = None):
+        super().__init__()
+        self.cfg, self.tok, self.num_image_tokens = cfg, tokenizer, num_image_tokens
+        self.rank, self.world = rank, world_size
+        self.workers = max(1, cfg.data.num_workers)
+        self.schedule = build_schedule(cfg, world_size)
+        self.sources = sorted({s for s, _ in self.schedule})
+        self.bad: List[Dict] = []
+        self.units = {s: list_units(getattr(cfg.data, s), cfg.data.on_bad_shard, cfg.data.verify_checksums,
+                                    self.bad) for s in self.sources}
+        for s, units in self.units.items():
+            if not units:
+                raise RuntimeError(f"source {s!r}: no readable shards in {getattr(cfg.data, s)}")
+        self.state = state or {}
+        if self.state:
+            saved = (self.state.get("world_size"), self.state.get("workers"))
+            if saved != (world_size, self.workers):
+                raise ValueError(f"the checkpoint's data position was saved with world size {saved[0]} and "
+                                 f"{saved[1]} loader workers; this run has {world_size} and {self.workers}. "
+                                 "Resume with the same layout.")
+
+    def initial_state(self) -> Dict[str, Any]:
+        return {"next": 0, "world_size": self.world, "workers": self.workers, "roles": {}}
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        nxt = int(self.state.get("next", 0))
+        # The loader asks worker 0 first: it plays the role of the reader that owns micro-batch ``nxt``.
+        role = (worker + nxt) % self.workers
+        saved = self.state.get("roles", {}).get(str(role), {})
+        d = self.cfg.data
+        streams, iters = {}, {}
+        for s in self.sources:
+            chunker = Chunker(s, self.tok, self.num_image_tokens, d.seq_len, d.image_size)
+            streams[s] = SourceStream(s, self.units[s], self.rank * self.workers + role, self.world * self.workers,
+                                      chunker, d.seq_len, self.tok.ids.pad, d.seed, d.on_bad_shard,
+                                      saved.get(s))
+            iters[s] = streams[s].sequences()
+        k = nxt + ((role - nxt) % self.workers)
+        reported = 0
+        while True:
+            source, size = self.schedule[k % len(self.schedule)]
+            seqs = [next(iters[source]) for _ in range(size)]
+            batch = collate(seqs)
+            bad = [b for st in streams.values() for b in st.bad]
+            batch.update(source=source, index=k, role=role,
+                         positions={s: list(st.position) for s, st in streams.items()},
+                         bad_shards=bad[reported:],
+                         rows={s: st.rows_read for s, st in streams.items()})
+            for st in streams.values():
+                st.rows_read = []
+            reported = len(bad)
+            yield batch
+            k += self.workers
+
+
+class MixtureLoader:
+    """The torch DataLoader over a ``MixtureDataset`` plus the position bookkeeping."""
+
+    def __init__(self, dataset: MixtureDataset, pin_memory: bool = False):
+        from torch.utils.data import DataLoader
+        self.dataset = dataset
+        self.state = dict(dataset.state) if dataset.state else dataset.initial_state()
+        self.state.setdefault("roles", {})
+        n = dataset.cfg.data.num_workers
+        self.loader = DataLoader(dataset, batch_size=None, num_workers=n, pin_memory=pin_memory,
+                                 prefetch_factor=4 if n else None, persistent_workers=False)
+        self._it = None
+        self.bad_shards: List[Dict] = list(dataset.bad)
+
+    def next_step(self) -> List[Dict[str, Any]]:
+        """The micro-batches of one optimizer step."""
+        if self._it is None:
+            self._it = iter(self.loader)
+        out = []
+        for _ in range(len(self.dataset.schedule)):
+            b = next(self._it)
+            if b["index"] != self.state["next"]:
+                raise RuntimeError(f"data loader out of order: got micro-batch {b['index']}, "
+                                   f"expected {self.state['next']}")
+            self.state["next"] = b["index"] + 1
+            self.state["roles"][str(b["role"])] = b["positions"]
+            self.bad_shards.extend(b["bad_shards"])
+            out.append(b)
+        return out
+
+    def state_dict(self) -> Dict[str, Any]:
+        return json.loads(json.dumps(self.state))
+
+
+def tokens_per_step(schedule: List[Tuple[str, int]], seq_len: int, world_size: int) -> int:
+    return sum(n for _, n in schedule) * seq_len * world_size
+
+
+def describe_schedule(schedule: List[Tuple[str, int]], seq_len: int, world_size: int) -> str:
+    per = schedule_tokens(schedule, seq_len, world_size)
+    total = sum(per.values())
+    parts = ", ".join(f"{s} {t:,d} ({t / total:.0%})" for s, t in per.items())
+    return (f"{len(schedule)} micro-batches per step per rank; {total:,d} tokens per step over "
+            f"{world_size} rank(s): {parts}")
+
