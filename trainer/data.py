@@ -500,8 +500,11 @@ class MixtureLoader:
         self.state = dict(dataset.state) if dataset.state else dataset.initial_state()
         self.state.setdefault("roles", {})
         n = dataset.cfg.data.num_workers
+        # Its own generator: starting an iterator must not draw from the global RNG
+        # (that would shift dropout after a resume). Our workers use no randomness.
         self.loader = DataLoader(dataset, batch_size=None, num_workers=n, pin_memory=pin_memory,
-                                 prefetch_factor=4 if n else None, persistent_workers=False)
+                                 prefetch_factor=4 if n else None, persistent_workers=False,
+                                 generator=torch.Generator().manual_seed(dataset.cfg.data.seed))
         self._it = None
         self.bad_shards: List[Dict] = list(dataset.bad)
 

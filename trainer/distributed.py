@@ -59,8 +59,8 @@ def init_distributed(device: Optional[str] = None) -> Dist:
 
 def wrap_ddp(model: nn.Module, d: Dist) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel as DDP
-    return DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
-               broadcast_buffers=False)
+    # the model has no buffers that change in training (xPos tables are constants)
+    return DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
 
 
 def wrap_fsdp(model: nn.Module, d: Dist, bf16: bool) -> nn.Module:

@@ -65,13 +65,13 @@ class MagnetoSelfAttention(nn.Module):
         return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, past: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-                key_mask: Optional[torch.Tensor] = None):
+                key_mask: Optional[torch.Tensor] = None, use_cache: bool = True):
         b, length, dim = x.shape
         q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(x)), self._split(self.v_proj(x))
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
-        present = (k, v)
+        present = (k, v) if use_cache else None
         total = k.shape[2]
         q = self.xpos(q, total, downscale=False)
         k = self.xpos(k, total, downscale=True)
@@ -116,8 +116,8 @@ class MagnetoDecoderLayer(nn.Module):
         self.ffn = MagnetoFeedForward(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, past=None, key_mask=None):
-        h, present = self.self_attn(self.self_attn_layer_norm(x), past, key_mask)
+    def forward(self, x, past=None, key_mask=None, use_cache=True):
+        h, present = self.self_attn(self.self_attn_layer_norm(x), past, key_mask, use_cache)
         x = x + self.dropout(h)
         x = x + self.ffn(self.final_layer_norm(x))
         return x, present
@@ -163,12 +163,14 @@ class MagnetoDecoder(nn.Module):
         x = self.embed_tokens(tokens) if embeds is None else embeds
         x = self.dropout(x)
         presents: KVCache = []
+        # Training without a cache returns no keys/values (nothing to keep; FSDP2 warns about views).
+        use_cache = cache is not None or not self.training
         recompute = self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             if recompute:
-                x, present = torch.utils.checkpoint.checkpoint(layer, x, None, key_mask, use_reentrant=False)
+                x, present = torch.utils.checkpoint.checkpoint(layer, x, None, key_mask, False, use_reentrant=False)
             else:
-                x, present = layer(x, None if cache is None else cache[i], key_mask)
+                x, present = layer(x, None if cache is None else cache[i], key_mask, use_cache)
             presents.append(present)
         x = self.layer_norm(x)
         return (x if features_only else self.output_projection(x)), presents
