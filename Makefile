@@ -7,11 +7,11 @@ demo:
 	rm -rf $(SAMPLE_OUT)
 	bin/kosmos curate --input 'data/sample/warc/*' --output $(SAMPLE_OUT)
 	bin/kosmos report $(SAMPLE_OUT)
-	bin/kosmos tokenizer train --input $(SAMPLE_OUT)/documents \
+	bin/kosmos tokenizer train --input $(SAMPLE_OUT)/documents --input $(SAMPLE_OUT)/text --input $(SAMPLE_OUT)/pairs \
 	  --input data/sample/instructions/self-instruct-seed-tasks.jsonl --vocab_size 512 --output $(SAMPLE_OUT)/tokenizer
-	bin/kosmos train --config trainer/configs/pretrain-tiny.json \
-	  --set 'data.interleaved=["$(SAMPLE_OUT)/documents"]' --tokenizer $(SAMPLE_OUT)/tokenizer.model \
-	  --output $(SAMPLE_OUT)/train
+	bin/kosmos train --config trainer/configs/pretrain-tiny.json --tokenizer $(SAMPLE_OUT)/tokenizer.model \
+	  --set 'data.text=["$(SAMPLE_OUT)/text"]' --set 'data.pairs=["$(SAMPLE_OUT)/pairs"]' \
+	  --set 'data.interleaved=["$(SAMPLE_OUT)/documents"]' --output $(SAMPLE_OUT)/train
 
 test:
 	scripts/ensure-chromium

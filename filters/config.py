@@ -46,6 +46,7 @@ class TextQualityConfig:
     max_special_char_ratio_document: float = 0.275   # OBELICS, per document
     min_alpha_word_ratio: float = 0.5       # Gopher uses 0.8 on prose; product pages carry prices
     min_words: int = 20                     # a document needs some text to be interleaved
+    min_words_text_only: int = 50           # Gopher's minimum for a text-only document
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,38 @@ class DedupConfig:
 
 
 @dataclass(frozen=True)
+class CaptionConfig:
+    """Image-caption pairs: an <img> of an English page with its alt text (or figure caption)."""
+    min_words: int = 2                      # a single word names, it does not describe
+    max_words: int = 64                     # longer alt texts are keyword lists or pasted paragraphs
+    # fastText on a short caption is noisy; the page is already English, this only
+    # removes captions that are clearly in another language: dropped when English is
+    # neither fastText's top label nor scored at least this.
+    min_language_score: float = 0.3
+    # Alt texts that say nothing about the picture (compared lower-cased, words only).
+    boilerplate: tuple = ("image", "images", "photo", "photos", "picture", "pic", "img", "graphic", "logo",
+                          "icon", "banner", "click here", "click to enlarge", "read more", "more", "thumbnail",
+                          "placeholder", "spacer", "untitled", "no image", "image not found", "no image available",
+                          "loading", "advertisement", "ad", "avatar", "button", "arrow", "home", "search", "menu",
+                          "close", "next", "previous", "prev", "back", "top", "back to top", "profile picture",
+                          "default image", "featured image", "cover image", "main image", "product image", "blank",
+                          "rss", "feed", "facebook", "twitter", "instagram", "linkedin", "youtube", "pinterest",
+                          "share", "email", "print", "download", "play", "video", "alt", "alt text", "null",
+                          "none", "undefined", "n a", "see caption", "image description", "navigation image",
+                          "navigation", "nav")
+    # A short caption (at most this many words) with one of these words is a site element.
+    boilerplate_max_words: int = 4
+    boilerplate_words: tuple = ("logo", "icon", "banner", "button", "spacer", "avatar", "thumbnail",
+                                "placeholder", "pixel", "arrow", "badge", "sprite", "favicon", "navigation",
+                                "twitter", "facebook", "instagram", "linkedin", "youtube", "pinterest",
+                                "tumblr", "reddit", "whatsapp", "rss", "email", "share", "follow")
+
+    def __post_init__(self):      # lists from a JSON config become tuples (hashable, frozen)
+        object.__setattr__(self, "boilerplate", tuple(self.boilerplate))
+        object.__setattr__(self, "boilerplate_words", tuple(self.boilerplate_words))
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     # Rejected documents and images kept per (level, status, reason) for auditors,
     # chosen by a seeded hash (DataTrove's exclusion writer, without writing every reject).
@@ -94,6 +127,10 @@ class AuditConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
+    # Beside documents/ (interleaved), the other two Kosmos corpora from the same pass
+    # (KOSMOS.md §1); each can be switched off.
+    text: bool = True                       # text/: text-only documents (with or without images)
+    pairs: bool = True                      # pairs/: image-caption pairs
     num_shards: int = 8
     compression: str = "zstd"
     row_group_size: int = 256
@@ -107,6 +144,7 @@ class CurationConfig:
     images: ImageConfig = field(default_factory=ImageConfig)
     documents: DocumentConfig = field(default_factory=DocumentConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    captions: CaptionConfig = field(default_factory=CaptionConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 

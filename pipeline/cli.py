@@ -59,9 +59,13 @@ def _curate(args, beam_args: List[str]) -> int:
         return 0
     print(format_stats(stats))
     print(f"shards:     {args.output.rstrip('/')}/documents/ (_manifest.json lists them)")
+    for name in ("text", "pairs"):
+        if name in stats.get("outputs", {}):
+            print(f"{name + ':':<11} {args.output.rstrip('/')}/{name}/ ({stats['outputs'][name]['rows']} rows)")
     print(f"statistics: {args.output.rstrip('/')}/stats.json")
     print(f"errors:     {args.output.rstrip('/')}/errors.jsonl")
-    ok = stats["records"]["balanced"] and stats["images"]["balanced"]
+    ok = all(stats[block]["balanced"] for block in ("records", "images", "text_documents", "pairs")
+             if block in stats)
     if not ok:
         print("ACCOUNTING DOES NOT BALANCE", file=sys.stderr)
     return 0 if ok else 3
@@ -122,8 +126,11 @@ def _train(args, _beam_args) -> int:
         return 0
     history = run_training(cfg, resume=args.resume)
     if history:
-        first, last = history[0], history[-1]
-        print(f"loss {first['loss']:.4f} at step {first['step']} -> {last['loss']:.4f} at step {last['step']}")
+        k = max(1, min(5, len(history) // 4))
+        first = sum(m["loss"] for m in history[:k]) / k
+        last = sum(m["loss"] for m in history[-k:]) / k
+        print(f"loss, mean of {k} steps: {first:.4f} (steps {history[0]['step']}-{history[k - 1]['step']}) -> "
+              f"{last:.4f} (steps {history[-k]['step']}-{history[-1]['step']})")
     return 0
 
 

@@ -11,6 +11,11 @@ Read top to bottom, the graph is the paper's recipe:
       -> documents meet their images (shuffle on document id): <= 5 images,
          half of the single-image documents dropped -> Parquet shards
     and every record and image reference is accounted for in stats.json.
+
+The same pass also cuts the other two Kosmos corpora (``output.text``,
+``output.pairs``): English pages with clean text, deduplicated on their own, go to
+``text/``; every ``<img>`` of an English page with a usable caption goes, through
+the same image source (one decode per image for both outputs), to ``pairs/``.
 """
 
 from __future__ import annotations
@@ -32,15 +37,19 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from filters.config import CurationConfig
 from pipeline.inputs import DEFAULT_PATHS_PREFIX, expand_inputs
 from transforms.accounting import OUTCOMES, CountOutcomes, SampleRejects, error_line, summarize
+from pipeline.schema import PAIR_SCHEMA, TEXT_SCHEMA
 from transforms.assemble import AssembleDocument
+from transforms.corpora import PairsBeforeImages, PairsWithImages, TextRow
 from transforms.dedup import Deduplicate
 from transforms.images import SETTLED, FetchImages, InArchiveImages, ListImageReferences
 from transforms.pages import PagesToCandidates
 from transforms.read import ReadAndResolve
-from transforms.records import ERROR
+from transforms.records import ERROR, TEXT, is_pair_ref
 from transforms.write import WriteShardedLines, WriteShards, WriteSortedLines, atomic_write
 
 DOCUMENTS_DIR = "documents"
+TEXT_DIR = "text"
+PAIRS_DIR = "pairs"
 
 
 def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: CurationConfig):
@@ -53,15 +62,43 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
     (reader.inputs
      | "InputLines" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
      | "WriteInputManifest" >> WriteSortedLines(FileSystems.join(output, "inputs.jsonl")))
-    candidates, page_outcomes = pages | "PagesToCandidates" >> PagesToCandidates(cfg)
+    to_candidates = PagesToCandidates(cfg)
+    candidates, page_outcomes = pages | "PagesToCandidates" >> to_candidates
     # Dedup runs on text, before any image is fetched or decoded.
     candidates, dedup_outcomes, dedup_audit = candidates | "Deduplicate" >> Deduplicate(cfg.dedup)
+    out = cfg.output
+    extra_outcomes, audits = [], [dedup_audit]
 
     refs = candidates | "ListImageReferences" >> beam.ParDo(ListImageReferences()).with_outputs(
         SETTLED, OUTCOMES, main="refs")
-    fetched = refs["refs"] | "FetchImages" >> FetchImages(
-        InArchiveImages(image_records, cfg.images), cfg.dedup.image_max_repeats)
+    all_refs = [refs["refs"]]
+    if out.pairs:
+        pairs, pair_outcomes = to_candidates.pairs | "DistinctPairs" >> PairsBeforeImages()
+        extra_outcomes.append(pair_outcomes)
+        all_refs.append(pairs | "PairImageReferences" >> beam.Map(lambda c: (c.url, (c.ref, 0))))
+    # One image source for both outputs: an image a document and a pair share is decoded once.
+    fetch = FetchImages(InArchiveImages(image_records, cfg.images), cfg.dedup.image_max_repeats)
+    fetched = tuple(all_refs) | "AllImageReferences" >> beam.Flatten() | "FetchImages" >> fetch
+    if fetch.events is not None:
+        extra_outcomes.append(fetch.events)
     results = (fetched, refs[SETTLED]) | "AllImageResults" >> beam.Flatten()
+    if out.pairs:
+        pair_results = results | "PairResults" >> beam.Filter(lambda kv: is_pair_ref(kv[0]))
+        results = results | "DocumentResults" >> beam.Filter(lambda kv: not is_pair_ref(kv[0]))
+        pair_rows, pair_row_outcomes = pairs | "PairsWithImages" >> PairsWithImages(pair_results)
+        extra_outcomes.append(pair_row_outcomes)
+        pairs_manifest = pair_rows | "WritePairShards" >> WriteShards(
+            FileSystems.join(output, PAIRS_DIR), out.num_shards, out.compression, out.row_group_size,
+            PAIR_SCHEMA, "pair_id")
+    if out.text:
+        texts, text_dedup_outcomes, text_audit = (to_candidates.text_documents
+                                                  | "DeduplicateText" >> Deduplicate(cfg.dedup, TEXT))
+        text_rows = texts | "TextRows" >> beam.ParDo(TextRow()).with_outputs(OUTCOMES, main="rows")
+        extra_outcomes += [text_dedup_outcomes, text_rows[OUTCOMES]]
+        audits.append(text_audit)
+        text_manifest = text_rows["rows"] | "WriteTextShards" >> WriteShards(
+            FileSystems.join(output, TEXT_DIR), out.num_shards, out.compression, out.row_group_size,
+            TEXT_SCHEMA, "doc_id")
 
     assembled = ({"doc": candidates | "KeyByDocId" >> beam.Map(lambda c: (c.doc_id, c)),
                   "images": results}
@@ -69,12 +106,13 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
                  | "CapImagesAndDropHalfOfSingleImageDocs" >> beam.ParDo(
                      AssembleDocument(cfg.documents)).with_outputs(OUTCOMES, main="rows"))
 
-    out = cfg.output
     manifest = assembled["rows"] | "WriteShards" >> WriteShards(
         FileSystems.join(output, DOCUMENTS_DIR), out.num_shards, out.compression, out.row_group_size)
 
-    (dedup_audit | "WriteDuplicates" >> WriteShardedLines(FileSystems.join(output, "duplicates"), out.num_shards))
-    outcomes = ((read_outcomes, page_outcomes, dedup_outcomes, refs[OUTCOMES], assembled[OUTCOMES])
+    (tuple(audits) | "AllDuplicateLines" >> beam.Flatten()
+     | "WriteDuplicates" >> WriteShardedLines(FileSystems.join(output, "duplicates"), out.num_shards))
+    outcomes = ((read_outcomes, page_outcomes, dedup_outcomes, refs[OUTCOMES], assembled[OUTCOMES],
+                 *extra_outcomes)
                 | "AllOutcomes" >> beam.Flatten())
     (outcomes
      | "OnlyErrors" >> beam.Filter(lambda o: o.status == ERROR)
@@ -89,18 +127,30 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
     counts = outcomes | "CountOutcomes" >> CountOutcomes()
     config_json = cfg.to_json()
 
-    def write_stats(counts: Dict[str, int], manifest: Dict) -> Dict:
+    def write_stats(counts: Dict[str, int], manifest: Dict, text_manifest=None, pairs_manifest=None) -> Dict:
         stats = summarize(counts)
         stats["documents"] = {"kept": manifest["rows"], "images": manifest["images"],
                               "shards": len(manifest["shards"])}
+        stats["outputs"] = {DOCUMENTS_DIR: {"rows": manifest["rows"], "shards": len(manifest["shards"])}}
+        for name, m in ((TEXT_DIR, text_manifest), (PAIRS_DIR, pairs_manifest)):
+            if m is not None:
+                stats["outputs"][name] = {"rows": m["rows"], "shards": len(m["shards"])}
+        stats["image_decodes"] = {k.split("/", 1)[1]: v for k, v in counts.items() if k.startswith("fetch/")}
         stats["dedup"] = {"cc_unsettled_components": counts.get("dedup/cc_unsettled_components", 0)}
+        if out.text:
+            stats["dedup"]["text_cc_unsettled_components"] = counts.get("text_dedup/cc_unsettled_components", 0)
         stats["counts"] = dict(sorted(counts.items()))
         stats["config_sha256"] = hashlib.sha256(config_json.encode()).hexdigest()
         atomic_write(FileSystems.join(output, "stats.json"),
                      json.dumps(stats, indent=2, sort_keys=True).encode())
         return stats
 
-    return counts | "WriteStats" >> beam.Map(write_stats, beam.pvalue.AsSingleton(manifest))
+    side = {}
+    if out.text:
+        side["text_manifest"] = beam.pvalue.AsSingleton(text_manifest)
+    if out.pairs:
+        side["pairs_manifest"] = beam.pvalue.AsSingleton(pairs_manifest)
+    return counts | "WriteStats" >> beam.Map(write_stats, beam.pvalue.AsSingleton(manifest), **side)
 
 
 def write_reject_samples(rows: List[Dict], path: str) -> int:
@@ -175,7 +225,7 @@ def stderr_to(path: Optional[str]):
         os.close(saved)
 
 
-OUTPUTS = (DOCUMENTS_DIR, "duplicates", "rejects", "stats.json", "errors.jsonl", "inputs.jsonl", "run.json",
+OUTPUTS = (DOCUMENTS_DIR, TEXT_DIR, PAIRS_DIR, "duplicates", "rejects", "stats.json", "errors.jsonl", "inputs.jsonl", "run.json",
            "report.html", "report.json")
 
 
@@ -245,7 +295,9 @@ def run_curation(inputs: List[str], output: str, cfg: CurationConfig, beam_args:
 
 def format_stats(stats: Dict) -> str:
     lines = []
-    for level in ("records", "images"):
+    for level in ("records", "images", "text_documents", "pairs"):
+        if level not in stats:
+            continue
         block = stats[level]
         lines.append(f"{level:<40} {'count':>10}")
         lines.append(f"  {'in':<38} {block['in']:>10}")
@@ -259,4 +311,11 @@ def format_stats(stats: Dict) -> str:
         lines.append(f"  {'out (' + mark + ')':<38} {block['out']:>10}")
     d = stats["documents"]
     lines.append(f"documents written: {d['kept']} with {d['images']} images in {d['shards']} shards")
+    for name, o in stats.get("outputs", {}).items():
+        if name != DOCUMENTS_DIR:
+            lines.append(f"{name} written: {o['rows']} rows in {o['shards']} shards")
+    dec = stats.get("image_decodes", {})
+    if dec:
+        lines.append(f"images decoded: {dec.get('decoded', 0)} "
+                     f"({dec.get('decoded_once_for_documents_and_pairs', 0)} shared by a document and a pair)")
     return "\n".join(lines)

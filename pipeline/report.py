@@ -105,10 +105,18 @@ def funnel(stats: Dict) -> List[Tuple[str, int]]:
     return rows
 
 
+FUNNEL_BLOCKS = ("records", "images", "text_documents", "pairs")
+
+
+def levels_of(stats: Dict) -> List[str]:
+    """The accounting blocks a run has (text and pairs only when those outputs were on)."""
+    return [b for b in FUNNEL_BLOCKS if b in stats]
+
+
 def summary(run: Dict) -> Dict:
     stats = run["stats"]
     drops = {}
-    for level in ("records", "images"):
+    for level in levels_of(stats):
         block = stats[level]
         total = block["in"] or 1
         drops[level] = {f"{status}:{reason}": {"count": n, "rate": n / total}
@@ -118,8 +126,10 @@ def summary(run: Dict) -> Dict:
         "run_dir": run["dir"],
         "accounting": {level: {"in": stats[level]["in"], "out": stats[level]["out"],
                                "kept": stats[level]["kept"], "balanced": stats[level]["balanced"]}
-                       for level in ("records", "images")},
+                       for level in levels_of(stats)},
         "documents": stats["documents"],
+        "outputs": stats.get("outputs", {}),
+        "image_decodes": stats.get("image_decodes", {}),
         "funnel": [{"stage": s, "remaining": n} for s, n in funnel(stats)],
         "drops": drops,
         "samples_per_reason": dict(Counter(f"{s['level']}/{s['status']}/{s['reason']}" for s in run["samples"])),
@@ -210,7 +220,7 @@ details{margin:4px 0} summary{cursor:pointer} .snippet{max-width:520px;font-size
 
 def _accounting_html(stats: Dict) -> str:
     out = []
-    for level in ("records", "images"):
+    for level in levels_of(stats):
         b = stats[level]
         if b["balanced"]:
             out.append(f"<div class='ok' data-balanced='true'>{level}: balanced. {b['in']:,} in = {b['kept']:,} kept"
@@ -252,6 +262,26 @@ def _samples_html(samples: List[Dict]) -> str:
     return "\n".join(parts) or "<p class='muted'>no sampled rejects in this run</p>"
 
 
+def _other_outputs_html(stats: Dict) -> str:
+    parts = []
+    titles = {"text_documents": ("text", "Text-only documents dropped, by reason"),
+              "pairs": ("pairs", "Image-caption pairs (&lt;img&gt; elements of English pages) dropped, by reason")}
+    for level, (out_name, title) in titles.items():
+        if level not in stats:
+            continue
+        items = sorted(((f"{r}", n) for r, n in stats[level]["dropped"].items()), key=lambda x: -x[1])
+        rows = stats.get("outputs", {}).get(out_name, {}).get("rows", stats[level]["kept"])
+        parts.append(f"<h2>{title}</h2><p>{rows:,} written to <code>{out_name}/</code>.</p>"
+                     f"<div class='grid'><div>{bar_chart(items, width=560, label_w=220, color='#2e86c1')}</div>"
+                     f"<div>{_drops_table(stats, level)}</div></div>")
+    dec = stats.get("image_decodes", {})
+    if dec:
+        parts.append(f"<p>Images decoded: {dec.get('decoded', 0):,}, of which "
+                     f"{dec.get('decoded_once_for_documents_and_pairs', 0):,} served a document and a pair "
+                     f"with one decode.</p>")
+    return "\n".join(parts)
+
+
 def render_report(run: Dict) -> str:
     stats, meta = run["stats"], run["run"]
     d = run["distributions"]
@@ -278,6 +308,7 @@ def render_report(run: Dict) -> str:
 <h2>Image references dropped, by reason</h2>
 <div class="grid"><div>{bar_chart(image_items, width=560, label_w=220, color="#7d5ba6")}</div>
 <div>{_drops_table(stats, 'images')}</div></div>
+{_other_outputs_html(stats)}
 <h2>Kept documents</h2>
 <div class="grid">
 <div><h3>images per document</h3>{histogram(d['images_per_document'], integer=True)}</div>
@@ -296,7 +327,7 @@ chosen by a seeded hash; image thumbnails are re-read from the archives when the
 
 def compare(a: Dict, b: Dict) -> Dict:
     rows = []
-    for level in ("records", "images"):
+    for level in [lv for lv in levels_of(a["stats"]) if lv in b["stats"]]:
         keys = set()
         for run in (a, b):
             for status in ("dropped", "error"):

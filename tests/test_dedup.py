@@ -81,7 +81,12 @@ def test_mona_lisa_captured_twice_gives_one_document(tmp_path):
     assert stats["records"]["dropped"]["duplicate_url"] == 1
     audit = [json.loads(l) for f in sorted((tmp_path / "mona" / "duplicates").glob("*.jsonl"))
              for l in f.read_text().splitlines()]
-    assert [a["reason"] for a in audit] == ["duplicate_url"] and audit[0]["survivor_doc_id"] == docs[0]["doc_id"]
+    docs_audit = [a for a in audit if a["output"] == "documents"]
+    assert [a["reason"] for a in docs_audit] == ["duplicate_url"]
+    assert docs_audit[0]["survivor_doc_id"] == docs[0]["doc_id"]
+    # the text output is deduplicated on its own, with the same rule
+    assert [a["reason"] for a in audit if a["output"] == "text"] == ["duplicate_url"]
+    assert stats["text_documents"]["dropped"]["duplicate_url"] == 1
 
 
 def test_same_crawl_as_warc_and_arc_gives_the_documents_of_one(tmp_path):
@@ -129,9 +134,10 @@ def near_dup_warc(path, gzip_members=True):
     return records
 
 
-def near_dup_verdicts(out_dir):
+def near_dup_verdicts(out_dir, output="documents"):
     return sorted((a["url"], a["survivor_url"]) for f in sorted((Path(out_dir) / "duplicates").glob("*.jsonl"))
-                  for a in map(json.loads, f.read_text().splitlines()) if a["reason"] == "near_duplicate")
+                  for a in map(json.loads, f.read_text().splitlines())
+                  if a["reason"] == "near_duplicate" and a["output"] == output)
 
 
 def test_edited_page_is_a_near_duplicate_and_another_page_of_the_site_is_not(tmp_path):
@@ -140,6 +146,9 @@ def test_edited_page_is_a_near_duplicate_and_another_page_of_the_site_is_not(tmp
     assert near_dup_verdicts(tmp_path / "out") == [
         ("https://www.dw.com/en/colonial-edited", "https://www.dw.com/en/colonial")]
     assert stats["records"]["dropped"]["near_duplicate"] == 1
+    # the text corpus is deduplicated the same way
+    assert near_dup_verdicts(tmp_path / "out", "text") == near_dup_verdicts(tmp_path / "out")
+    assert stats["text_documents"]["dropped"]["near_duplicate"] == 1
     # The two dw.com articles really are different, and the edit really is small.
     from filters.html import decode_html, extract_content
     texts = {}

@@ -16,8 +16,12 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from pipeline.schema import REJECT_SCHEMA
-from transforms.records import (DROPPED, ENTERED, ERROR, IMAGE, IMAGE_SOURCE, KEPT, READ,
-                                RECORD, Outcome)
+from transforms.records import (DROPPED, ENTERED, ERROR, IMAGE, IMAGE_SOURCE, KEPT, PAIR, READ,
+                                RECORD, TEXT, Outcome)
+
+# level -> (its entry event, its block in stats.json)
+FUNNELS = {RECORD: (READ, "records"), IMAGE: (ENTERED, "images"), TEXT: (ENTERED, "text_documents"),
+           PAIR: (ENTERED, "pairs")}
 
 OUTCOMES = "outcomes"
 
@@ -41,7 +45,9 @@ class AccountedDoFn(beam.DoFn):
 def summarize(counts: Dict[str, int]) -> Dict:
     """Nested statistics with the balance check, from ``{"level/status/reason": n}``."""
     levels = {}
-    for level, entry in ((RECORD, READ), (IMAGE, ENTERED)):
+    for level, (entry, name) in FUNNELS.items():
+        if level in (TEXT, PAIR) and not any(k.startswith(level + "/") for k in counts):
+            continue          # an output that was switched off
         block = {"in": 0, KEPT: 0, IMAGE_SOURCE: 0, DROPPED: {}, ERROR: {}}
         for key, n in counts.items():
             parts = key.split("/", 2)
@@ -55,7 +61,7 @@ def summarize(counts: Dict[str, int]) -> Dict:
                 block[status] += n
             elif status in (DROPPED, ERROR):
                 block[status][reason] = block[status].get(reason, 0) + n
-        if level == IMAGE:
+        if level != RECORD:
             block.pop(IMAGE_SOURCE)
         out_total = block[KEPT] + block.get(IMAGE_SOURCE, 0) + sum(block[DROPPED].values()) + sum(
             block[ERROR].values())
@@ -63,7 +69,7 @@ def summarize(counts: Dict[str, int]) -> Dict:
         block[ERROR] = dict(sorted(block[ERROR].items()))
         block["out"] = out_total
         block["balanced"] = out_total == block["in"]
-        levels[level + "s"] = block
+        levels[name] = block
     return levels
 
 

@@ -21,7 +21,7 @@ from apache_beam import pvalue
 from filters.config import DedupConfig
 from filters.dedup import (MinHasher, band_keys, capture_time, exact_text_hash, url_key, word_ngrams)
 from transforms.accounting import OUTCOMES, AccountedDoFn
-from transforms.records import DROPPED, RECORD, Candidate, Outcome, text_snippet
+from transforms.records import DROPPED, RECORD, TEXT, Candidate, Outcome, text_snippet
 
 AUDIT = "audit"
 
@@ -37,8 +37,8 @@ def candidate_text(c: Candidate) -> str:
     return "\n".join(i["text"] for i in c.items if i["type"] == "text")
 
 
-def audit_line(reason: str, removed: Candidate, survivor_id: str, survivor_url: str) -> str:
-    return json.dumps({"reason": reason, "doc_id": removed.doc_id, "url": removed.url,
+def audit_line(reason: str, removed: Candidate, survivor_id: str, survivor_url: str, level: str = RECORD) -> str:
+    return json.dumps({"output": "text" if level == TEXT else "documents", "reason": reason, "doc_id": removed.doc_id, "url": removed.url,
                        "file": removed.provenance.file, "offset": removed.provenance.offset,
                        "survivor_doc_id": survivor_id, "survivor_url": survivor_url}, sort_keys=True)
 
@@ -46,8 +46,9 @@ def audit_line(reason: str, removed: Candidate, survivor_id: str, survivor_url: 
 class KeepBestOfGroup(AccountedDoFn):
     """(key, candidates) -> the best-ranked candidate; the others dropped with ``reason``."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, level: str = RECORD):
         self.reason = reason
+        self.level = level
 
     def process(self, element):
         _, group = element
@@ -56,35 +57,36 @@ class KeepBestOfGroup(AccountedDoFn):
         yield best
         for other in ranked[1:]:
             p = other.provenance
-            yield self.outcome(Outcome(RECORD, DROPPED, self.reason, file=p.file, offset=p.offset,
+            yield self.outcome(Outcome(self.level, DROPPED, self.reason, file=p.file, offset=p.offset,
                                        inner_offset=p.inner_offset, url=other.url,
                                        message=f"survivor {best.doc_id}", snippet=text_snippet(other.items),
                                        scores=json.dumps({"survivor_doc_id": best.doc_id, "survivor_url": best.url})))
-            yield pvalue.TaggedOutput(AUDIT, audit_line(self.reason, other, best.doc_id, best.url))
+            yield pvalue.TaggedOutput(AUDIT, audit_line(self.reason, other, best.doc_id, best.url, self.level))
 
 
 class _GroupDedup(beam.PTransform):
-    def __init__(self, key_fn, reason: str):
+    def __init__(self, key_fn, reason: str, level: str = RECORD):
         super().__init__()
         self.key_fn = key_fn
         self.reason = reason
+        self.level = level
 
     def expand(self, candidates):
         key_fn = self.key_fn
         out = (candidates
                | "Key" >> beam.Map(lambda c: (key_fn(c), c))
                | "Group" >> beam.GroupByKey()
-               | "KeepOne" >> beam.ParDo(KeepBestOfGroup(self.reason)).with_outputs(OUTCOMES, AUDIT, main="kept"))
+               | "KeepOne" >> beam.ParDo(KeepBestOfGroup(self.reason, self.level)).with_outputs(OUTCOMES, AUDIT, main="kept"))
         return out["kept"], out[OUTCOMES], out[AUDIT]
 
 
-def DedupByUrl():
-    return _GroupDedup(lambda c: url_key(c.url), "duplicate_url")
+def DedupByUrl(level: str = RECORD):
+    return _GroupDedup(lambda c: url_key(c.url), "duplicate_url", level)
 
 
-def DedupExactText():
+def DedupExactText(level: str = RECORD):
     return _GroupDedup(lambda c: exact_text_hash(i["text"] for i in c.items if i["type"] == "text"),
-                       "duplicate_exact")
+                       "duplicate_exact", level)
 
 
 # -- near duplicates -----------------------------------------------------------------
@@ -186,9 +188,10 @@ class FlagUnsettled(beam.DoFn):
 
 
 class DedupNearDuplicates(beam.PTransform):
-    def __init__(self, cfg: DedupConfig):
+    def __init__(self, cfg: DedupConfig, level: str = RECORD):
         super().__init__()
         self.cfg = cfg
+        self.level = level
 
     def expand(self, candidates):
         edges = (candidates
@@ -200,18 +203,26 @@ class DedupNearDuplicates(beam.PTransform):
         unsettled = ({"own": labels, "members": labels | "ByLabel" >> beam.Map(lambda nl: (nl[1], nl[0]))}
                      | "JoinLabels" >> beam.CoGroupByKey()
                      | "FlagUnsettled" >> beam.ParDo(FlagUnsettled())
-                     | "CountUnsettled" >> beam.Map(lambda _: Outcome("dedup", "cc_unsettled_components")))
+                     | "CountUnsettled" >> beam.Map(lambda _, name=unsettled_name(self.level): Outcome(
+                         name, "cc_unsettled_components")))
         removed = (labels
                    | "OnlyNonSurvivors" >> beam.Filter(lambda nl: nl[0] != nl[1])
                    | "KeyByDocId" >> beam.Map(lambda nl: (nl[0].rsplit("\t", 1)[1], nl[1])))
         out = ({"doc": candidates | "KeyCandidates" >> beam.Map(lambda c: (c.doc_id, c)), "survivor": removed}
                | "JoinVerdicts" >> beam.CoGroupByKey()
-               | "DropNearDuplicates" >> beam.ParDo(DropNearDuplicates()).with_outputs(OUTCOMES, AUDIT, main="kept"))
+               | "DropNearDuplicates" >> beam.ParDo(DropNearDuplicates(self.level)).with_outputs(OUTCOMES, AUDIT, main="kept"))
         outcomes = (out[OUTCOMES], unsettled) | "NearDupOutcomes" >> beam.Flatten()
         return out["kept"], outcomes, out[AUDIT]
 
 
+def unsettled_name(level: str) -> str:
+    return "dedup" if level == RECORD else f"{level}_dedup"
+
+
 class DropNearDuplicates(AccountedDoFn):
+    def __init__(self, level: str = RECORD):
+        self.level = level
+
     def process(self, element):
         _, groups = element
         survivors = list(groups["survivor"])
@@ -221,24 +232,27 @@ class DropNearDuplicates(AccountedDoFn):
                 continue
             survivor_url, _, survivor_id = survivors[0].rsplit("\t", 2)
             p = c.provenance
-            yield self.outcome(Outcome(RECORD, DROPPED, "near_duplicate", file=p.file, offset=p.offset,
+            yield self.outcome(Outcome(self.level, DROPPED, "near_duplicate", file=p.file, offset=p.offset,
                                        inner_offset=p.inner_offset, url=c.url, message=f"survivor {survivor_id}",
                                        snippet=text_snippet(c.items),
                                        scores=json.dumps({"survivor_doc_id": survivor_id, "survivor_url": survivor_url})))
-            yield pvalue.TaggedOutput(AUDIT, audit_line("near_duplicate", c, survivor_id, survivor_url))
+            yield pvalue.TaggedOutput(AUDIT, audit_line("near_duplicate", c, survivor_id, survivor_url, self.level))
 
 
 class Deduplicate(beam.PTransform):
     """Candidates -> (unique candidates, outcomes, audit lines), stages as configured."""
 
-    def __init__(self, cfg: DedupConfig):
+    def __init__(self, cfg: DedupConfig, level: str = RECORD):
         super().__init__()
         self.cfg = cfg
+        self.level = level
 
     def expand(self, candidates):
         outcomes, audits = [], []
-        stages = [("ByUrl", self.cfg.url, DedupByUrl), ("ExactText", self.cfg.exact, DedupExactText),
-                  ("NearDuplicates", self.cfg.near, lambda: DedupNearDuplicates(self.cfg))]
+        lv = self.level
+        stages = [("ByUrl", self.cfg.url, lambda: DedupByUrl(lv)),
+                  ("ExactText", self.cfg.exact, lambda: DedupExactText(lv)),
+                  ("NearDuplicates", self.cfg.near, lambda: DedupNearDuplicates(self.cfg, lv))]
         for name, enabled, make in stages:
             if not enabled:
                 continue

@@ -2,10 +2,16 @@
 shuffle, each distinct image is judged once, and the verdict goes back to every
 document that uses it.
 
-An image source is any PTransform from ``(url, (doc_id, position))`` references to
-``(doc_id, ImageResult)`` results, one result per reference. ``InArchiveImages``
-takes the bytes from the image records of the input archives; an HTTP source
-plugs in beside it with the same contract.
+An image source is any PTransform from ``(url, (ref, position))`` references to
+``(ref, ImageResult)`` results, one result per reference; after expanding it may
+set ``events``, a PCollection of ``fetch``-level Outcomes counting its work.
+``InArchiveImages`` takes the bytes from the image records of the input archives;
+an HTTP source plugs in beside it with the same contract.
+
+A ``ref`` is a document id, or ``pair|page|index`` for the image of an
+image-caption pair: both outputs go through one source, so an image that a
+document and a pair share is decoded once. Repeats across the corpus are
+counted per output (pages of documents, pages of pairs).
 """
 
 from __future__ import annotations
@@ -19,9 +25,22 @@ from filters.config import ImageConfig
 from filters.html import normalize_url
 from filters.images import judge_image
 from transforms.accounting import AccountedDoFn
-from transforms.records import ENTERED, IMAGE, Candidate, ImageResult, Outcome
+from transforms.records import ENTERED, FETCH, IMAGE, Candidate, ImageResult, Outcome, is_pair_ref, ref_page
 
 SETTLED = "settled"
+EVENTS = "events"
+
+
+def repeated_kinds(refs, max_repeats: int) -> set:
+    """The outputs ("pair" / "doc") in which more than ``max_repeats`` pages use the image."""
+    pages = {"pair": set(), "doc": set()}
+    for ref in refs:
+        pages["pair" if is_pair_ref(ref) else "doc"].add(ref_page(ref))
+    return {k for k, v in pages.items() if max_repeats and len(v) > max_repeats}
+
+
+def kind_of(ref: str) -> str:
+    return "pair" if is_pair_ref(ref) else "doc"
 
 
 class ListImageReferences(AccountedDoFn):
@@ -79,11 +98,17 @@ class JudgeEachImageOnce(beam.DoFn):
             self.decoded.inc()
             reason, scores = (None if verdict.keep else verdict.reason), verdict.scores
         n = 0
+        kinds = set()
         for doc_id, pos in refs:
             n += 1
+            kinds.add(kind_of(doc_id))
             yield doc_id, ImageResult(pos, reason, stored, rec.provenance, scores)
         if n > 1:
             self.shared.inc(n - 1)
+        if not rec.oversize:
+            yield pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "decoded", url=url))
+            if len(kinds) > 1:
+                yield pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "decoded_once_for_documents_and_pairs", url=url))
 
 
 class InArchiveImages(beam.PTransform):
@@ -97,9 +122,12 @@ class InArchiveImages(beam.PTransform):
     def expand(self, refs):
         keyed = self.image_records | "KeyImageRecordsByUrl" >> beam.Map(
             lambda r: (normalize_url(r.url), r))
-        return ({"refs": refs, "records": keyed}
-                | "JoinReferencesWithRecords" >> beam.CoGroupByKey()
-                | "JudgeEachImageOnce" >> beam.ParDo(JudgeEachImageOnce(self.cfg)))
+        judged = ({"refs": refs, "records": keyed}
+                  | "JoinReferencesWithRecords" >> beam.CoGroupByKey()
+                  | "JudgeEachImageOnce" >> beam.ParDo(JudgeEachImageOnce(self.cfg)).with_outputs(
+                      EVENTS, main="results"))
+        self.events = judged[EVENTS]
+        return judged["results"]
 
 
 class SettleRepeatedUrls(beam.DoFn):
@@ -114,13 +142,14 @@ class SettleRepeatedUrls(beam.DoFn):
     def process(self, element):
         url, refs = element
         refs = list(refs)
-        if self.max_repeats and len({doc for doc, _ in refs}) > self.max_repeats:
+        repeated = repeated_kinds((doc for doc, _ in refs), self.max_repeats)
+        if repeated:
             self.skipped.inc()
-            for doc_id, pos in refs:
+        for doc_id, pos in refs:
+            if kind_of(doc_id) in repeated:
                 yield pvalue.TaggedOutput(SETTLED, (doc_id, ImageResult(pos, "repeated_image")))
-            return
-        for ref in refs:
-            yield url, ref
+            else:
+                yield url, (doc_id, pos)
 
 
 class SettleRepeatedContent(beam.DoFn):
@@ -133,9 +162,9 @@ class SettleRepeatedContent(beam.DoFn):
     def process(self, element):
         sha, results = element
         results = list(results)
-        repeated = self.max_repeats and len({doc for doc, _ in results}) > self.max_repeats
+        repeated = repeated_kinds((doc for doc, _ in results), self.max_repeats)
         for doc_id, res in results:
-            if repeated and res.reason is None:
+            if kind_of(doc_id) in repeated and res.reason is None:
                 yield doc_id, ImageResult(res.position, "repeated_image", None, res.source, res.scores)
             else:
                 yield doc_id, res
@@ -153,11 +182,14 @@ class FetchImages(beam.PTransform):
     def expand(self, refs):
         n = self.max_repeats
         if not n:
-            return refs | "FromSource" >> self.source
+            out = refs | "FromSource" >> self.source
+            self.events = getattr(self.source, "events", None)
+            return out
         split = (refs
                  | "GroupByUrl" >> beam.GroupByKey()
                  | "SettleRepeatedUrls" >> beam.ParDo(SettleRepeatedUrls(n)).with_outputs(SETTLED, main="fetch"))
         fetched = split["fetch"] | "FromSource" >> self.source
+        self.events = getattr(self.source, "events", None)
         # Only images that passed carry bytes to count; failures skip the shuffle
         # (grouped under one key they would make a hot key as large as the failures).
         with_bytes = fetched | "WithBytes" >> beam.Filter(lambda kv: kv[1].stored is not None)

@@ -1,5 +1,13 @@
-"""Pages to candidate documents: the cheap checks first, then extraction, then the
-text filters. Each step sends its rejects, with the reason, to ``outcomes``."""
+"""Pages to candidates for the three outputs: the cheap checks first, then
+extraction, then the text filters. Each step sends its rejects, with the reason,
+to ``outcomes``, once per output the page was on its way to:
+
+* interleaved documents (level ``record``): pages with an ``<img>`` that pass
+  everything, including "images interspersed with text";
+* text-only documents (level ``text``): English pages with clean text, with or
+  without images;
+* image-caption pairs (level ``pair``): every ``<img>`` of a page whose extracted
+  text is English, whatever becomes of the page otherwise."""
 
 from __future__ import annotations
 
@@ -7,26 +15,33 @@ import json
 from dataclasses import dataclass
 
 import apache_beam as beam
+from apache_beam import pvalue
 
 from filters.config import CurationConfig
 from filters.documents import interspersed
+from filters.captions import find_image_captions, judge_caption
 from filters.html import decode_html, extract_content, has_img_tag, rough_text
 from filters.language import LanguageIdentifier, language_filter
 from filters.text_quality import filter_document_text, filter_paragraphs
 from transforms.accounting import OUTCOMES, AccountedDoFn
-from transforms.records import DROPPED, ERROR, RECORD, SNIPPET_CHARS, Candidate, Outcome, Page
+from transforms.records import (DROPPED, ENTERED, ERROR, PAIR, RECORD, SNIPPET_CHARS, TEXT, Candidate,
+                                Outcome, Page, PairCandidate)
+
+TEXT_DOCS = "text_documents"
+PAIRS = "pairs"
 
 
 @dataclass
 class DecodedPage:
     page: Page
     text: str
+    has_img: bool = True      # False: on its way to the text output only
 
 
 def _drop(page: Page, reason: str, message: str = "", status: str = DROPPED, scores=None,
-          snippet: str = "") -> Outcome:
+          snippet: str = "", level: str = RECORD) -> Outcome:
     p = page.provenance
-    return Outcome(RECORD, status, reason, file=p.file, offset=p.offset, inner_offset=p.inner_offset,
+    return Outcome(level, status, reason, file=p.file, offset=p.offset, inner_offset=p.inner_offset,
                    url=page.url, message=message, scores=json.dumps(scores or {}, sort_keys=True),
                    snippet=snippet[:SNIPPET_CHARS])
 
@@ -39,31 +54,44 @@ class _WithLanguageId(AccountedDoFn):
     def setup(self):
         self.lid = LanguageIdentifier(self.cfg.language.model_path, self.cfg.language.max_chars)
 
+    def drops(self, page: Page, reason: str, has_img: bool = True, **kw):
+        """The same end for every output the page was still on its way to."""
+        if has_img:
+            yield self.outcome(_drop(page, reason, **kw))
+        if self.cfg.output.text:
+            yield self.outcome(_drop(page, reason, level=TEXT, **kw))
+
 
 class CheapPageChecks(_WithLanguageId):
     """Size, decoding, "has any <img>" and a crude language check: decided before
     the expensive extraction, so imageless or foreign pages cost little."""
 
     def process(self, page: Page):
+        if self.cfg.output.text:
+            p = page.provenance
+            yield self.outcome(Outcome(TEXT, ENTERED, file=p.file, offset=p.offset,
+                                       inner_offset=p.inner_offset, url=page.url))
         if len(page.payload) > self.cfg.records.max_html_bytes:
-            yield self.outcome(_drop(page, "too_large", scores={"bytes": len(page.payload)}))
+            yield from self.drops(page, "too_large", scores={"bytes": len(page.payload)})
             return
         try:
             text, _ = decode_html(page.payload, page.content_type)
         except Exception as exc:
-            yield self.outcome(_drop(page, "undecodable_html", f"{type(exc).__name__}: {exc}", ERROR))
+            yield from self.drops(page, "undecodable_html", message=f"{type(exc).__name__}: {exc}", status=ERROR)
             return
-        if not has_img_tag(text):
+        has_img = has_img_tag(text)
+        if not has_img:
             yield self.outcome(_drop(page, "no_img_tag", snippet=rough_text(text, 20_000)))
-            return
+            if not self.cfg.output.text:
+                return
         lang = self.cfg.language
         crude = rough_text(text)
         verdict = language_filter(self.lid, crude, lang.language, lang.cheap_min_score)
         if not verdict.keep:
-            yield self.outcome(_drop(page, verdict.reason, scores=dict(verdict.scores, stage="cheap"),
-                                     snippet=crude))
+            yield from self.drops(page, verdict.reason, has_img, scores=dict(verdict.scores, stage="cheap"),
+                                  snippet=crude)
             return
-        yield DecodedPage(page, text)
+        yield DecodedPage(page, text, has_img)
 
 
 class ExtractDocuments(_WithLanguageId):
@@ -73,13 +101,15 @@ class ExtractDocuments(_WithLanguageId):
     def process(self, decoded: DecodedPage):
         cfg = self.cfg
         page = decoded.page
+        has_img = decoded.has_img
         try:
             content = extract_content(decoded.text, page.url)
         except Exception as exc:
-            yield self.outcome(_drop(page, "extraction_failed", f"{type(exc).__name__}: {exc}", ERROR))
+            yield from self.drops(page, "extraction_failed", has_img, message=f"{type(exc).__name__}: {exc}",
+                                  status=ERROR)
             return
         if not content.items:
-            yield self.outcome(_drop(page, "extraction_empty", snippet=rough_text(decoded.text, 20_000)))
+            yield from self.drops(page, "extraction_empty", has_img, snippet=rough_text(decoded.text, 20_000))
             return
         texts = [i.text for i in content.items if i.kind == "text"]
         kept_flags, removed = filter_paragraphs(texts, cfg.text)
@@ -89,17 +119,28 @@ class ExtractDocuments(_WithLanguageId):
         joined = " ".join(kept_texts)
         verdict = language_filter(self.lid, joined, lang.language, lang.min_score)
         if not verdict.keep:
-            yield self.outcome(_drop(page, verdict.reason, scores=dict(verdict.scores, stage="extracted"),
-                                     snippet=joined))
+            yield from self.drops(page, verdict.reason, has_img, scores=dict(verdict.scores, stage="extracted"),
+                                  snippet=joined)
             return
         scores = {"language": verdict.scores["language"],
                   "language_score": verdict.scores[f"{lang.language}_score"]}
+        if has_img and cfg.output.pairs:
+            yield from self.pairs(page, decoded.text)
         text_verdict = filter_document_text(kept_texts, cfg.text)
         if not text_verdict.keep:
-            yield self.outcome(_drop(page, text_verdict.reason, scores=text_verdict.scores, snippet=joined))
+            yield from self.drops(page, text_verdict.reason, has_img, scores=text_verdict.scores, snippet=joined)
             return
         scores.update({k: v for k, v in text_verdict.scores.items()})
         scores["paragraphs_removed"] = sum(removed.values())
+        if cfg.output.text and scores.get("words", 0) < cfg.text.min_words_text_only:
+            yield self.outcome(_drop(page, "too_few_words_for_text", level=TEXT, snippet=joined,
+                                     scores={"words": scores.get("words", 0)}))
+        elif cfg.output.text:
+            yield pvalue.TaggedOutput(TEXT_DOCS, Candidate(
+                page.doc_id, page.url, page.date, content.title, page.provenance,
+                [{"type": "text", "text": t} for t in kept_texts], dict(scores)))
+        if not has_img:
+            return
 
         items = []
         flags = iter(kept_flags)
@@ -117,6 +158,30 @@ class ExtractDocuments(_WithLanguageId):
             return
         yield Candidate(page.doc_id, page.url, page.date, content.title, page.provenance, items, scores)
 
+    def pairs(self, page: Page, html_text: str):
+        """Every <img> of the (English) page: a pair candidate, or dropped with a reason."""
+        p = page.provenance
+        seen = set()
+        for img in find_image_captions(html_text, page.url):
+            where = dict(file=p.file, offset=p.offset, inner_offset=p.inner_offset, url=img.url or img.src)
+            yield self.outcome(Outcome(PAIR, ENTERED, **where))
+            if not img.url or not img.url.lower().startswith(("http://", "https://")):
+                yield self.outcome(Outcome(PAIR, DROPPED, "unsupported_url", snippet=img.caption, **where))
+                continue
+            verdict = judge_caption(img.caption, self.cfg.captions, self.lid, self.cfg.language.language)
+            if not verdict.keep:
+                yield self.outcome(Outcome(PAIR, DROPPED, verdict.reason, snippet=img.caption[:SNIPPET_CHARS],
+                                           scores=json.dumps(verdict.scores, sort_keys=True), **where))
+                continue
+            key = (img.url, img.caption.lower())
+            if key in seen:
+                yield self.outcome(Outcome(PAIR, DROPPED, "duplicate_in_page", snippet=img.caption, **where))
+                continue
+            seen.add(key)
+            yield pvalue.TaggedOutput(PAIRS, PairCandidate(
+                page.doc_id, page.url, page.date, p, img.index, img.url, img.caption, img.source,
+                float(verdict.scores.get("language_score", 0.0))))
+
 
 class PagesToCandidates(beam.PTransform):
     def __init__(self, cfg: CurationConfig):
@@ -127,6 +192,8 @@ class PagesToCandidates(beam.PTransform):
         cheap = pages | "CheapChecks(size,img,language)" >> beam.ParDo(
             CheapPageChecks(self.cfg)).with_outputs(OUTCOMES, main="pages")
         extracted = cheap["pages"] | "ExtractAndFilterText" >> beam.ParDo(
-            ExtractDocuments(self.cfg)).with_outputs(OUTCOMES, main="candidates")
+            ExtractDocuments(self.cfg)).with_outputs(OUTCOMES, TEXT_DOCS, PAIRS, main="candidates")
         outcomes = (cheap[OUTCOMES], extracted[OUTCOMES]) | "PageOutcomes" >> beam.Flatten()
+        self.text_documents = extracted[TEXT_DOCS]
+        self.pairs = extracted[PAIRS]
         return extracted["candidates"], outcomes

@@ -7,8 +7,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-RECORD = "record"
-IMAGE = "image"
+RECORD = "record"      # HTML pages (and other records) on the way to interleaved documents
+IMAGE = "image"        # image references of interleaved documents
+TEXT = "text"          # HTML pages on the way to text-only documents
+PAIR = "pair"          # <img> elements of English pages on the way to image-caption pairs
+FETCH = "fetch"        # image decodes (not a funnel: counts of work done)
 
 # Terminal statuses: every record and every image reference ends in exactly one.
 KEPT = "kept"
@@ -82,6 +85,38 @@ class Candidate:
     provenance: Provenance
     items: List[Dict[str, Any]]          # {"type": "text", "text"} | {"type": "image", "url", "alt", "title"}
     scores: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PairCandidate:
+    """An <img> of an English page with a caption that passed the caption filters."""
+    doc_id: str                          # the page's capture id
+    page_url: str
+    date: str
+    provenance: Provenance
+    index: int                           # position of the <img> in the page
+    url: str                             # resolved image URL
+    caption: str
+    caption_source: str
+    language_score: float
+
+    @property
+    def ref(self) -> str:
+        """The key its image reference travels under (beside document ids)."""
+        return pair_ref(self.doc_id, self.index)
+
+
+def pair_ref(doc_id: str, index: int) -> str:
+    return f"pair|{doc_id}|{index}"
+
+
+def is_pair_ref(key: str) -> bool:
+    return key.startswith("pair|")
+
+
+def ref_page(key: str) -> str:
+    """The page a reference belongs to: a document id, or the page of a pair."""
+    return key.split("|", 2)[1] if key.startswith("pair|") else key
 
 
 @dataclass

@@ -37,17 +37,27 @@ def atomic_write(path: str, data: bytes) -> None:
     FileSystems.rename([tmp], [path])
 
 
+def images_in(row: Dict) -> int:
+    """Images a row carries: a document's ``num_images``, a pair's one, a text's none."""
+    if "num_images" in row:
+        return int(row["num_images"])
+    return 1 if "image" in row else 0
+
+
 class WriteShard(beam.DoFn):
-    def __init__(self, out_dir: str, num_shards: int, compression: str, row_group_size: int):
+    def __init__(self, out_dir: str, num_shards: int, compression: str, row_group_size: int,
+                 schema: pa.Schema = DOCUMENT_SCHEMA, key: str = "doc_id"):
         self.out_dir = out_dir
         self.num_shards = num_shards
         self.compression = compression
         self.row_group_size = row_group_size
+        self.schema = schema
+        self.key = key
 
     def process(self, element):
         shard, rows = element
-        rows = sorted(rows, key=lambda r: r["doc_id"])  # same bytes on every runner
-        table = pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA)
+        rows = sorted(rows, key=lambda r: r[self.key])  # same bytes on every runner
+        table = pa.Table.from_pylist(rows, schema=self.schema)
         buf = io.BytesIO()
         pq.write_table(table, buf, compression=self.compression, row_group_size=self.row_group_size)
         data = buf.getvalue()
@@ -55,31 +65,37 @@ class WriteShard(beam.DoFn):
         atomic_write(_join(self.out_dir, name), data)
         yield {"file": name, "rows": len(rows), "bytes": len(data),
                "sha256": hashlib.sha256(data).hexdigest(),
-               "images": int(sum(r["num_images"] for r in rows))}
+               "images": int(sum(images_in(r) for r in rows))}
 
 
 class WriteShards(beam.PTransform):
-    """Rows -> ``{out}/documents/part-*.parquet`` and ``{out}/documents/_manifest.json`` (the leading underscore keeps Parquet dataset readers off it)."""
+    """Rows -> ``{out_dir}/part-*.parquet`` and ``{out_dir}/_manifest.json`` (the
+    leading underscore keeps Parquet dataset readers off it). Rows go to shards by
+    their ``key`` (a hex hash) and are sorted by it inside a shard."""
 
-    def __init__(self, out_dir: str, num_shards: int, compression: str = "zstd", row_group_size: int = 256):
+    def __init__(self, out_dir: str, num_shards: int, compression: str = "zstd", row_group_size: int = 256,
+                 schema: pa.Schema = DOCUMENT_SCHEMA, key: str = "doc_id"):
         super().__init__()
         self.out_dir = out_dir
         self.num_shards = num_shards
         self.compression = compression
         self.row_group_size = row_group_size
+        self.schema = schema
+        self.key = key
 
     def expand(self, rows):
-        n = self.num_shards
+        n, key = self.num_shards, self.key
         entries = (rows
-                   | "KeyByShard" >> beam.Map(lambda r: (shard_of(r["doc_id"], n), r))
+                   | "KeyByShard" >> beam.Map(lambda r: (shard_of(r[key], n), r))
                    | "GroupShards" >> beam.GroupByKey()
                    | "WriteParquet" >> beam.ParDo(WriteShard(self.out_dir, n, self.compression,
-                                                             self.row_group_size)))
+                                                             self.row_group_size, self.schema, key)))
         out_dir = self.out_dir
+        schema_name = self.schema.metadata[b"kosmos.schema"].decode()
 
         def write_manifest(entries: List[Dict]):
             entries = sorted(entries, key=lambda e: e["file"])
-            manifest = {"schema": "interleaved_document", "shards": entries,
+            manifest = {"schema": schema_name, "shards": entries,
                         "rows": sum(e["rows"] for e in entries),
                         "images": sum(e["images"] for e in entries)}
             atomic_write(_join(out_dir, "_manifest.json"),

@@ -1,0 +1,151 @@
+"""The other two Kosmos corpora from the same pass: image-caption pairs and text-only
+documents (and the trainer reading all three)."""
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from tests.conftest import IN_MEMORY, SHARED, run_job, shared_warc
+from warcgen import http_response, write_warc
+
+
+def rows(run, name):
+    from trainer.data import list_units, read_unit
+    return [r for u in list_units([str(Path(run) / name)]) for r in read_unit(u)]
+
+
+def test_one_run_writes_three_balanced_datasets(shared_run):
+    run, stats = shared_run
+    for block in ("records", "images", "text_documents", "pairs"):
+        assert stats[block]["balanced"], block
+        assert stats[block]["in"] == stats[block]["out"]
+    for name, schema in (("documents", "interleaved_document"), ("text", "text_document"),
+                         ("pairs", "image_caption_pair")):
+        manifest = json.loads((Path(run) / name / "_manifest.json").read_text())
+        assert manifest["schema"] == schema and manifest["rows"] == stats["outputs"][name]["rows"] > 0
+    assert stats["pairs"]["kept"] == stats["outputs"]["pairs"]["rows"]
+    assert stats["text_documents"]["kept"] == stats["outputs"]["text"]["rows"]
+    # every kept interleaved document is also a text document (same page, same text filters) unless
+    # the text output removed it as a duplicate of a text-only page or found it too short
+    docs = {r["url"] for r in rows(run, "documents")}
+    texts = {r["url"] for r in rows(run, "text")}
+    missing = docs - texts
+    assert len(missing) <= stats["text_documents"]["dropped"].get("too_few_words_for_text", 0) + \
+        sum(v for k, v in stats["text_documents"]["dropped"].items() if "duplicate" in k)
+
+
+def test_image_of_a_document_and_a_pair_is_decoded_once(shared_run, tmp_path):
+    run, stats = shared_run
+    doc_urls = {im["url"] for d in rows(run, "documents") for im in d["images"]}
+    pair_urls = {p["image"]["url"] for p in rows(run, "pairs")}
+    both = doc_urls & pair_urls
+    assert both, "no image serves both outputs in ../shared/data"
+    assert stats["image_decodes"]["decoded_once_for_documents_and_pairs"] >= len(both)
+    # the same archive without pairs decodes exactly as many images: the pairs' images
+    # there are the documents' images, and none is decoded a second time for them
+    books = shared_warc("node-warc__books.toscrape.warc")
+    with_pairs = run_job([books], tmp_path / "with", beam_args=IN_MEMORY)
+    without = run_job([books], tmp_path / "without", beam_args=IN_MEMORY, overrides={"output.pairs": False})
+    # 20 covers; two one-word titles ("Soumission", "Olio") are too short for a caption
+    assert with_pairs["pairs"]["in"] == 20 and with_pairs["pairs"]["dropped"] == {"caption_too_short": 2}
+    assert with_pairs["outputs"]["pairs"]["rows"] == 18
+    assert with_pairs["image_decodes"]["decoded"] == without["image_decodes"]["decoded"] == 20
+    assert with_pairs["image_decodes"]["decoded_once_for_documents_and_pairs"] == 18
+    assert "pairs" not in without and "pairs" not in without["outputs"]
+    assert with_pairs["documents"] == without["documents"]
+
+
+def _image_bytes():
+    """A real JPEG from the books.toscrape archive (a 'A Light in the Attic' cover)."""
+    from transforms.warc import ArchiveRecord, iter_archive
+    with open(shared_warc("node-warc__books.toscrape.warc"), "rb") as fh:
+        for item in iter_archive(fh, "books"):
+            if isinstance(item, ArchiveRecord) and item.url.endswith("2cdad67c44b002e7ead0cc35693c0e8b.jpg"):
+                return item.payload
+    raise AssertionError("cover not found")
+
+
+def test_real_pages_captions_and_languages(tmp_path):
+    """nature.com (English) with its real alt texts, pcgamer.com (English, a file-name
+    alt) and adac.de (German), with one real image served for the nature.com figure."""
+    nature = (SHARED / "html" / "trafilatura__nature.com.telescope.html").read_bytes()
+    pcgamer = (SHARED / "html" / "trafilatura__pcgamer.com.skyrim.html").read_bytes()
+    adac = (SHARED / "html" / "trafilatura__adac.de.kindersitze.html").read_bytes()
+    from filters.captions import find_image_captions
+    fast = next(c for c in find_image_captions(nature.decode("utf-8", "replace"), "https://www.nature.com/articles/x")
+                if c.caption == "The giant FAST project.")
+    jpeg = _image_bytes()
+    warc = tmp_path / "pages.warc.gz"
+    write_warc(warc, [
+        http_response("https://www.nature.com/articles/x", nature, "text/html; charset=utf-8"),
+        http_response(fast.url, jpeg, "image/jpeg"),
+        http_response("https://www.pcgamer.com/skyrim", pcgamer, "text/html; charset=utf-8"),
+        http_response("https://www.adac.de/kindersitze", adac, "text/html; charset=utf-8"),
+    ])
+    out = tmp_path / "run"
+    stats = run_job([str(warc)], out, beam_args=IN_MEMORY, overrides={"audit.samples_per_reason": 1000})
+    assert stats["pairs"]["balanced"] and stats["text_documents"]["balanced"]
+    pairs = rows(out, "pairs")
+    assert [p["caption"] for p in pairs] == ["The giant FAST project."]
+    assert pairs[0]["image"]["url"] == fast.url and pairs[0]["page_url"] == "https://www.nature.com/articles/x"
+    rejects = pq.read_table(out / "rejects" / "samples.parquet").to_pylist()
+    by = {}
+    for r in rejects:
+        if r["level"] == "pair":
+            by.setdefault(r["reason"], set()).add(r["snippet"])
+    assert {"Advertisement", "Facebook", "Twitter"} <= by["boilerplate_caption"]
+    assert "PCG243.Diary_Skyrim_16" in by["caption_filename"]
+    # the German page: no pair entered, no text document, dropped as non-English in the text funnel
+    texts = rows(out, "text")
+    assert "https://www.adac.de/kindersitze" not in {t["url"] for t in texts}
+    assert {t["url"] for t in texts} == {"https://www.nature.com/articles/x", "https://www.pcgamer.com/skyrim"}
+    assert not [r for r in rejects if r["level"] == "pair" and "adac.de" in (r["url"] or "")]
+    assert stats["text_documents"]["dropped"]["non_english"] == 1
+    text_rejects = [r for r in rejects if r["level"] == "text"]
+    assert [r["reason"] for r in text_rejects] == ["non_english"]
+
+
+def test_caption_filter_decisions():
+    from filters.captions import judge_caption
+    from filters.config import CaptionConfig
+    from filters.language import LanguageIdentifier
+    lid, cfg = LanguageIdentifier(), CaptionConfig()
+    cases = {"logo": "boilerplate_caption", "Company logo": "boilerplate_caption", "click here": "boilerplate_caption",
+             "Follow us on Twitter": "boilerplate_caption", "IMG_1234.jpg": "caption_filename",
+             "DSC01234": "caption_filename", "220px-Silver_Linings_Playbook_Poster": "caption_filename",
+             "https://example.com/a.png": "caption_filename", "": "no_caption", "Skyrim": "caption_too_short",
+             "Ein Hund läuft am Strand entlang": "caption_not_english",
+             "A dog running on the beach at sunset": None, "Tipping the Velvet": None,
+             "SheBop: A Female Friendly Sex Toy Boutique": None, " ".join(["word"] * 70): "caption_too_long"}
+    for caption, reason in cases.items():
+        assert judge_caption(caption, cfg, lid).reason == reason, caption
+
+
+def test_figcaption_is_used_when_alt_is_missing():
+    from filters.captions import find_image_captions
+    html = ('<html><body><figure><img src="/a.jpg"><figcaption>A heron  standing in the reeds</figcaption></figure>'
+            '<img src="b.png" alt="A red &amp; white lighthouse"><img src="c.gif"></body></html>')
+    caps = find_image_captions(html, "https://example.org/page/")
+    assert [(c.url, c.caption, c.source) for c in caps] == [
+        ("https://example.org/a.jpg", "A heron standing in the reeds", "figcaption"),
+        ("https://example.org/page/b.png", "A red & white lighthouse", "alt"),
+        ("https://example.org/page/c.gif", "", "")]
+
+
+def test_trainer_reads_the_three_datasets(shared_run, tmp_path):
+    """The trainer's three sources read what curation wrote, with no conversion step."""
+    from trainer.config import TrainConfig
+    from trainer.tokenizer import dataset_texts, train_tokenizer
+    from trainer.train import run_training
+    run, _ = shared_run
+    datasets = {name: str(Path(run) / name) for name in ("documents", "text", "pairs")}
+    train_tokenizer(dataset_texts(list(datasets.values())), str(tmp_path / "tok"), 300, threads=1)
+    cfg = TrainConfig().override({
+        "model.config": "tiny", "data.seq_len": 128, "data.micro_batch_size": 2, "data.num_workers": 0,
+        "data.interleaved": [datasets["documents"]], "data.text": [datasets["text"]],
+        "data.pairs": [datasets["pairs"]], "data.interleaved_tokens": 256, "data.text_tokens": 256,
+        "data.pairs_tokens": 256, "optim.warmup_steps": 1, "optim.steps": 4, "run.output": str(tmp_path / "t"),
+        "run.tokenizer": str(tmp_path / "tok.model"), "run.tensorboard": False, "run.progress_bar": False})
+    hist = run_training(cfg)
+    assert {"loss.text", "loss.pairs", "loss.interleaved"} <= set(hist[-1])
