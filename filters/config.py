@@ -61,6 +61,34 @@ class ImageConfig:
 
 
 @dataclass(frozen=True)
+class FetchConfig:
+    """Where image bytes come from, and how the HTTP downloader behaves (img2dataset-like)."""
+    # "archive": image records of the input archives; "http": download every image;
+    # "archive_then_http": the archives first, then HTTP for what they do not hold.
+    source: str = "archive"
+    concurrency: int = 32                   # requests in flight per worker thread pool
+    per_host: int = 4                       # of those, at most this many to one host
+    connect_timeout: float = 10.0           # seconds
+    read_timeout: float = 20.0              # seconds without a byte, and the whole response at most 3x
+    retries: int = 3                        # after the first attempt, on 408/425/429/5xx and connection errors
+    backoff_base: float = 1.0               # seconds, doubled each retry
+    backoff_max: float = 30.0               # cap, also for Retry-After
+    max_redirects: int = 5
+    user_agent: str = "kosmos-curation/0.1 (+https://github.com/kosmos-curation; image research crawler)"
+    respect_noai: bool = True               # X-Robots-Tag: noai / noimageai -> opted_out
+    # Tests only: lets the downloader reach 127.0.0.1. Private, link-local (169.254.169.254),
+    # multicast and reserved addresses stay refused whatever this says.
+    allow_loopback: bool = False
+    # Every fetched image is also written to OUT/fetched/*.warc.gz (WARC response records),
+    # so a later run can read them as an archive and download only what failed.
+    write_warc: bool = True
+    # A fetch_failures.jsonl of an earlier run (or a file with one URL per line): only these
+    # URLs are downloaded; other archive misses end as not_in_archive.
+    only_urls: Optional[str] = None
+    batch_size: int = 256                   # URLs handed to one worker's pool at a time
+
+
+@dataclass(frozen=True)
 class DocumentConfig:
     max_images: int = 5                     # paper §3.1: at most five images per document
     drop_single_image_fraction: float = 0.5  # paper §3.1: randomly discard half of them
@@ -142,6 +170,7 @@ class CurationConfig:
     language: LanguageConfig = field(default_factory=LanguageConfig)
     text: TextQualityConfig = field(default_factory=TextQualityConfig)
     images: ImageConfig = field(default_factory=ImageConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
     documents: DocumentConfig = field(default_factory=DocumentConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     captions: CaptionConfig = field(default_factory=CaptionConfig)

@@ -41,6 +41,8 @@ from pipeline.schema import PAIR_SCHEMA, TEXT_SCHEMA
 from transforms.assemble import AssembleDocument
 from transforms.corpora import PairsBeforeImages, PairsWithImages, TextRow
 from transforms.dedup import Deduplicate
+from transforms.http_images import (ArchiveThenHttp, HttpImages, WriteFetchedWarcs, failure_line,
+                                    read_url_list)
 from transforms.images import SETTLED, FetchImages, InArchiveImages, ListImageReferences
 from transforms.pages import PagesToCandidates
 from transforms.read import ReadAndResolve
@@ -50,6 +52,8 @@ from transforms.write import WriteShardedLines, WriteShards, WriteSortedLines, a
 DOCUMENTS_DIR = "documents"
 TEXT_DIR = "text"
 PAIRS_DIR = "pairs"
+FETCHED_DIR = "fetched"
+FETCH_FAILURES = "fetch_failures.jsonl"
 
 
 def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: CurationConfig):
@@ -77,10 +81,20 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
         extra_outcomes.append(pair_outcomes)
         all_refs.append(pairs | "PairImageReferences" >> beam.Map(lambda c: (c.url, (c.ref, 0))))
     # One image source for both outputs: an image a document and a pair share is decoded once.
-    fetch = FetchImages(InArchiveImages(image_records, cfg.images), cfg.dedup.image_max_repeats)
+    source = image_source(p, image_records, cfg)
+    fetch = FetchImages(source, cfg.dedup.image_max_repeats)
     fetched = tuple(all_refs) | "AllImageReferences" >> beam.Flatten() | "FetchImages" >> fetch
     if fetch.events is not None:
         extra_outcomes.append(fetch.events)
+    if getattr(source, "fetched", None) is not None:
+        fetch_events = source.events
+        (fetch_events
+         | "OnlyFetchFailures" >> beam.Filter(lambda o: o.status == "http_failed")
+         | "FailureLines" >> beam.Map(failure_line)
+         | "WriteFetchFailures" >> WriteSortedLines(FileSystems.join(output, FETCH_FAILURES)))
+        if cfg.fetch.write_warc:
+            (source.fetched
+             | "WriteFetchedWarcs" >> WriteFetchedWarcs(FileSystems.join(output, FETCHED_DIR), cfg.output.num_shards))
     results = (fetched, refs[SETTLED]) | "AllImageResults" >> beam.Flatten()
     if out.pairs:
         pair_results = results | "PairResults" >> beam.Filter(lambda kv: is_pair_ref(kv[0]))
@@ -135,7 +149,15 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
         for name, m in ((TEXT_DIR, text_manifest), (PAIRS_DIR, pairs_manifest)):
             if m is not None:
                 stats["outputs"][name] = {"rows": m["rows"], "shards": len(m["shards"])}
-        stats["image_decodes"] = {k.split("/", 1)[1]: v for k, v in counts.items() if k.startswith("fetch/")}
+        stats["image_decodes"] = {k.split("/", 1)[1]: v for k, v in counts.items()
+                                  if k.startswith("fetch/decoded")}
+        if cfg.fetch.source != "archive":
+            http = {"fetched": counts.get("fetch/http_fetched", 0), "failed": {}}
+            for k, v in counts.items():
+                if k.startswith("fetch/http_failed/"):
+                    http["failed"][k.rsplit("/", 1)[1]] = v
+            http["urls"] = http["fetched"] + sum(http["failed"].values())
+            stats["http"] = http
         stats["dedup"] = {"cc_unsettled_components": counts.get("dedup/cc_unsettled_components", 0)}
         if out.text:
             stats["dedup"]["text_cc_unsettled_components"] = counts.get("text_dedup/cc_unsettled_components", 0)
@@ -151,6 +173,19 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
     if out.pairs:
         side["pairs_manifest"] = beam.pvalue.AsSingleton(pairs_manifest)
     return counts | "WriteStats" >> beam.Map(write_stats, beam.pvalue.AsSingleton(manifest), **side)
+
+
+def image_source(p: beam.Pipeline, image_records, cfg: CurationConfig) -> beam.PTransform:
+    """The image source chosen by ``fetch.source`` (all follow one contract)."""
+    f = cfg.fetch
+    allowed = read_url_list(p, f.only_urls) if f.only_urls else None
+    if f.source == "archive":
+        return InArchiveImages(image_records, cfg.images)
+    if f.source == "http":
+        return HttpImages(f, cfg.images, cfg.records.max_image_bytes, allowed)
+    if f.source == "archive_then_http":
+        return ArchiveThenHttp(image_records, cfg.images, f, cfg.records.max_image_bytes, allowed)
+    raise ValueError(f"fetch.source must be archive, http or archive_then_http, not {f.source!r}")
 
 
 def write_reject_samples(rows: List[Dict], path: str) -> int:
@@ -225,7 +260,7 @@ def stderr_to(path: Optional[str]):
         os.close(saved)
 
 
-OUTPUTS = (DOCUMENTS_DIR, TEXT_DIR, PAIRS_DIR, "duplicates", "rejects", "stats.json", "errors.jsonl", "inputs.jsonl", "run.json",
+OUTPUTS = (DOCUMENTS_DIR, TEXT_DIR, PAIRS_DIR, FETCHED_DIR, FETCH_FAILURES, "duplicates", "rejects", "stats.json", "errors.jsonl", "inputs.jsonl", "run.json",
            "report.html", "report.json")
 
 

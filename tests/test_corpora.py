@@ -61,7 +61,7 @@ def _image_bytes():
     from transforms.warc import ArchiveRecord, iter_archive
     with open(shared_warc("node-warc__books.toscrape.warc"), "rb") as fh:
         for item in iter_archive(fh, "books"):
-            if isinstance(item, ArchiveRecord) and item.url.endswith("2cdad67c44b002e7ead0cc35693c0e8b.jpg"):
+            if isinstance(item, ArchiveRecord) and item.target_uri.endswith("2cdad67c44b002e7ead0cc35693c0e8b.jpg"):
                 return item.payload
     raise AssertionError("cover not found")
 

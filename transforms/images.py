@@ -85,7 +85,7 @@ class JudgeEachImageOnce(beam.DoFn):
             return  # an image record no kept document asks for: never decoded
         if not records:
             for doc_id, pos in refs:
-                yield doc_id, ImageResult(pos, "not_in_archive")
+                yield doc_id, ImageResult(pos, "not_in_archive", url=url)
             return
         # The same URL captured more than once: a fixed choice, whatever the order.
         rec = min(records, key=lambda r: (r.oversize, r.provenance.file, r.provenance.offset,

@@ -127,6 +127,7 @@ class ImageResult:
     stored: Any = None                   # filters.images.StoredImage when kept
     source: Optional[Provenance] = None
     scores: Dict[str, Any] = field(default_factory=dict)
+    url: str = ""                        # the image URL (set where a later source may retry it)
 
 
 SNIPPET_CHARS = 300   # text kept with a reject for the audit sample

@@ -12,6 +12,7 @@ from typing import Dict, List
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.schema import DOCUMENT_SCHEMA
@@ -30,7 +31,8 @@ def atomic_write(path: str, data: bytes) -> None:
     partial file (on object stores the rename is a copy + delete of a whole object)."""
     directory, name = path.rsplit("/", 1) if "/" in path else (".", path)
     tmp = _join(directory, f".tmp-{uuid.uuid4().hex}-{name}")
-    with FileSystems.create(tmp) as fh:
+    # UNCOMPRESSED: Beam would otherwise gzip a name ending in .gz a second time
+    with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
         fh.write(data)
     if FileSystems.exists(path):
         FileSystems.delete([path])

@@ -1,0 +1,192 @@
+"""Downloading one image safely (no Beam here; ``transforms/images.py`` runs it).
+
+Every request goes to an address checked after DNS resolution: the connection is
+made to that very address (the Host header and TLS SNI carry the name), so a
+name that resolves differently a moment later cannot redirect us (DNS
+rebinding). Redirects are followed by hand, each hop checked again.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+from urllib.parse import urljoin, urlsplit
+
+from filters.config import FetchConfig
+from filters.fetch_policy import (REDIRECT_STATUS, RETRY_STATUS, address_block_reason, backoff_seconds,
+                                  retry_after_seconds, robots_opt_out)
+
+
+@dataclass
+class FetchResult:
+    url: str                      # as asked
+    reason: Optional[str]         # None: fetched; else timeout, http_404, too_large, opted_out, ...
+    data: Optional[bytes] = None
+    final_url: str = ""
+    status: Optional[int] = None
+    content_type: str = ""
+    attempts: int = 0
+    message: str = ""
+    date: str = ""                # when the bytes were received (the response's Date header, else ours)
+
+
+class FetchError(Exception):
+    def __init__(self, reason: str, message: str = "", retryable: bool = False,
+                 retry_after: Optional[float] = None):
+        super().__init__(message or reason)
+        self.reason, self.message, self.retryable, self.retry_after = reason, message, retryable, retry_after
+
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    def __init__(self, host, port, ip, connect_timeout, read_timeout):
+        super().__init__(host, port, timeout=connect_timeout)
+        self._ip, self._read_timeout = ip, read_timeout
+
+    def connect(self):
+        self.sock = socket.create_connection((self._ip, self.port), self.timeout)
+        self.sock.settimeout(self._read_timeout)
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    def __init__(self, host, port, ip, connect_timeout, read_timeout):
+        super().__init__(host, port, timeout=connect_timeout, context=ssl.create_default_context())
+        self._ip, self._read_timeout = ip, read_timeout
+
+    def connect(self):
+        sock = socket.create_connection((self._ip, self.port), self.timeout)
+        sock.settimeout(self._read_timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+Resolver = Callable[[str, int], List[str]]
+
+
+def resolve(host: str, port: int) -> List[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({info[4][0] for info in infos})
+
+
+class ImageFetcher:
+    """Thread-safe: one per worker, shared by its download threads."""
+
+    def __init__(self, cfg: FetchConfig, max_bytes: int, resolver: Resolver = resolve,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.cfg, self.max_bytes, self.resolver, self.sleep = cfg, max_bytes, resolver, sleep
+        self._lock = threading.Lock()
+        self._hosts: Dict[str, threading.BoundedSemaphore] = defaultdict(
+            lambda: threading.BoundedSemaphore(cfg.per_host))
+        self.requests_sent = 0
+
+    @contextmanager
+    def _host_slot(self, host: str):
+        with self._lock:
+            sem = self._hosts[host]
+        with sem:
+            yield
+
+    def fetch(self, url: str) -> FetchResult:
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                result = self._follow(url)
+                result.attempts = attempts
+                return result
+            except FetchError as exc:
+                if exc.retryable and attempts <= self.cfg.retries:
+                    self.sleep(backoff_seconds(attempts, self.cfg.backoff_base, self.cfg.backoff_max,
+                                               exc.retry_after))
+                    continue
+                return FetchResult(url, exc.reason, attempts=attempts, message=exc.message)
+
+    # -- one attempt: the redirect chain ---------------------------------------------
+    def _follow(self, url: str) -> FetchResult:
+        current = url
+        for _ in range(self.cfg.max_redirects + 1):
+            status, headers, body = self._request(current)
+            if status in REDIRECT_STATUS:
+                location = headers.get("location")
+                if not location:
+                    raise FetchError(f"http_{status}", "redirect without Location")
+                current = urljoin(current, location)
+                continue
+            if status in RETRY_STATUS:
+                raise FetchError(f"http_{status}", retryable=True,
+                                 retry_after=retry_after_seconds(headers.get("retry-after")))
+            if not 200 <= status < 300:
+                raise FetchError(f"http_{status}")
+            return FetchResult(url, None, body, current, status, headers.get("content-type", ""),
+                               date=headers.get("date", ""))
+        raise FetchError("too_many_redirects", f"more than {self.cfg.max_redirects} redirects")
+
+    def _request(self, url: str) -> Tuple[int, Dict[str, str], Optional[bytes]]:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise FetchError("unsupported_scheme", f"{scheme or 'no'} scheme: {url[:200]}")
+        host = parts.hostname
+        if not host:
+            raise FetchError("bad_url", url[:200])
+        port = parts.port or (443 if scheme == "https" else 80)
+        try:
+            ips = self.resolver(host, port)
+        except (socket.gaierror, UnicodeError, OSError) as exc:
+            raise FetchError("dns_failed", f"{host}: {exc}") from exc
+        if not ips:
+            raise FetchError("dns_failed", f"{host}: no address")
+        for ip in ips:      # every address the name has must be allowed, not just the one we use
+            why = address_block_reason(ip, self.cfg.allow_loopback)
+            if why:
+                raise FetchError("blocked_address", f"{host} -> {ip} ({why})")
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        conn_cls = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
+        deadline = time.monotonic() + 3 * self.cfg.read_timeout + self.cfg.connect_timeout
+        with self._host_slot(host):
+            conn = conn_cls(host, port, ips[0], self.cfg.connect_timeout, self.cfg.read_timeout)
+            try:
+                with self._lock:
+                    self.requests_sent += 1
+                conn.request("GET", path, headers={"User-Agent": self.cfg.user_agent, "Accept": "image/*,*/*;q=0.5",
+                                                   "Accept-Encoding": "identity"})
+                resp = conn.getresponse()
+                headers = {k.lower(): v for k, v in resp.getheaders()}
+                status = resp.status
+                if status in REDIRECT_STATUS or not 200 <= status < 300:
+                    return status, headers, None
+                if self.cfg.respect_noai and robots_opt_out(resp.headers.get_all("X-Robots-Tag") or [],
+                                                            self.cfg.user_agent):
+                    raise FetchError("opted_out", "X-Robots-Tag forbids AI use")
+                length = headers.get("content-length")
+                if length and length.isdigit() and int(length) > self.max_bytes:
+                    raise FetchError("too_large", f"Content-Length {length} > {self.max_bytes}")
+                chunks, size = [], 0
+                while True:
+                    if time.monotonic() > deadline:
+                        raise FetchError("timeout", "response took too long", retryable=True)
+                    chunk = resp.read(65536)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise FetchError("too_large", f"more than {self.max_bytes} bytes")
+                    chunks.append(chunk)
+                return status, headers, b"".join(chunks)
+            except FetchError:
+                raise
+            except (socket.timeout, TimeoutError) as exc:
+                raise FetchError("timeout", str(exc) or "timed out", retryable=True) from exc
+            except ssl.SSLError as exc:
+                raise FetchError("tls_error", str(exc)[:200]) from exc
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                raise FetchError("connection_failed", f"{type(exc).__name__}: {exc}"[:200], retryable=True) from exc
+            finally:
+                conn.close()

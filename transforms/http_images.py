@@ -1,0 +1,207 @@
+"""Image sources over HTTP (the image-source contract of ``transforms/images.py``):
+``HttpImages`` downloads every distinct URL once; ``ArchiveThenHttp`` takes the
+input archives' image records first and downloads only what they do not hold.
+
+Each worker downloads a batch of URLs with a thread pool (``fetch.concurrency``
+in flight, ``fetch.per_host`` per host). Every URL ends fetched or failed with a
+reason, as a ``fetch``-level event; failures are written to
+``fetch_failures.jsonl`` and fetched bytes to ``fetched/*.warc.gz`` so a later run
+can take the latter as input and retry only the former (``fetch.only_urls``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from email.utils import parsedate_to_datetime
+from typing import Any, Dict, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from filters.config import FetchConfig, ImageConfig
+from filters.html import normalize_url
+from filters.images import judge_image
+from transforms.http_fetch import ImageFetcher
+from transforms.images import EVENTS, InArchiveImages, kind_of
+from transforms.records import FETCH, ImageResult, Outcome, Provenance
+from transforms.warc import warc_response_record
+from transforms.write import atomic_write
+
+FETCHED = "fetched"
+NOT_AN_IMAGE = ("undecodable", "empty")
+
+
+def _iso_date(http_date: str) -> str:
+    try:
+        return parsedate_to_datetime(http_date).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class FetchBatch(beam.DoFn):
+    """[(url, [(ref, position), ...]), ...] -> (ref, ImageResult) per reference."""
+
+    def __init__(self, fetch_cfg: FetchConfig, image_cfg: ImageConfig, max_bytes: int):
+        self.fetch_cfg, self.image_cfg, self.max_bytes = fetch_cfg, image_cfg, max_bytes
+        self.fetcher = self.pool = None
+        self.fetched = Metrics.counter("kosmos", "fetch.http_fetched")
+        self.failed = Metrics.counter("kosmos", "fetch.http_failed")
+
+    def setup(self):
+        self.fetcher = ImageFetcher(self.fetch_cfg, self.max_bytes)
+        self.pool = ThreadPoolExecutor(max_workers=max(1, self.fetch_cfg.concurrency))
+
+    def teardown(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def process(self, batch):
+        futures = [(url, refs, self.pool.submit(self.fetcher.fetch, url)) for url, refs in batch]
+        for url, refs, fut in futures:
+            r = fut.result()
+            prov = Provenance(file=r.final_url or url, offset=-1)
+            if r.reason is not None:
+                self.failed.inc()
+                yield pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "http_failed", r.reason, url=url,
+                                                          message=r.message, offset=r.attempts))
+                for ref, pos in refs:
+                    yield ref, ImageResult(pos, r.reason, None, prov, {"attempts": r.attempts}, url=url)
+                continue
+            self.fetched.inc()
+            verdict, stored = judge_image(r.data, self.image_cfg)
+            reason = None if verdict.keep else ("not_an_image" if verdict.reason in NOT_AN_IMAGE else verdict.reason)
+            yield pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "http_fetched", url=url, offset=r.attempts))
+            yield pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "decoded", url=url))
+            if len({kind_of(ref) for ref, _ in refs}) > 1:
+                yield pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "decoded_once_for_documents_and_pairs", url=url))
+            if self.fetch_cfg.write_warc:
+                yield pvalue.TaggedOutput(FETCHED, {"url": url, "final_url": r.final_url, "date": _iso_date(r.date),
+                                                    "content_type": r.content_type, "data": r.data})
+            for ref, pos in refs:
+                yield ref, ImageResult(pos, reason, stored, prov, verdict.scores, url=url)
+
+
+class HttpImages(beam.PTransform):
+    """References -> results by download. ``allowed`` (a PCollection of URLs, or None)
+    limits downloads to those URLs; the others end with ``not_listed_reason``."""
+
+    def __init__(self, fetch_cfg: FetchConfig, image_cfg: ImageConfig, max_bytes: int, allowed=None,
+                 not_listed_reason: str = "not_retried"):
+        super().__init__()
+        self.fetch_cfg, self.image_cfg, self.max_bytes = fetch_cfg, image_cfg, max_bytes
+        self.allowed, self.not_listed_reason = allowed, not_listed_reason
+        self.events = self.fetched = None
+
+    def expand(self, refs):
+        grouped = (refs
+                   | "AsKeyValue" >> beam.Map(lambda kv: (kv[0], kv[1])).with_output_types(Tuple[str, Any])
+                   | "GroupByUrl" >> beam.GroupByKey())
+        settled = None
+        if self.allowed is not None:
+            reason = self.not_listed_reason
+
+            def split(element):
+                url, groups = element
+                refs_ = [r for rs in groups["refs"] for r in rs]
+                if not refs_:
+                    return
+                if list(groups["allowed"]):
+                    yield url, refs_
+                else:
+                    for ref, pos in refs_:
+                        yield pvalue.TaggedOutput("settled", (ref, ImageResult(pos, reason, url=url)))
+
+            parts = ({"refs": grouped, "allowed": self.allowed | "KeyAllowed" >> beam.Map(lambda u: (u, 1))}
+                     | "JoinAllowedUrls" >> beam.CoGroupByKey()
+                     | "OnlyListedUrls" >> beam.FlatMap(split).with_outputs("settled", main="fetch"))
+            grouped, settled = parts["fetch"], parts["settled"]
+        fetched = (grouped
+                   | "ListRefs" >> beam.MapTuple(lambda url, rs: (url, list(rs)))
+                   | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.fetch_cfg.batch_size)
+                   | "Download" >> beam.ParDo(FetchBatch(self.fetch_cfg, self.image_cfg, self.max_bytes))
+                   .with_outputs(EVENTS, FETCHED, main="results"))
+        self.events, self.fetched = fetched[EVENTS], fetched[FETCHED]
+        if settled is None:
+            return fetched["results"]
+        return (fetched["results"], settled) | "WithUnlisted" >> beam.Flatten()
+
+
+class ArchiveThenHttp(beam.PTransform):
+    """The input archives first; what they do not hold is downloaded."""
+
+    def __init__(self, image_records, image_cfg: ImageConfig, fetch_cfg: FetchConfig, max_bytes: int,
+                 allowed=None):
+        super().__init__()
+        self.archive = InArchiveImages(image_records, image_cfg)
+        self.http = HttpImages(fetch_cfg, image_cfg, max_bytes, allowed, not_listed_reason="not_in_archive")
+        self.events = self.fetched = None
+
+    def expand(self, refs):
+        results = refs | "InArchive" >> self.archive
+        hits = results | "FoundInArchive" >> beam.Filter(lambda kv: kv[1].reason != "not_in_archive")
+        misses = (results
+                  | "NotInArchive" >> beam.Filter(lambda kv: kv[1].reason == "not_in_archive")
+                  | "RefetchKey" >> beam.Map(lambda kv: (kv[1].url, (kv[0], kv[1].position))))
+        downloaded = misses | "Http" >> self.http
+        self.events = (self.archive.events, self.http.events) | "AllFetchEvents" >> beam.Flatten()
+        self.fetched = self.http.fetched
+        return (hits, downloaded) | "ArchiveAndHttp" >> beam.Flatten()
+
+
+def read_url_list(p: beam.Pipeline, path: str):
+    """URLs from a fetch_failures.jsonl (its ``url`` field) or a plain list, normalised."""
+    def parse(line: str) -> Optional[str]:
+        line = line.strip()
+        if not line:
+            return None
+        if line.startswith("{"):
+            return normalize_url(json.loads(line)["url"])
+        return normalize_url(line)
+
+    return (p
+            | "ReadUrlList" >> beam.io.ReadFromText(path)
+            | "ParseUrls" >> beam.Map(parse)
+            | "DropBlank" >> beam.Filter(lambda u: u is not None)
+            | "DistinctUrls" >> beam.Distinct())
+
+
+def failure_line(o: Outcome) -> str:
+    return json.dumps({"url": o.url, "reason": o.reason, "attempts": o.offset, "message": o.message},
+                      sort_keys=True, ensure_ascii=False)
+
+
+class WriteFetchedWarcs(beam.PTransform):
+    """Fetched images -> ``{out_dir}/part-NNNNN-of-MMMMM.warc.gz`` (per-record gzip members,
+    records sorted by URL, atomically renamed): the next run reads them as input."""
+
+    def __init__(self, out_dir: str, num_shards: int):
+        super().__init__()
+        self.out_dir, self.num_shards = out_dir, num_shards
+
+    def expand(self, fetched):
+        n, out_dir = self.num_shards, self.out_dir
+
+        def shard(rec: Dict) -> int:
+            return int(hashlib.sha256(rec["url"].encode()).hexdigest()[:8], 16) % n
+
+        def write(element):
+            k, recs = element
+            recs = sorted(recs, key=lambda r: r["url"])
+            data = b"".join(gzip.compress(warc_response_record(
+                r["url"], r["date"], 200, r["content_type"], r["data"],
+                [("WARC-Kosmos-Final-URI", r["final_url"])] if r["final_url"] != r["url"] else None), mtime=0)
+                for r in recs)
+            name = f"part-{k:05d}-of-{n:05d}.warc.gz"
+            atomic_write(FileSystems.join(out_dir, name), data)
+            return name
+
+        return (fetched
+                | "KeyByShard" >> beam.Map(lambda r: (shard(r), r))
+                | "GroupShards" >> beam.GroupByKey()
+                | "WriteWarc" >> beam.Map(write))
