@@ -22,9 +22,10 @@ def _curate(args, beam_args: List[str]) -> int:
     from pipeline.curate import format_stats, run_curation
 
     cfg = CurationConfig()
-    if args.config:
-        with open(args.config, encoding="utf-8") as fh:
-            cfg = CurationConfig.from_dict(json.load(fh))
+    if args.config:      # a local file or any path Beam can read (gs://, s3://): Flex Templates pass one
+        from apache_beam.io.filesystems import FileSystems
+        with FileSystems.open(args.config) as fh:
+            cfg = CurationConfig.from_dict(json.loads(fh.read().decode("utf-8")))
     overrides = {}
     for item in args.set or []:
         key, sep, value = item.partition("=")

@@ -61,7 +61,8 @@ def _image_bytes():
     from transforms.warc import ArchiveRecord, iter_archive
     with open(shared_warc("node-warc__books.toscrape.warc"), "rb") as fh:
         for item in iter_archive(fh, "books"):
-            if isinstance(item, ArchiveRecord) and item.target_uri.endswith("2cdad67c44b002e7ead0cc35693c0e8b.jpg"):
+            if (isinstance(item, ArchiveRecord) and len(item.payload) > 1000
+                    and item.target_uri.endswith("2cdad67c44b002e7ead0cc35693c0e8b.jpg")):
                 return item.payload
     raise AssertionError("cover not found")
 
@@ -140,7 +141,7 @@ def test_trainer_reads_the_three_datasets(shared_run, tmp_path):
     from trainer.train import run_training
     run, _ = shared_run
     datasets = {name: str(Path(run) / name) for name in ("documents", "text", "pairs")}
-    train_tokenizer(dataset_texts(list(datasets.values())), str(tmp_path / "tok"), 300, threads=1)
+    train_tokenizer(dataset_texts(list(datasets.values())), str(tmp_path / "tok"), 1000, threads=1)
     cfg = TrainConfig().override({
         "model.config": "tiny", "data.seq_len": 128, "data.micro_batch_size": 2, "data.num_workers": 0,
         "data.interleaved": [datasets["documents"]], "data.text": [datasets["text"]],

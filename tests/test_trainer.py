@@ -224,6 +224,23 @@ def test_exact_resume(corpus, tmp_path):
     assert ckpts == ["latest", "step-00000015", "step-00000030"]
 
 
+def test_checkpoints_and_tokenizer_on_an_object_store_url(corpus, tmp_path):
+    """run.checkpoint_dir and run.tokenizer as fsspec URLs (memory:// stands in for gs://)."""
+    import fsspec
+    from trainer.train import run_training
+    fs = fsspec.filesystem("memory")
+    with open(corpus["tokenizer"], "rb") as src, fs.open("/bucket/tok.model", "wb") as dst:
+        dst.write(src.read())
+    over = {"run.checkpoint_dir": "memory://bucket/ckpt", "run.tokenizer": "memory://bucket/tok.model",
+            "run.save_every": 2}
+    a = run_training(tiny_cfg(corpus, tmp_path / "a", **over, **{"run.max_steps": 4}))
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("/bucket/ckpt", detail=False)) == [
+        "latest", "step-00000002", "step-00000004"]
+    fs.rm("/bucket/ckpt/step-00000004", recursive=True)
+    b = run_training(tiny_cfg(corpus, tmp_path / "b", **over, **{"run.max_steps": 4}), resume="auto")
+    assert [m["loss"] for m in b] == [m["loss"] for m in a[2:]]
+
+
 def test_instruct_stage_from_pretrained_checkpoint(corpus, tmp_path):
     from trainer.train import run_training
     run_training(tiny_cfg(corpus, tmp_path / "pre", **{"run.max_steps": 4, "run.save_every": 4}))

@@ -48,14 +48,14 @@ def _join(a: str, b: str) -> str:
 
 def _writer(path: str):
     if "://" in path and not path.startswith("file://"):
-        from torch.distributed.checkpoint import FsspecWriter
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
         return FsspecWriter(path)
     return dcp.FileSystemWriter(path)
 
 
 def _reader(path: str):
     if "://" in path and not path.startswith("file://"):
-        from torch.distributed.checkpoint import FsspecReader
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
         return FsspecReader(path)
     return dcp.FileSystemReader(path)
 

@@ -62,7 +62,9 @@ class OptimSection:
 
 @dataclass(frozen=True)
 class RunSection:
-    output: str = "runs/kosmos"              # metrics.jsonl, tb/, checkpoints/, config.json
+    output: str = "runs/kosmos"              # local: metrics.jsonl, tb/, config.json, bad_shards.jsonl
+    # Checkpoints: local or any fsspec URL (gs://, s3://); default OUTPUT/checkpoints.
+    checkpoint_dir: Optional[str] = None
     tokenizer: Optional[str] = None          # SentencePiece .model (kosmos tokenizer train)
     stage: str = "pretrain"                  # pretrain | instruct
     init: Optional[str] = None               # checkpoint whose model weights start the run

@@ -22,7 +22,12 @@ class Tokenizer:
     def __init__(self, model_path: str):
         import sentencepiece as spm
         self.path = model_path
-        self.sp = spm.SentencePieceProcessor(model_file=model_path)
+        if "://" in model_path:          # gs://, s3://, ...: read the bytes through fsspec
+            import fsspec
+            with fsspec.open(model_path, "rb") as fh:
+                self.sp = spm.SentencePieceProcessor(model_proto=fh.read())
+        else:
+            self.sp = spm.SentencePieceProcessor(model_file=model_path)
         if self.sp.unk_id() != 0 or self.sp.bos_id() >= 0 or self.sp.eos_id() >= 0 or self.sp.pad_id() >= 0:
             raise ValueError(f"{model_path}: expected a SentencePiece model with only <unk> (id 0) as special "
                              "piece, as `kosmos tokenizer train` writes")

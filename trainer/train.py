@@ -244,7 +244,10 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
 
     d = init_distributed()
     out = cfg.run.output
-    ckpt_root = os.path.join(out, "checkpoints") if "://" not in out else out.rstrip("/") + "/checkpoints"
+    if "://" in out:
+        raise ValueError("run.output holds logs and must be a local (or mounted) path; put checkpoints on "
+                         "object storage with run.checkpoint_dir")
+    ckpt_root = cfg.run.checkpoint_dir or os.path.join(out, "checkpoints")
     if d.is_main:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as fh:
