@@ -7,10 +7,10 @@ practice where it is silent (fastText lid.176, Gopher/NeMo/OBELICS spam ratios).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Optional
+
+from pipeline.settings import SectionedConfig
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
-class CurationConfig:
+class CurationConfig(SectionedConfig):
     records: RecordConfig = field(default_factory=RecordConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
     text: TextQualityConfig = field(default_factory=TextQualityConfig)
@@ -177,32 +177,6 @@ class CurationConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "CurationConfig":
-        parts = {}
-        for f in dataclasses.fields(cls):
-            sub = data.get(f.name, {})
-            unknown = set(sub) - {g.name for g in dataclasses.fields(f.default_factory)}
-            if unknown:
-                raise ValueError(f"unknown {f.name} settings: {sorted(unknown)}")
-            parts[f.name] = f.default_factory(**sub)
-        extra = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if extra:
-            raise ValueError(f"unknown config sections: {sorted(extra)}")
-        return cls(**parts)
-
-    def override(self, dotted: Dict[str, Any]) -> "CurationConfig":
-        """Return a copy with ``{"images.min_side": 32, ...}`` applied."""
-        data = self.to_dict()
-        for key, value in dotted.items():
-            section, _, name = key.partition(".")
-            if section not in data or name not in data[section]:
-                raise ValueError(f"unknown setting {key!r}")
-            data[section][name] = value
-        return CurationConfig.from_dict(data)
+    def validate(self) -> None:
+        if self.fetch.source not in ("archive", "http", "archive_then_http"):
+            raise ValueError("fetch.source must be archive, http or archive_then_http")

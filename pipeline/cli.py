@@ -17,6 +17,17 @@ def _parse_value(text: str):
         return text
 
 
+def _overrides(items: Optional[List[str]]) -> dict:
+    """``--set section.name=value`` (value as JSON when it parses, else a string)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        out[key] = _parse_value(value)
+    return out
+
+
 def _curate(args, beam_args: List[str]) -> int:
     from filters.config import CurationConfig
     from pipeline.curate import format_stats, run_curation
@@ -26,12 +37,7 @@ def _curate(args, beam_args: List[str]) -> int:
         from apache_beam.io.filesystems import FileSystems
         with FileSystems.open(args.config) as fh:
             cfg = CurationConfig.from_dict(json.loads(fh.read().decode("utf-8")))
-    overrides = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = _parse_value(value)
+    overrides = _overrides(args.set)
     if args.lid_model:
         overrides["language.model_path"] = args.lid_model
     if args.num_shards:
@@ -108,12 +114,7 @@ def _train(args, _beam_args) -> int:
     from trainer.train import run_training
 
     cfg = TrainConfig.load(args.config) if args.config else TrainConfig()
-    overrides = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = _parse_value(value)
+    overrides = _overrides(args.set)
     for key, value in (("run.stage", args.stage), ("run.init", args.init), ("run.output", args.output),
                        ("run.tokenizer", args.tokenizer), ("run.max_steps", args.max_steps)):
         if value is not None:

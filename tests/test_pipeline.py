@@ -153,7 +153,7 @@ def test_garbage_input_is_an_error_not_a_crash(tmp_path):
 
 
 def test_trainer_reads_schema_without_beam():
-    code = ("import sys; import pipeline.schema, trainer.shards; "
+    code = ("import sys; import pipeline.schema, trainer.shards, trainer.train, trainer.data, trainer.checkpoint; "
             "assert 'apache_beam' not in sys.modules, 'beam imported'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "ok", out.stderr

@@ -10,10 +10,11 @@ changes one.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
+
+from pipeline.settings import SectionedConfig
 
 SOURCES = ("text", "pairs", "interleaved", "instructions")
 
@@ -80,48 +81,16 @@ class RunSection:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(SectionedConfig):
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=RunSection)
 
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
-        parts = {}
-        for f in dataclasses.fields(cls):
-            sub = data.get(f.name, {})
-            unknown = set(sub) - {g.name for g in dataclasses.fields(f.default_factory)}
-            if unknown:
-                raise ValueError(f"unknown {f.name} settings: {sorted(unknown)}")
-            parts[f.name] = f.default_factory(**sub)
-        extra = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if extra:
-            raise ValueError(f"unknown config sections: {sorted(extra)}")
-        cfg = cls(**parts)
-        cfg.validate()
-        return cfg
-
     @classmethod
     def load(cls, path: str) -> "TrainConfig":
         with open(path, encoding="utf-8") as fh:
             return cls.from_dict(json.load(fh))
-
-    def override(self, dotted: Dict[str, Any]) -> "TrainConfig":
-        """A copy with ``{"optim.lr": 1e-3, ...}`` applied."""
-        data = self.to_dict()
-        for key, value in dotted.items():
-            section, _, name = key.partition(".")
-            if section not in data or name not in data[section]:
-                raise ValueError(f"unknown setting {key!r}")
-            data[section][name] = value
-        return TrainConfig.from_dict(data)
 
     def validate(self) -> None:
         if self.data.on_bad_shard not in ("skip", "stop"):

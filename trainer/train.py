@@ -248,8 +248,8 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
         raise ValueError("run.output holds logs and must be a local (or mounted) path; put checkpoints on "
                          "object storage with run.checkpoint_dir")
     ckpt_root = cfg.run.checkpoint_dir or os.path.join(out, "checkpoints")
+    os.makedirs(out, exist_ok=True)          # every rank: nodes may not share a file system
     if d.is_main:
-        os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as fh:
             fh.write(cfg.to_json())
     trainer = Trainer(cfg, d)
@@ -272,7 +272,7 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
               f"{'bf16' if trainer.bf16 else 'fp32'}", flush=True)
         print(describe_schedule(dataset.schedule, cfg.data.seq_len, d.world_size), flush=True)
     metrics = MetricsWriter(out, total, trainer.step, d.is_main, cfg.run.tensorboard, cfg.run.progress_bar)
-    bad_file = os.path.join(out, "bad_shards.jsonl")
+    bad_file = os.path.join(out, "bad_shards.jsonl" if d.is_main else f"bad_shards.rank{d.rank}.jsonl")
     reported = len(loader.bad_shards) if path else 0
     history = []
     try:
