@@ -1,7 +1,7 @@
 """Sizing a Common Crawl snapshot on Dataflow and the paper's 360B-token pretraining.
 
-    python deploy/sizing.py                 # the tables of deploy/SIZING.md
-    python deploy/sizing.py --check deploy/SIZING.md
+    scripts/in-venv python deploy/sizing.py            # the tables of deploy/SIZING.md
+    scripts/in-venv python deploy/sizing.py --check deploy/SIZING.md
 
 Every input is a flag, so a user re-runs it with their own measurements (pages/s/core
 from benchmarks/curate.py on their machines, tokens/s per GPU from metrics.jsonl).
@@ -60,13 +60,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def decoder_flops_per_token() -> float:
-    """From the real model: 6N for the decoder's matrices plus causal attention."""
+    """The trainer's own count (used for MFU) on the real kosmos-1 model, built on the meta device."""
     sys.path.insert(0, str(ROOT))
     from trainer.model.config import kosmos_1
-    d = kosmos_1().decoder
-    per_layer = 4 * d.dim * d.dim + 2 * d.dim * d.ffn_dim          # q, k, v, out + fc1, fc2
-    matrices = d.layers * per_layer + d.vocab_size * d.dim          # + the (tied) output projection
-    return 6 * matrices + 6 * d.layers * d.dim * d.max_seq_len
+    from trainer.model.kosmos import build_on_meta
+    from trainer.train import decoder_flops_per_token as count
+    cfg = kosmos_1()
+    return count(build_on_meta(cfg), cfg.decoder.max_seq_len)
 
 
 def tables(a) -> str:
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
             return 1
         current = text[text.index(BEGIN):text.index(END) + len(END)]
         if current != out:
-            print(f"{a.check} is out of date; regenerate with `python deploy/sizing.py`", file=sys.stderr)
+            print(f"{a.check} is out of date; regenerate with `scripts/in-venv python deploy/sizing.py`", file=sys.stderr)
             return 1
         print(f"{a.check}: up to date")
         return 0

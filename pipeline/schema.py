@@ -52,6 +52,8 @@ SCORES = pa.struct([
     pa.field("single_image_hash", pa.float32()),          # the seeded draw, for single-image docs
 ])
 
+SCORE_FIELDS = tuple(f.name for f in SCORES)
+
 DOCUMENT_SCHEMA = pa.schema([
     pa.field("doc_id", pa.string(), nullable=False),      # stable hash of the capture
     pa.field("url", pa.string(), nullable=False),

@@ -26,7 +26,7 @@ from trainer.tokens import IGNORE_INDEX, SpecialIds  # noqa: E402
 def fixed_batch(n: int, seq_len: int, vocab_pieces: int, num_image_tokens: int):
     g = torch.Generator().manual_seed(1234)
     ids = SpecialIds(vocab_pieces)
-    rows, images = [], []
+    rows = []
     for i in range(n):
         toks = torch.randint(4, 4 + vocab_pieces, (seq_len,), generator=g).tolist()
         imgs = []

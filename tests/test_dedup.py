@@ -202,7 +202,7 @@ def test_images_repeated_across_the_corpus_are_removed(tmp_path):
         body = (f"<html><head><title>Page {i}</title></head><body><article><h1>Story {i}</h1>"
                 + prose.format(*[i] * 6)
                 + f"<img src='/logo-{i}.png' alt='logo'><p>{prose.format(*[i + 100] * 6)}</p>"
-                + f"<img src='/shared.png' alt='shared'>"
+                + "<img src='/shared.png' alt='shared'>"
                 + f"<img src='/own-{i}.png' alt='own picture'><p>The end of story {i}.</p></article></body></html>")
         records.append(http_response(f"http://site.example/story-{i}", body.encode(), "text/html"))
         records.append(http_response(f"http://site.example/logo-{i}.png", logo, "image/png"))

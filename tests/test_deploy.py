@@ -5,6 +5,7 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -225,7 +226,7 @@ def test_pytorchjob_manifest_passes_the_config():
 
 
 def test_sizing_doc_matches_the_script():
-    subprocess.run(["python", str(DEPLOY / "sizing.py"), "--check", str(DEPLOY / "SIZING.md")], check=True,
+    subprocess.run([sys.executable, str(DEPLOY / "sizing.py"), "--check", str(DEPLOY / "SIZING.md")], check=True,
                    cwd=ROOT)
 
 

@@ -118,7 +118,7 @@ def test_rerun_gives_identical_ids_shards_and_stats(shared_run, tmp_path):
     """Determinism across runs and across runner modes: the second run uses one
     in-process worker instead of two worker processes."""
     out, stats = shared_run
-    stats2 = run_job(all_shared_warcs(), tmp_path / "again", beam_args=IN_MEMORY)
+    run_job(all_shared_warcs(), tmp_path / "again", beam_args=IN_MEMORY)
     assert (out / "stats.json").read_text() == (tmp_path / "again" / "stats.json").read_text()
     assert [d["doc_id"] for d in read_docs(out)] == [d["doc_id"] for d in read_docs(tmp_path / "again")]
     m1 = json.loads((out / "documents" / "_manifest.json").read_text())

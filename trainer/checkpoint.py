@@ -31,19 +31,11 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_state_dict, set_model_state_dict, set_state_dict)
 
 from trainer.distributed import Dist
+from trainer.shards import join, url_to_fs
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 # One process without a process group is a supported DCP mode, not a mistake.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-
-
-def _fs(path: str):
-    import fsspec
-    return fsspec.core.url_to_fs(path)
-
-
-def _join(a: str, b: str) -> str:
-    return a.rstrip("/") + "/" + b
 
 
 def _writer(path: str):
@@ -78,27 +70,27 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 def save(root: str, step: int, model, optimizer, extra: Dict[str, Any], d: Dist, keep_last: int,
          config_json: str) -> str:
     name = f"step-{step:08d}"
-    final, tmp = _join(root, name), _join(root, name + ".tmp")
-    fs, _ = _fs(root)
+    final, tmp = join(root, name), join(root, name + ".tmp")
+    fs, _ = url_to_fs(root)
     if d.is_main:
-        fs.makedirs(_fs(root)[1], exist_ok=True)
-        if fs.exists(_fs(tmp)[1]):
-            fs.rm(_fs(tmp)[1], recursive=True)
+        fs.makedirs(url_to_fs(root)[1], exist_ok=True)
+        if fs.exists(url_to_fs(tmp)[1]):
+            fs.rm(url_to_fs(tmp)[1], recursive=True)
     d.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=_writer(tmp))
     buf = io.BytesIO()
     torch.save(extra, buf)
-    with fs.open(_fs(_join(tmp, f"trainer-rank{d.rank:05d}.pt"))[1], "wb") as fh:
+    with fs.open(url_to_fs(join(tmp, f"trainer-rank{d.rank:05d}.pt"))[1], "wb") as fh:
         fh.write(buf.getvalue())
     d.barrier()
     if d.is_main:
-        with fs.open(_fs(_join(tmp, "config.json"))[1], "w") as fh:
+        with fs.open(url_to_fs(join(tmp, "config.json"))[1], "w") as fh:
             fh.write(config_json)
-        if fs.exists(_fs(final)[1]):
-            fs.rm(_fs(final)[1], recursive=True)
-        fs.mv(_fs(tmp)[1], _fs(final)[1], recursive=True)
-        with fs.open(_fs(_join(root, "latest"))[1], "w") as fh:
+        if fs.exists(url_to_fs(final)[1]):
+            fs.rm(url_to_fs(final)[1], recursive=True)
+        fs.mv(url_to_fs(tmp)[1], url_to_fs(final)[1], recursive=True)
+        with fs.open(url_to_fs(join(root, "latest"))[1], "w") as fh:
             fh.write(name)
         _prune(root, keep_last)
     d.barrier()
@@ -108,7 +100,7 @@ def save(root: str, step: int, model, optimizer, extra: Dict[str, Any], d: Dist,
 def _prune(root: str, keep_last: int) -> None:
     if keep_last <= 0:
         return
-    fs, local = _fs(root)
+    fs, local = url_to_fs(root)
     steps = sorted((int(m.group(1)), p) for p in fs.ls(local, detail=False)
                    if (m := STEP_DIR.match(p.rstrip("/").rsplit("/", 1)[-1])))
     for _, path in steps[:-keep_last]:
@@ -117,12 +109,12 @@ def _prune(root: str, keep_last: int) -> None:
 
 def latest(root: str) -> Optional[str]:
     """The newest complete checkpoint under ``root`` (a run's checkpoints/ folder)."""
-    fs, local = _fs(root)
+    fs, local = url_to_fs(root)
     if not fs.exists(local):
         return None
     steps = sorted((int(m.group(1)), p.rstrip("/").rsplit("/", 1)[-1]) for p in fs.ls(local, detail=False)
                    if (m := STEP_DIR.match(p.rstrip("/").rsplit("/", 1)[-1])))
-    return _join(root, steps[-1][1]) if steps else None
+    return join(root, steps[-1][1]) if steps else None
 
 
 def load(path: str, model, optimizer, d: Dist) -> Tuple[int, Dict[str, Any]]:
@@ -131,12 +123,12 @@ def load(path: str, model, optimizer, d: Dist) -> Tuple[int, Dict[str, Any]]:
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, storage_reader=_reader(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    fs, _ = _fs(path)
-    extra_path = _join(path, f"trainer-rank{d.rank:05d}.pt")
-    if not fs.exists(_fs(extra_path)[1]):
+    fs, _ = url_to_fs(path)
+    extra_path = join(path, f"trainer-rank{d.rank:05d}.pt")
+    if not fs.exists(url_to_fs(extra_path)[1]):
         raise FileNotFoundError(f"{extra_path} missing: the checkpoint was written by fewer ranks than "
                                 f"this run has ({d.world_size}); resume with the same number of ranks")
-    with fs.open(_fs(extra_path)[1], "rb") as fh:
+    with fs.open(url_to_fs(extra_path)[1], "rb") as fh:
         extra = torch.load(io.BytesIO(fh.read()), weights_only=False)
     return int(extra["step"]), extra
 
@@ -149,6 +141,6 @@ def load_model_weights(path: str, model) -> None:
 
 
 def read_config(path: str) -> Dict[str, Any]:
-    fs, _ = _fs(path)
-    with fs.open(_fs(_join(path, "config.json"))[1], "r") as fh:
+    fs, _ = url_to_fs(path)
+    with fs.open(url_to_fs(join(path, "config.json"))[1], "r") as fh:
         return json.load(fh)

@@ -29,7 +29,6 @@ exactly the next micro-batch.
 
 from __future__ import annotations
 
-import glob as globlib
 import hashlib
 import io
 import json
@@ -42,15 +41,12 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from trainer.config import SOURCES, TrainConfig
+from trainer.config import TrainConfig
+from trainer.shards import BadShardError, expand_dataset, url_to_fs
 from trainer.model.vision import CLIP_MEAN, CLIP_STD
 from trainer.tokens import IGNORE_INDEX, SpecialIds
 
 log = logging.getLogger(__name__)
-
-
-class BadShardError(RuntimeError):
-    """A shard (or one of its row groups) that cannot be read; names the path."""
 
 
 # --------------------------------------------------------------------------- units
@@ -62,46 +58,11 @@ class Unit:
     kind: str           # "parquet" | "jsonl"
 
 
-def _fs(path: str):
-    import fsspec
-    return fsspec.core.url_to_fs(path)
-
-
-def _join(base: str, name: str) -> str:
-    return base.rstrip("/") + "/" + name
-
-
-def expand_dataset(path: str, verify: bool = False) -> List[str]:
-    """The files of a dataset path, in a stable order."""
-    fs, root = _fs(path)
-    protocol = path.split("://", 1)[0] + "://" if "://" in path else ""
-    if any(ch in path for ch in "*?["):
-        return sorted(protocol + p if protocol else p for p in fs.glob(root))
-    if fs.isdir(root):
-        manifest = _join(path, "_manifest.json")
-        if fs.exists(_fs(manifest)[1]):
-            with fs.open(_fs(manifest)[1], "r") as fh:
-                entries = json.load(fh)["shards"]
-            files = [_join(path, e["file"]) for e in entries]
-            if verify:
-                for entry, file in zip(entries, files):
-                    with fs.open(_fs(file)[1], "rb") as fh:
-                        digest = hashlib.sha256(fh.read()).hexdigest()
-                    if digest != entry["sha256"]:
-                        raise BadShardError(f"{file}: sha256 {digest} does not match _manifest.json")
-            return files
-        names = sorted(p for p in fs.ls(root, detail=False) if p.endswith((".parquet", ".jsonl")))
-        return [protocol + p if protocol else p for p in names]
-    if not fs.exists(root):
-        raise FileNotFoundError(f"dataset not found: {path}")
-    return [path]
-
-
 def file_units(path: str) -> List[Unit]:
     if path.endswith((".jsonl", ".json", ".jsonl.gz")):
         return [Unit(path, -1, -1, "jsonl")]
     import pyarrow.parquet as pq
-    fs, local = _fs(path)
+    fs, local = url_to_fs(path)
     try:
         with fs.open(local, "rb") as fh:
             md = pq.ParquetFile(fh).metadata
@@ -127,7 +88,7 @@ def list_units(paths: List[str], on_bad: str = "skip", verify: bool = False,
 
 
 def read_unit(unit: Unit, columns: Optional[List[str]] = None) -> List[Dict[str, Any]]:
-    fs, local = _fs(unit.path)
+    fs, local = url_to_fs(unit.path)
     try:
         if unit.kind == "jsonl":
             with fs.open(local, "rt", encoding="utf-8", compression="infer") as fh:
@@ -207,7 +168,6 @@ class Chunker:
         self.ids: SpecialIds = tokenizer.ids
         self.block = self.ids.image_block(num_image_tokens)
         self.block_labels = [IGNORE_INDEX] * (len(self.block) - 1) + [self.ids.image_end]
-        self.stats = {"rows": 0, "chunks": 0, "split_sentences": 0, "truncated": 0, "bad_images": 0}
 
     def _text(self, text: str) -> List[Chunk]:
         out = []
@@ -224,7 +184,6 @@ class Chunker:
         try:
             pixels = preprocess_image(data, self.image_size)
         except Exception as exc:
-            self.stats["bad_images"] += 1
             log.error("undecodable image in %s: %s", where, exc)
             return None
         return Chunk(list(self.block), list(self.block_labels), [pixels])
@@ -240,16 +199,14 @@ class Chunker:
         for ch in chunks:
             if len(ch) <= self.seq_len:
                 out.append(ch)
-            elif ch.images:       # an image block with a marker: can only be cut off
-                self.stats["truncated"] += 1
+            elif ch.images:
+                continue          # an image block longer than a whole sequence cannot be placed
             else:
-                self.stats["split_sentences"] += 1
                 for i in range(0, len(ch), self.seq_len):
                     out.append(Chunk(ch.ids[i:i + self.seq_len], ch.labels[i:i + self.seq_len], []))
         return out
 
     def __call__(self, row: Dict[str, Any], where: str) -> List[Chunk]:
-        self.stats["rows"] += 1
         if self.kind == "interleaved":
             chunks: List[Chunk] = []
             for item in row["items"]:
@@ -270,7 +227,6 @@ class Chunker:
             ids = [self.ids.bos] + ch.ids + caption + [self.ids.eos]
             labels = [IGNORE_INDEX] + ch.labels + caption + [self.ids.eos]
             if len(ids) > self.seq_len:
-                self.stats["truncated"] += 1
                 ids, labels = ids[:self.seq_len], labels[:self.seq_len]
             out = [Chunk(ids, labels, ch.images)]
         elif self.kind == "instructions":
@@ -281,12 +237,10 @@ class Chunker:
             o = self.tok.encode(row["output"].strip()) + [self.ids.eos]
             ids, labels = p + o, [IGNORE_INDEX] * len(p) + o
             if len(ids) > self.seq_len:
-                self.stats["truncated"] += 1
                 ids, labels = ids[:self.seq_len], labels[:self.seq_len]
             out = [Chunk(ids, labels, [])]
         else:
             raise ValueError(f"unknown source kind {self.kind!r}")
-        self.stats["chunks"] += len(out)
         return out
 
 
@@ -317,7 +271,6 @@ class SourceStream:
         self.position: Position = tuple(position) if position else (0, 0, 0, 0)
         self.bad: List[Dict] = []
         self.bad_units: set = set()
-        self.documents = 0
         self.rows_read: List[str] = []      # "path#row_group:row" of rows begun since the last batch
 
     def _rows(self, unit: Unit) -> List[Tuple[int, Dict]]:
@@ -362,7 +315,6 @@ class SourceStream:
                     chs = self.chunker(row, f"{unit.path} row group {unit.row_group} row {r}")
                     c0 = start_chunk if (first and k == start_unit and r == start_row) else 0
                     if c0 == 0:
-                        self.documents += 1
                         self.rows_read.append(f"{unit.path}#{unit.row_group}:{r}")
                     for c in range(c0, len(chs)):
                         produced = True

@@ -9,13 +9,22 @@ from typing import Dict, List
 
 
 from filters.config import DocumentConfig
+from pipeline.schema import SCORE_FIELDS
 from filters.documents import cap_images, drop_half_of_single_image_docs
 from transforms.accounting import AccountedDoFn
 from transforms.records import (DROPPED, IMAGE, KEPT, RECORD, Candidate, ImageResult, Outcome,
                                 text_snippet)
 
-SCORE_FIELDS = ("language", "language_score", "words", "emoji_ratio", "hashtag_ratio", "url_char_ratio",
-                "special_char_ratio", "alpha_word_ratio", "paragraphs_removed", "single_image_hash")
+
+
+def image_row(url: str, alt: str, title: str, res: ImageResult) -> Dict:
+    """A kept image as the ``IMAGE`` struct of pipeline/schema.py (documents and pairs)."""
+    st = res.stored
+    return {"url": url, "alt": alt, "title": title, "data": st.data, "format": st.format,
+            "width": st.width, "height": st.height, "original_width": st.original_width,
+            "original_height": st.original_height, "original_format": st.original_format,
+            "original_bytes": st.original_bytes, "sha256": st.sha256, "source_file": res.source.file,
+            "source_offset": res.source.offset}
 
 
 class AssembleDocument(AccountedDoFn):
@@ -92,14 +101,8 @@ class AssembleDocument(AccountedDoFn):
                 items.append({"type": "text", "text": it["text"], "image": None})
             elif pos in keep_set:
                 res = results[pos]
-                st = res.stored
                 items.append({"type": "image", "text": None, "image": len(images)})
-                images.append({
-                    "url": it["url"], "alt": it.get("alt", ""), "title": it.get("title", ""),
-                    "data": st.data, "format": st.format, "width": st.width, "height": st.height,
-                    "original_width": st.original_width, "original_height": st.original_height,
-                    "original_format": st.original_format, "original_bytes": st.original_bytes,
-                    "sha256": st.sha256, "source_file": res.source.file, "source_offset": res.source.offset})
+                images.append(image_row(it["url"], it.get("alt", ""), it.get("title", ""), res))
                 yield image_out(KEPT, "", it["url"], res)
         scores = dict(cand.scores)
         scores.update(single.scores)

@@ -11,11 +11,11 @@ import apache_beam as beam
 
 from filters.captions import normalize_caption, pair_id
 from filters.html import normalize_url
+from pipeline.schema import SCORE_FIELDS
+from transforms.assemble import image_row
 from transforms.accounting import OUTCOMES, AccountedDoFn
 from transforms.records import DROPPED, KEPT, PAIR, SNIPPET_CHARS, TEXT, Candidate, Outcome, PairCandidate
 
-SCORE_FIELDS = ("language", "language_score", "words", "emoji_ratio", "hashtag_ratio", "url_char_ratio",
-                "special_char_ratio", "alpha_word_ratio", "paragraphs_removed", "single_image_hash")
 
 
 def pair_rank(c: PairCandidate):
@@ -34,13 +34,13 @@ class KeepOnePair(AccountedDoFn):
 
     def process(self, element):
         _, group = element
-        ranked = sorted(group, key=lambda x: pair_rank(x if isinstance(x, PairCandidate) else x[0]))
+        # elements are pair candidates, or (candidate, image result) after the image join
+        cand = lambda x: x if isinstance(x, PairCandidate) else x[0]  # noqa: E731
+        ranked = sorted(group, key=lambda x: pair_rank(cand(x)))
         yield ranked[0]
         for other in ranked[1:]:
-            c = other if isinstance(other, PairCandidate) else other[0]
-            best = ranked[0] if isinstance(ranked[0], PairCandidate) else ranked[0][0]
-            yield self.outcome(_pair_outcome(c, DROPPED, "duplicate_pair",
-                                             message=f"kept the pair of page {best.doc_id}"))
+            yield self.outcome(_pair_outcome(cand(other), DROPPED, "duplicate_pair",
+                                             message=f"kept the pair of page {cand(ranked[0]).doc_id}"))
 
 
 class JoinPairWithImage(AccountedDoFn):
@@ -63,15 +63,11 @@ class JoinPairWithImage(AccountedDoFn):
 class PairRow(AccountedDoFn):
     def process(self, element):
         c, res = element
-        st = res.stored
         yield self.outcome(_pair_outcome(c, KEPT))
         yield {
-            "pair_id": pair_id(st.sha256, c.caption), "caption": c.caption, "caption_source": c.caption_source,
-            "image": {"url": c.url, "alt": c.caption if c.caption_source == "alt" else "", "title": "",
-                      "data": st.data, "format": st.format, "width": st.width, "height": st.height,
-                      "original_width": st.original_width, "original_height": st.original_height,
-                      "original_format": st.original_format, "original_bytes": st.original_bytes,
-                      "sha256": st.sha256, "source_file": res.source.file, "source_offset": res.source.offset},
+            "pair_id": pair_id(res.stored.sha256, c.caption), "caption": c.caption,
+            "caption_source": c.caption_source,
+            "image": image_row(c.url, c.caption if c.caption_source == "alt" else "", "", res),
             "page_url": c.page_url, "doc_id": c.doc_id, "capture_date": c.date,
             "language_score": c.language_score,
         }

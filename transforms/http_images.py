@@ -28,7 +28,7 @@ from filters.config import FetchConfig, ImageConfig
 from filters.html import normalize_url
 from filters.images import judge_image
 from transforms.http_fetch import ImageFetcher
-from transforms.images import EVENTS, InArchiveImages, kind_of
+from transforms.images import EVENTS, InArchiveImages, decode_events
 from transforms.records import FETCH, ImageResult, Outcome, Provenance
 from transforms.warc import warc_response_record
 from transforms.write import atomic_write
@@ -77,9 +77,7 @@ class FetchBatch(beam.DoFn):
             verdict, stored = judge_image(r.data, self.image_cfg)
             reason = None if verdict.keep else ("not_an_image" if verdict.reason in NOT_AN_IMAGE else verdict.reason)
             yield pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "http_fetched", url=url, offset=r.attempts))
-            yield pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "decoded", url=url))
-            if len({kind_of(ref) for ref, _ in refs}) > 1:
-                yield pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "decoded_once_for_documents_and_pairs", url=url))
+            yield from decode_events(url, refs)
             if self.fetch_cfg.write_warc:
                 yield pvalue.TaggedOutput(FETCHED, {"url": url, "final_url": r.final_url, "date": _iso_date(r.date),
                                                     "content_type": r.content_type, "data": r.data})

@@ -43,6 +43,14 @@ def kind_of(ref: str) -> str:
     return "pair" if is_pair_ref(ref) else "doc"
 
 
+def decode_events(url: str, refs) -> list:
+    """``fetch``-level events for one decode of the image at ``url`` serving ``refs``."""
+    events = [pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "decoded", url=url))]
+    if len({kind_of(ref) for ref, _ in refs}) > 1:
+        events.append(pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "decoded_once_for_documents_and_pairs", url=url)))
+    return events
+
+
 class ListImageReferences(AccountedDoFn):
     """Candidate -> one reference per image to fetch (main output); references that
     need no fetch (a repeat of an earlier URL in the same document, a URL no source
@@ -97,18 +105,13 @@ class JudgeEachImageOnce(beam.DoFn):
             verdict, stored = judge_image(rec.payload, self.cfg)
             self.decoded.inc()
             reason, scores = (None if verdict.keep else verdict.reason), verdict.scores
-        n = 0
-        kinds = set()
+        refs = list(refs)
         for doc_id, pos in refs:
-            n += 1
-            kinds.add(kind_of(doc_id))
             yield doc_id, ImageResult(pos, reason, stored, rec.provenance, scores)
-        if n > 1:
-            self.shared.inc(n - 1)
+        if len(refs) > 1:
+            self.shared.inc(len(refs) - 1)
         if not rec.oversize:
-            yield pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "decoded", url=url))
-            if len(kinds) > 1:
-                yield pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "decoded_once_for_documents_and_pairs", url=url))
+            yield from decode_events(url, refs)
 
 
 class InArchiveImages(beam.PTransform):
