@@ -6,6 +6,16 @@ gzip by its magic bytes (per-record members and whole-file gzip alike), and
 yields one :class:`ArchiveRecord` at a time, never holding more than one record's
 capped payload. Damage is reported as :class:`ReadError` items in the same stream,
 carrying the file and offset, and the reader resynchronises and goes on.
+
+Record boundaries that no bad length can cross:
+
+* in a gzip file, a member that starts with a record header ends the record before
+  it (per-record gzip: one member, one record);
+* in any file, when a block is not followed by its blank-line terminator (or the
+  file ends first), a valid WARC header inside the block ends it there;
+* a record that is cut, or whose gzip member is damaged or cut short, is one
+  :class:`ReadError` item, never a record: a partial page is not processed as whole.
+Reading then resumes at the boundary, so undamaged neighbours are never lost.
 """
 
 from __future__ import annotations
@@ -19,6 +29,10 @@ from typing import BinaryIO, Iterator, List, Optional, Tuple, Union
 
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 16
+MAX_HEADER_BYTES = 256 * 1024       # a WARC header block larger than this is damage, not a record
+MAX_ARC_LINE = 4096                 # an ARC header line is a few hundred bytes
+RETAIN_RAW = 16 * 1024 * 1024       # raw bytes of the current gzip member kept for resynchronising
+SETTLE_BYTES = 1 << 20              # how far past a record its gzip member is read to check its CRC
 
 
 @dataclass
@@ -76,6 +90,14 @@ class ReadError:
 Item = Union[ArchiveRecord, ReadError]
 
 
+@dataclass
+class _Damage:
+    """A gzip member that failed (bad data or cut short), in decompressed positions."""
+    start: int                  # where the member's output began
+    end: int                    # where its output stopped
+    error: ReadError
+
+
 class _Stream:
     """Decompressed byte stream over a raw file, remembering where each gzip member
     starts so that records can be addressed as (member offset, offset inside)."""
@@ -89,14 +111,16 @@ class _Stream:
         self.raw_pos = 0                # raw offset of _pending_raw[0]
         self.buf = bytearray()
         self.buf_start = 0              # decompressed position of buf[0]
-        self.member_start_raw = 0       # raw offset of the current gzip member
-        self.member_start_pos = 0       # decompressed position where that member began
         self._members: List[Tuple[int, int]] = [(0, 0)]  # (decompressed pos, raw offset)
         self._dec = zlib.decompressobj(31) if self.gzip else None
         self._member_has_input = False   # the current gzip member has been fed bytes
         self._current_member_raw = 0     # raw offset where the current member starts
+        self._member_pos = 0             # decompressed position where its output starts
+        self._member_raw = bytearray()   # its raw bytes so far (for resync), up to RETAIN_RAW
+        self._member_raw_ok = True
         self.eof = False
         self.errors: List[ReadError] = []
+        self.damage: List[_Damage] = []
 
     # -- position bookkeeping ------------------------------------------------
     def address(self, pos: int) -> Tuple[int, int]:
@@ -111,6 +135,15 @@ class _Stream:
                 break
         return raw_off, pos - start
 
+    def member_starts(self, lo: int, hi: int) -> List[int]:
+        """Decompressed positions in (lo, hi) where a gzip member begins."""
+        if not self.gzip:
+            return []
+        return [p for p, _ in self._members if lo < p < hi]
+
+    def member_ended_after(self, pos: int) -> bool:
+        return any(p > pos for p, _ in self._members)
+
     def _new_member(self, raw_offset: int):
         pos = self.buf_start + len(self.buf)
         if self._members and self._members[-1][0] == pos:
@@ -121,6 +154,14 @@ class _Stream:
         while len(self._members) > 2 and self._members[1][0] <= self.buf_start:
             self._members.pop(0)
         self._dec = zlib.decompressobj(31)
+
+    def _damaged(self, kind: str, message: str):
+        err = ReadError(self.name, self._current_member_raw, 0, kind, message)
+        self.errors.append(err)
+        self.damage.append(_Damage(self._member_pos, self.buf_start + len(self.buf), err))
+        # Damage reports far behind the reading position are of no further use.
+        while len(self.damage) > 64 and self.damage[0].end < self.buf_start:
+            self.damage.pop(0)
 
     def _fill(self) -> bool:
         """Read more into buf; False at end of input."""
@@ -140,23 +181,27 @@ class _Stream:
             self._pending_raw = b""
             if not data:
                 if self._dec is not None and not self._dec.eof and self._member_has_input:
-                    self.errors.append(ReadError(
-                        self.name, self._current_member_raw, 0, "truncated_gzip",
-                        f"gzip member at offset {self._current_member_raw} ends before its end marker"))
+                    self._damaged("truncated_gzip",
+                                  f"gzip member at offset {self._current_member_raw} ends before its end marker")
                 self.eof = True
                 return False
             consumed_start = self.raw_pos
             try:
                 out = self._dec.decompress(data)
             except zlib.error as exc:
-                self.errors.append(ReadError(
-                    self.name, self._current_member_raw, 0, "bad_gzip",
-                    f"corrupt gzip data in member at offset {self._current_member_raw}: {exc}"))
+                self._damaged("bad_gzip",
+                              f"corrupt gzip data in member at offset {self._current_member_raw}: {exc}")
                 self._resync_gzip(data, consumed_start)
                 return True
             self._member_has_input = True
             self.raw_pos += len(data)
             self.buf += out
+            if self._member_raw_ok:
+                if len(self._member_raw) + len(data) <= RETAIN_RAW:
+                    self._member_raw += data
+                else:
+                    self._member_raw_ok = False
+                    self._member_raw = bytearray()
             if self._dec.eof:
                 rest = self._dec.unused_data
                 next_raw = self.raw_pos - len(rest)
@@ -168,22 +213,30 @@ class _Stream:
 
     def _start_member(self, raw_offset: int):
         self._current_member_raw = raw_offset
+        self._member_pos = self.buf_start + len(self.buf)
         self._member_has_input = False
+        self._member_raw = bytearray()
+        self._member_raw_ok = True
         self._new_member(raw_offset)
 
     def _resync_gzip(self, data: bytes, data_raw_pos: int):
-        """After corrupt gzip, skip to the next gzip magic and start a member there."""
-        search_from = max(1, self._current_member_raw + 1 - data_raw_pos)
-        window = data
-        base = data_raw_pos
+        """After corrupt gzip, go on at the next gzip magic after the damaged member's
+        own start: its raw bytes are retained, so a member that the damage led the
+        decompressor into is found again, not lost."""
+        if self._member_raw_ok:
+            window = bytes(self._member_raw) + data
+            base = self._current_member_raw
+        else:
+            window, base = data, data_raw_pos
+        search_from = max(1, self._current_member_raw + 1 - base)
         while True:
             idx = window.find(b"\x1f\x8b\x08", search_from)
             if idx >= 0:
                 self.raw_pos = base + idx
                 self._pending_raw = window[idx:]
-                self._start_member(base + idx)
-                # Mark the break so a record straddling it is not glued to the next one.
+                # Mark the break so the top-level scan sees a line end before the next record.
                 self.buf += b"\r\n\r\n"
+                self._start_member(base + idx)
                 return
             tail = window[-2:]
             more = self.raw.read(CHUNK)
@@ -217,10 +270,15 @@ class _Stream:
                 return self._consume(len(self.buf))
 
     def read(self, n: int) -> bytes:
+        self.buffer(n)
+        return self._consume(min(n, len(self.buf)))
+
+    def buffer(self, n: int) -> int:
+        """Make at least ``n`` bytes available in buf (fewer at the end); returns how many are."""
         while len(self.buf) < n:
             if not self._fill():
                 break
-        return self._consume(min(n, len(self.buf)))
+        return len(self.buf)
 
     def skip(self, n: int) -> int:
         skipped = 0
@@ -233,13 +291,29 @@ class _Stream:
         return skipped
 
     def peek(self, n: int) -> bytes:
-        while len(self.buf) < n:
+        self.buffer(n)
+        return bytes(self.buf[:n])
+
+    def settle(self, pos: int):
+        """Read on until the gzip member holding ``pos`` has ended (its CRC checked),
+        or SETTLE_BYTES past it (whole-file gzip has one member for everything)."""
+        if not self.gzip:
+            return
+        while (not self.eof and not self.member_ended_after(pos)
+               and self.buf_start + len(self.buf) - pos < SETTLE_BYTES):
             if not self._fill():
                 break
-        return bytes(self.buf[:n])
+
+    def damage_in(self, lo: int, hi: int) -> Optional[_Damage]:
+        """The first damaged member whose output overlaps [lo, hi)."""
+        for d in self.damage:
+            if d.start < hi and d.end > lo:
+                return d
+        return None
 
 
 _WARC_VERSION = re.compile(rb"^WARC/(\d+\.\d+)\s*$")
+_WARC_VERSION_LINE = re.compile(rb"WARC/\d+\.\d+\r?\n")
 _ARC_HEADER = re.compile(rb"^(\S+) (\S+) (\d{8,14}) (\S*) ?.*?(\d+)\s*$")
 
 
@@ -351,10 +425,10 @@ class ArchiveReader:
 
     def __iter__(self) -> Iterator[Item]:
         s = self.stream
-        bad_start: Optional[int] = None
+        bad_at: Optional[Tuple[int, int, int]] = None    # (pos, raw offset, inner) where damage began
         if not s.peek(1):
             if s.errors:
-                yield from self._drain_errors()
+                yield from self._drain_errors(final=True)
             else:
                 yield ReadError(self.name, 0, 0, "empty_file", "the file holds no data")
             return
@@ -370,59 +444,171 @@ class ArchiveReader:
             start = s.pos
             line = s.readline()
             if line.startswith(b"WARC/"):
-                if bad_start is not None:
-                    yield self._bad(bad_start)
-                    bad_start = None
-                yield from self._drain_errors()
+                if bad_at is not None:
+                    yield self._bad(bad_at)
+                    bad_at = None
                 yield self._read_warc(line, start)
                 continue
-            arc = _ARC_HEADER.match(line.rstrip(b"\r\n")) if not line.startswith(b"<") else None
+            arc = self._arc_match(line)
             if arc and (self.arc_mode or line.startswith(b"filedesc://") or b"://" in line.split(b" ")[0]
                         or line.startswith(b"dns:")):
-                if bad_start is not None:
-                    yield self._bad(bad_start)
-                    bad_start = None
+                if bad_at is not None:
+                    yield self._bad(bad_at)
+                    bad_at = None
                 self.arc_mode = True
                 yield self._read_arc(line, start, arc)
                 continue
-            # Bytes that start no record: remember where the damage began, resync.
-            if bad_start is None:
-                bad_start = start
-        yield from self._drain_errors()
-        if bad_start is not None:
-            yield self._bad(bad_start)
+            # Bytes that start no record: remember where the damage began (its address
+            # now, while the gzip member table still knows it), resync.
+            if bad_at is None:
+                bad_at = (start,) + s.address(start)
+        yield from self._drain_errors(final=True)
+        if bad_at is not None:
+            yield self._bad(bad_at)
 
-    def _drain_errors(self):
-        while self.stream.errors:
-            yield self.stream.errors.pop(0)
+    @staticmethod
+    def _arc_match(line: bytes):
+        if line.startswith(b"<") or len(line) > MAX_ARC_LINE:
+            return None
+        return _ARC_HEADER.match(line.rstrip(b"\r\n"))
 
-    def _bad(self, pos: int) -> ReadError:
-        off, inner = self.stream.address(pos)
+    def _drain_errors(self, final: bool = False):
+        """Stream errors so far, except those of a damaged member that the reading
+        position has not passed: the record read there reports them as its own."""
+        s = self.stream
+        ahead = [] if final else [d.error for d in s.damage if d.end > s.pos]
+        keep = []
+        for err in s.errors:
+            if any(err is e for e in ahead):
+                keep.append(err)
+            else:
+                yield err
+        s.errors = keep
+
+    def _bad(self, at: Tuple[int, int, int]) -> ReadError:
+        pos, off, inner = at
         kind = "not_an_archive" if pos == 0 else "bad_record_header"
         return ReadError(self.name, off, inner, kind,
                          f"bytes at offset {off}+{inner} do not start a WARC or ARC record; skipped to the next record")
 
-    def _read_block(self, length: int, keep: bool) -> Tuple[bytes, int, bool]:
-        """Read a record block of ``length`` bytes: (kept bytes, bytes read, oversize)."""
+    # -- record boundaries -----------------------------------------------------
+    def _starts_record(self, rel: int, text_rule: bool) -> bool:
+        """Does a record header begin ``rel`` bytes into the buffer? For a gzip member
+        start the version line (or an ARC header line) is enough; for a position in
+        the middle of a block the whole WARC header must be there and valid."""
         s = self.stream
-        if keep and length <= self.max_payload + 65536:
-            data = s.read(length)
-            return data, len(data), False
-        kept = s.read(min(length, 65536)) if keep else b""
-        skipped = s.skip(length - len(kept))
-        return kept, len(kept) + skipped, keep
+        head = bytes(s.buf[rel:rel + 16]) if s.buffer(rel + 16) else b""
+        if _WARC_VERSION_LINE.match(head):
+            if not text_rule:
+                return True
+            s.buffer(rel + 16384)
+            window = bytes(s.buf[rel:rel + 16384])
+            end = window.find(b"\r\n\r\n")
+            if end < 0:
+                end = window.find(b"\n\n")
+            if end < 0:
+                return False
+            fields = window[:end].lower()
+            return b"\ncontent-length:" in fields and b"\nwarc-type:" in fields
+        if self.arc_mode and not text_rule:
+            s.buffer(rel + MAX_ARC_LINE)
+            nl = s.buf.find(b"\n", rel, rel + MAX_ARC_LINE)
+            return nl >= 0 and self._arc_match(bytes(s.buf[rel:nl + 1])) is not None
+        return False
+
+    def _boundary(self, block_pos: int, hi: int, text_rule: bool) -> Optional[int]:
+        """The first record boundary at buffer offsets [0, hi), the buffer starting at
+        decompressed position ``block_pos``."""
+        s = self.stream
+        for p in s.member_starts(block_pos - 1, block_pos + hi):
+            if self._starts_record(p - block_pos, text_rule=False):
+                return p - block_pos
+        if not text_rule or self.arc_mode:
+            return None
+        at = 0
+        while True:
+            # Anywhere, not only at a line start: a write cut mid-line and resumed with a
+            # new record leaves "...half a sentenceWARC/1.1". The full header must validate.
+            idx = s.buf.find(b"WARC/", at, hi + 4)      # a record at idx < hi
+            if idx < 0:
+                return None
+            if self._starts_record(idx, text_rule=True):
+                return idx
+            at = idx + 1
+
+    def _read_block(self, length: int, keep: bool) -> Tuple[bytes, int, bool, bool]:
+        """Read a record block of ``length`` bytes, stopping at a record boundary:
+        (kept bytes, bytes read, oversize, cut short at a boundary)."""
+        s = self.stream
+        block_pos = s.pos
+        if length <= self.max_payload + 65536:
+            # Block and terminator in the buffer, then decide where the block really ends.
+            have = s.buffer(length + 4)
+            avail = min(length, have)
+            after = bytes(s.buf[length:length + 4])
+            terminated = avail == length and (after.startswith((b"\r\n\r\n", b"\n\n")) or (
+                self.arc_mode and after.startswith(b"\n")) or (have == length and s.eof))
+            cut = self._boundary(block_pos, avail, text_rule=not terminated)
+            if cut is not None:
+                s._consume(cut)
+                return b"", cut, False, True
+            data = s._consume(avail)
+            return (data if keep else b""), avail, False, False
+        # Too big to hold: stream through it, looking for a boundary in each piece.
+        kept = b""
+        done = 0
+        while done < length:
+            have = s.buffer(min(length - done, CHUNK) + 16)
+            if not have:
+                break
+            span = min(length - done, have)
+            cut = self._boundary(block_pos + done, span, text_rule=True)
+            take = cut if cut is not None else span
+            piece = s._consume(take)
+            if keep and len(kept) < 65536:
+                kept += piece[:65536 - len(kept)]
+            done += take
+            if cut is not None:
+                return b"", done, keep, True
+        return kept, done, keep, False
+
+    def _block_error(self, start: int, end: int, got: int, length: int, cut: bool,
+                     what: str) -> Optional[ReadError]:
+        """None if the record read whole from undamaged bytes, else its one error."""
+        s = self.stream
+        s.settle(end + 4)
+        off, inner = s.address(start)
+        damage = s.damage_in(start, end + 4)
+        if damage is not None:
+            # Reported as this record's error, not twice.
+            s.errors = [e for e in s.errors if e is not damage.error]
+            return ReadError(self.name, off, inner, damage.error.kind,
+                             f"{what} at offset {off}+{inner} lies in a damaged gzip member: {damage.error.message}")
+        if cut:
+            return ReadError(self.name, off, inner, "truncated_record",
+                             f"{what} at offset {off}+{inner} declares {length} bytes but the next record "
+                             f"starts after {got}; reading resumes there")
+        if got < length:
+            return ReadError(self.name, off, inner, "truncated_record",
+                             f"{what} at offset {off}+{inner} declares {length} bytes but the file ends after {got}")
+        return None
 
     def _read_warc(self, version_line: bytes, start: int) -> Item:
         s = self.stream
         off, inner = s.address(start)
         lines = []
+        size = len(version_line)
         while True:
-            line = s.readline()
+            line = s.readline(limit=MAX_HEADER_BYTES)
             if not line:
                 return ReadError(self.name, off, inner, "truncated_record",
                                  f"WARC header at offset {off}+{inner} ends before its blank line")
             if line in (b"\r\n", b"\n"):
                 break
+            size += len(line)
+            if size > MAX_HEADER_BYTES:
+                return ReadError(self.name, off, inner, "bad_record_header",
+                                 f"WARC header at offset {off}+{inner} is over {MAX_HEADER_BYTES} bytes")
             lines.append(line)
         headers = _parse_headers(lines)
         hmap = {}
@@ -437,7 +623,10 @@ class ArchiveReader:
                              f"WARC record at offset {off}+{inner} has no valid Content-Length")
         rec_type = hmap.get("warc-type", "").lower() or "unknown"
         keep = rec_type in self.keep_types
-        block, got, oversize = self._read_block(length, keep)
+        block, got, oversize, cut = self._read_block(length, keep)
+        error = self._block_error(start, s.pos, got, length, cut, "WARC record")
+        if error is not None:
+            return error
         rec = ArchiveRecord(
             file=self.name, offset=off, inner_offset=inner,
             format=version_line.decode("ascii", "replace").strip(), rec_type=rec_type,
@@ -447,9 +636,6 @@ class ArchiveReader:
             refers_to_uri=hmap.get("warc-refers-to-target-uri", "").strip("<> "),
             refers_to_date=hmap.get("warc-refers-to-date", ""),
             block_content_type=hmap.get("content-type", ""))
-        if got < length:
-            rec.truncated = True
-            rec.notes.append(f"block has {got} of {length} bytes")
         self._fill_payload(rec, block, length, oversize)
         return rec
 
@@ -461,7 +647,10 @@ class ArchiveReader:
         is_filedesc = url.startswith("filedesc://")
         rec_type = "warcinfo" if is_filedesc else ("response" if "://" in url or url.startswith("dns:") else "unknown")
         keep = rec_type in self.keep_types
-        block, got, oversize = self._read_block(length, keep)
+        block, got, oversize, cut = self._read_block(length, keep)
+        error = self._block_error(start, self.stream.pos, got, length, cut, "ARC record")
+        if error is not None:
+            return error
         iso = date
         if len(date) >= 14:
             iso = f"{date[0:4]}-{date[4:6]}-{date[6:8]}T{date[8:10]}:{date[10:12]}:{date[12:14]}Z"
@@ -469,9 +658,6 @@ class ArchiveReader:
             file=self.name, offset=off, inner_offset=inner, format="ARC", rec_type=rec_type,
             headers=[("ARC-Header", line.decode("utf-8", "replace").strip())],
             target_uri=url, date=iso, record_id="", block_content_type=ctype)
-        if got < length:
-            rec.truncated = True
-            rec.notes.append(f"block has {got} of {length} bytes")
         if rec_type == "response" and url.startswith("dns:"):
             rec.block_content_type = "text/dns"
         self._fill_payload(rec, block, length, oversize)
