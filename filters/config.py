@@ -20,6 +20,12 @@ class RecordConfig:
     max_html_bytes: int = 5 * 1024 * 1024
     max_image_bytes: int = 20 * 1024 * 1024
     resolve_revisits: bool = True
+    # Wall-clock seconds one page's parsing may take (extraction; the <img> scan for
+    # pairs), in a child process that is killed when over: ``over_time_budget``.
+    # A typical page takes 0.05 s; 0 runs in-process with no limit.
+    page_time_budget_s: float = 30.0
+    # Attributes kept per tag before parsing (libxml2 is quadratic in them).
+    max_attributes: int = 256
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,9 @@ class FetchConfig:
 @dataclass(frozen=True)
 class DocumentConfig:
     max_images: int = 5                     # paper §3.1: at most five images per document
+    # Image references of one document that may reach an image source, in reading
+    # order (the first usable max_images are kept; the rest end as over_reference_cap).
+    max_image_references: int = 20
     drop_single_image_fraction: float = 0.5  # paper §3.1: randomly discard half of them
     seed: int = 1234                        # seeds the hash that picks the dropped half
 
@@ -133,6 +142,8 @@ class CaptionConfig:
                           "share", "email", "print", "download", "play", "video", "alt", "alt text", "null",
                           "none", "undefined", "n a", "see caption", "image description", "navigation image",
                           "navigation", "nav")
+    # Pair candidates of one page that may reach an image source (the rest: over_page_cap).
+    max_pairs_per_page: int = 50
     # A short caption (at most this many words) with one of these words is a site element.
     boilerplate_max_words: int = 4
     boilerplate_words: tuple = ("logo", "icon", "banner", "button", "spacer", "avatar", "thumbnail",

@@ -3,7 +3,9 @@
 * Addresses: only globally routable unicast addresses. Loopback, private (RFC 1918,
   RFC 4193), link-local (with the cloud metadata address 169.254.169.254),
   multicast, reserved, unspecified, shared (100.64/10), benchmarking and
-  documentation ranges are refused; IPv4-mapped IPv6 is judged as its IPv4.
+  documentation ranges are refused; IPv6 forms that carry an IPv4 address
+  (IPv4-mapped, 6to4 2002::/16, NAT64 64:ff9b::/96 and 64:ff9b:1::/48, Teredo
+  2001::/32) are judged by the IPv4 they reach.
   Loopback can be allowed for tests only.
 * Opt-outs: ``X-Robots-Tag: noai`` or ``noimageai`` (also ``none``-style lists, or
   scoped to a user agent: ``ourbot: noai``) drops the image.
@@ -29,8 +31,16 @@ def address_block_reason(ip: str, allow_loopback: bool = False) -> Optional[str]
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:
         return "not_an_ip"
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:            # dual-stack delivery to the IPv4 itself
+            return address_block_reason(str(addr.ipv4_mapped), allow_loopback)
+        wrapped = _wrapped_ipv4(addr)
+        for inner in wrapped:                       # tunnelled: loopback is never meant
+            why = address_block_reason(str(inner), False)
+            if why:
+                return f"wrapped_{why}"
+        if wrapped and addr.teredo is None:         # 6to4 / NAT64 of a public IPv4
+            return None
     if addr.is_loopback:
         return None if allow_loopback else "loopback"
     if addr.is_link_local:
@@ -48,6 +58,20 @@ def address_block_reason(ip: str, allow_loopback: bool = False) -> Optional[str]
     if not addr.is_global:
         return "not_global"
     return None
+
+
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def _wrapped_ipv4(addr: ipaddress.IPv6Address):
+    """The IPv4 addresses an IPv6 address delivers to, for the forms that embed one."""
+    if addr.sixtofour is not None:
+        return [addr.sixtofour]
+    if addr.teredo is not None:
+        return list(addr.teredo)          # (server, client)
+    if any(addr in net for net in _NAT64):
+        return [ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)]
+    return []
 
 
 def robots_opt_out(values: Iterable[str], user_agent: str = "") -> bool:

@@ -12,7 +12,7 @@ import html as html_lib
 import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
-from urllib.parse import urljoin, urldefrag, urlsplit
+from urllib.parse import quote, urljoin, urldefrag, urlsplit
 
 _CHARSET_HTTP = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9_\-:.]+)", re.IGNORECASE)
 _CHARSET_META = re.compile(
@@ -20,8 +20,7 @@ _CHARSET_META = re.compile(
 _IMG_TAG = re.compile(r"<img\b", re.IGNORECASE)
 _BASE_HREF = re.compile(r"<base\b[^>]*?\bhref\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s>]+))",
                         re.IGNORECASE)
-_DROP_BLOCKS = re.compile(
-    r"<(script|style|noscript|svg|template|iframe)\b.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
+_BLOCK_OPEN = re.compile(r"<(script|style|noscript|svg|template|iframe)\b|<!--", re.IGNORECASE)
 _TAG = re.compile(r"<[^>]{0,2000}>", re.DOTALL)
 _SPACES = re.compile(r"\s+")
 
@@ -29,13 +28,26 @@ BLOCK_TAGS = {"p", "head", "item", "quote", "code", "cell", "row", "list", "tabl
               "main", "doc", "comments", "div"}
 
 
+# The encodings a browser decodes web pages with (the WHATWG Encoding Standard's list,
+# as Python names them). Any other codec a label names is refused: Python also knows
+# punycode, idna, utf-7, rot13 and bytes-to-bytes codecs, some quadratic on hostile
+# input (punycode: 88 s for 1 MB) and none of them a web page's encoding.
+_WEB_ENCODINGS = frozenset(codecs.lookup(n).name for n in (
+    "utf-8", "utf-16-le", "utf-16-be", "ibm866", "iso-8859-2", "iso-8859-3", "iso-8859-4", "iso-8859-5",
+    "iso-8859-6", "iso-8859-7", "iso-8859-8", "iso-8859-10", "iso-8859-13", "iso-8859-14", "iso-8859-15",
+    "iso-8859-16", "koi8-r", "koi8-u", "mac-roman", "cp874", "cp1250", "cp1251", "cp1252", "cp1253",
+    "cp1254", "cp1255", "cp1256", "cp1257", "cp1258", "mac-cyrillic", "gbk", "gb18030", "gb2312", "big5",
+    "big5hkscs", "euc-jp", "iso-2022-jp", "shift_jis", "cp932", "euc-kr", "cp949", "latin-1", "ascii"))
+
+
 def _charset_ok(name: Optional[str]) -> Optional[str]:
     if not name:
         return None
     try:
-        return codecs.lookup(name.strip().lower()).name
+        enc = codecs.lookup(name.strip().lower()).name
     except LookupError:
         return None
+    return enc if enc in _WEB_ENCODINGS else None
 
 
 def decode_html(body: bytes, content_type: str = "") -> Tuple[str, str]:
@@ -58,7 +70,7 @@ def decode_html(body: bytes, content_type: str = "") -> Tuple[str, str]:
             continue
         try:
             return body.decode(enc), enc
-        except (UnicodeDecodeError, LookupError):
+        except (UnicodeError, LookupError):
             continue
     return body.decode("cp1252", errors="replace"), "cp1252"
 
@@ -78,19 +90,74 @@ def base_href(text: str) -> Optional[str]:
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
 
 
+_TITLE_OPEN = re.compile(r"<title\b[^>]{0,500}>", re.IGNORECASE)
+
+
 def page_title(text: str) -> str:
-    m = _TITLE.search(text[:200_000])
-    return _SPACES.sub(" ", html_lib.unescape(m.group(1))).strip()[:1000] if m else ""
+    """The first ``<title>``: one search for the opener, one for its closer (a page
+    of unclosed titles must not cost a scan to the end for each)."""
+    head = text[:200_000]
+    m = _TITLE_OPEN.search(head)
+    if not m:
+        return ""
+    end = head.lower().find("</title", m.end())
+    if end < 0:
+        return ""
+    return _SPACES.sub(" ", html_lib.unescape(head[m.end():end])).strip()[:1000]
+
+
+def strip_blocks(body: str) -> str:
+    """Scripts, styles, SVG, templates, iframes and comments removed, in one pass:
+    each opener's closer is found by a plain search, and an opener never closed
+    drops the rest of the page, as a browser does (a regex with a lazy ``.*?``
+    scans to the end once per unclosed opener: quadratic)."""
+    low = body.lower()
+    out, pos = [], 0
+    while True:
+        m = _BLOCK_OPEN.search(body, pos)
+        if not m:
+            out.append(body[pos:])
+            break
+        out.append(body[pos:m.start()])
+        out.append(" ")
+        if m.group(1) is None:
+            close = low.find("-->", m.end())
+            pos = -1 if close < 0 else close + 3
+        else:
+            close = low.find("</" + m.group(1).lower(), m.end())
+            gt = low.find(">", close) if close >= 0 else -1
+            pos = -1 if gt < 0 else gt + 1
+        if pos < 0:
+            break
+    return "".join(out)
 
 
 def rough_text(text: str, max_html_chars: int = 300_000) -> str:
     """Visible text by regex, for the cheap language check: scripts and styles
     removed, tags stripped, entities unescaped. An order of magnitude cheaper
     than a DOM parse plus boilerplate removal."""
-    body = text[:max_html_chars]
-    body = _DROP_BLOCKS.sub(" ", body)
+    body = strip_blocks(text[:max_html_chars])
     body = _TAG.sub(" ", body)
     return _SPACES.sub(" ", html_lib.unescape(body)).strip()
+
+
+_LONG_TAG = re.compile(r"<([A-Za-z][A-Za-z0-9:-]{0,63})([^<>]{4096,})>")
+_ATTRIBUTE = re.compile(r"""[^\s=/>"']+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s>"']+))?""")
+
+
+def limit_attributes(text: str, max_attributes: int = 256) -> str:
+    """Tags with more than ``max_attributes`` attributes keep the first ones.
+
+    libxml2 checks each new attribute against the tag's others (quadratic: one
+    ``<img>`` with 40k attributes cost 12 s to parse and 23 s to extract, with
+    300k over 300 s). Real tags have a few dozen; only tags over 4 KB are looked
+    at, so ordinary pages pass through unchanged."""
+    def cap(m):
+        attrs = _ATTRIBUTE.findall(m.group(2))
+        if len(attrs) <= max_attributes:
+            return m.group(0)
+        return "<" + m.group(1) + " " + " ".join(attrs[:max_attributes]) + ">"
+    return _LONG_TAG.sub(cap, text)
 
 
 def resolve_url(src: str, page_url: str, base: Optional[str]) -> Optional[str]:
@@ -108,16 +175,37 @@ def resolve_url(src: str, page_url: str, base: Optional[str]) -> Optional[str]:
     return normalize_url(absolute)
 
 
+# Characters left as they are when a URL is put in its percent-encoded form: the
+# reserved and unreserved sets of RFC 3986, and "%" itself (already-encoded stays so).
+_URL_SAFE = "/:@!$&'()*+,;=-._~%?#[]"
+
+
+def _encode_host(host: str) -> str:
+    try:
+        return host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        return host
+
+
 def normalize_url(url: str) -> str:
-    """Fragment removed, scheme and host lower-cased: the key on which image
-    references meet image records."""
+    """Fragment removed, scheme and host lower-cased, and in its percent-encoded
+    ASCII form (an IRI's path and query in UTF-8, a non-ASCII host in IDNA, spaces
+    and controls escaped): the key on which image references meet image records,
+    and a URL an HTTP client can send as it is."""
     url = url.strip()
     if url.lower().startswith("data:"):
         return url
     try:
         absolute, _ = urldefrag(url)
         parts = urlsplit(absolute)
-        return parts._replace(scheme=parts.scheme.lower(), netloc=parts.netloc.lower()).geturl()
+        netloc = parts.netloc.lower()
+        if not netloc.isascii():
+            userinfo, at, hostport = netloc.rpartition("@")
+            host, colon, port = hostport.partition(":") if not hostport.startswith("[") else (hostport, "", "")
+            netloc = userinfo + at + _encode_host(host) + colon + port
+        return parts._replace(scheme=parts.scheme.lower(), netloc=netloc,
+                              path=quote(parts.path, safe=_URL_SAFE),
+                              query=quote(parts.query, safe=_URL_SAFE)).geturl()
     except ValueError:
         return url
 

@@ -37,7 +37,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from filters.config import CurationConfig
 from pipeline.inputs import DEFAULT_PATHS_PREFIX, expand_inputs
 from transforms.accounting import OUTCOMES, CountOutcomes, SampleRejects, error_line, summarize
-from pipeline.schema import PAIR_SCHEMA, TEXT_SCHEMA
+from pipeline.schema import PAIR_SCHEMA, SUCCESS_MARKER, TEXT_SCHEMA
 from transforms.assemble import AssembleDocument
 from transforms.corpora import PairsBeforeImages, PairsWithImages, TextRow
 from transforms.dedup import Deduplicate
@@ -73,8 +73,8 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
     out = cfg.output
     extra_outcomes, audits = [], [dedup_audit]
 
-    refs = candidates | "ListImageReferences" >> beam.ParDo(ListImageReferences()).with_outputs(
-        SETTLED, OUTCOMES, main="refs")
+    refs = candidates | "ListImageReferences" >> beam.ParDo(
+        ListImageReferences(cfg.documents.max_image_references)).with_outputs(SETTLED, OUTCOMES, main="refs")
     all_refs = [refs["refs"]]
     if out.pairs:
         pairs, pair_outcomes = to_candidates.pairs | "DistinctPairs" >> PairsBeforeImages()
@@ -165,6 +165,11 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
         stats["config_sha256"] = hashlib.sha256(config_json.encode()).hexdigest()
         atomic_write(FileSystems.join(output, "stats.json"),
                      json.dumps(stats, indent=2, sort_keys=True).encode())
+        # Written last, after every dataset's manifest and the stats: readers (the
+        # trainer, the report) take the run's datasets only when this exists.
+        atomic_write(FileSystems.join(output, SUCCESS_MARKER),
+                     json.dumps({"stats": "stats.json", "outputs": stats["outputs"],
+                                 "config_sha256": stats["config_sha256"]}, sort_keys=True).encode())
         return stats
 
     side = {}
@@ -260,7 +265,7 @@ def stderr_to(path: Optional[str]):
         os.close(saved)
 
 
-OUTPUTS = (DOCUMENTS_DIR, TEXT_DIR, PAIRS_DIR, FETCHED_DIR, FETCH_FAILURES, "duplicates", "rejects", "stats.json", "errors.jsonl", "inputs.jsonl", "run.json",
+OUTPUTS = (SUCCESS_MARKER, DOCUMENTS_DIR, TEXT_DIR, PAIRS_DIR, FETCHED_DIR, FETCH_FAILURES, "duplicates", "rejects", "stats.json", "errors.jsonl", "inputs.jsonl", "run.json",
            "report.html", "report.json")
 
 

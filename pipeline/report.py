@@ -22,7 +22,7 @@ STAGES: List[Tuple[str, Tuple[str, ...]]] = [
                                      "too_large", "bad_http", "truncated", "bad_gzip", "bad_record_header",
                                      "not_an_archive", "empty_file", "open_failed", "reader_failed")),
     ("pages with an <img>", ("no_img_tag", "undecodable_html")),
-    ("English, clean, images in text", ("non_english", "no_text", "extraction_", "too_few_words",
+    ("English, clean, images in text", ("non_english", "no_text", "extraction_", "over_time_budget", "too_few_words",
                                                   "spam_", "special_characters", "gibberish",
                                                   "no_images_in_content", "no_text_in_content")),
     ("unique (URL, text, near-dup)", ("duplicate_url", "duplicate_exact", "near_duplicate")),
@@ -30,7 +30,7 @@ STAGES: List[Tuple[str, Tuple[str, ...]]] = [
     ("half of single-image docs dropped", ("single_image_dropped",)),
 ]
 IMAGE_FILTER_REASONS = {"too_small", "single_color", "undecodable", "decompression_bomb", "repeated_image",
-                        "too_many_images", "document_dropped", "duplicate_in_document"}
+                        "too_many_images", "document_dropped", "duplicate_in_document", "over_reference_cap"}
 
 
 # -- reading a run ----------------------------------------------------------------------

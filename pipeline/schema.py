@@ -54,6 +54,9 @@ SCORES = pa.struct([
 
 SCORE_FIELDS = tuple(f.name for f in SCORES)
 
+# Written last by a curation run, in its output directory: its datasets are complete.
+SUCCESS_MARKER = "_SUCCESS"
+
 DOCUMENT_SCHEMA = pa.schema([
     pa.field("doc_id", pa.string(), nullable=False),      # stable hash of the capture
     pa.field("url", pa.string(), nullable=False),

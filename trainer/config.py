@@ -48,6 +48,9 @@ class DataSection:
     seed: int = 0                            # shard order per epoch
     on_bad_shard: str = "skip"               # "skip" (report path, go on) | "stop"
     verify_checksums: bool = False           # sha256 of every shard against its _manifest.json
+    # A curation run's datasets are read only once the run wrote its _SUCCESS marker
+    # (a killed run leaves shards that look whole); true reads them anyway.
+    allow_incomplete_runs: bool = False
 
 
 @dataclass(frozen=True)

@@ -58,26 +58,47 @@ class Unit:
     kind: str           # "parquet" | "jsonl"
 
 
-def file_units(path: str) -> List[Unit]:
+def _schema_problem(schema, source: Optional[str]) -> Optional[str]:
+    """Why a readable shard cannot feed ``source`` (the columns its chunker reads,
+    with the types of the curation contract), or None."""
+    from pipeline.schema import DOCUMENT_SCHEMA, PAIR_SCHEMA, TEXT_SCHEMA
+    contract = {"interleaved": DOCUMENT_SCHEMA, "text": TEXT_SCHEMA, "pairs": PAIR_SCHEMA}.get(source or "")
+    if contract is None:
+        return None
+    problems = []
+    for name in Chunker.COLUMNS[source]:
+        if name not in schema.names:
+            problems.append(f"no column {name!r}")
+        elif not schema.field(name).type.equals(contract.field(name).type):
+            problems.append(f"column {name!r} is {schema.field(name).type}, not {contract.field(name).type}")
+    return "; ".join(problems) or None
+
+
+def file_units(path: str, source: Optional[str] = None) -> List[Unit]:
     if path.endswith((".jsonl", ".json", ".jsonl.gz")):
         return [Unit(path, -1, -1, "jsonl")]
     import pyarrow.parquet as pq
     fs, local = url_to_fs(path)
     try:
         with fs.open(local, "rb") as fh:
-            md = pq.ParquetFile(fh).metadata
-            return [Unit(path, i, md.row_group(i).num_rows, "parquet") for i in range(md.num_row_groups)]
+            pf = pq.ParquetFile(fh)
+            md, schema = pf.metadata, pf.schema_arrow
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for damaged files
         raise BadShardError(f"{path}: cannot read the Parquet footer ({type(exc).__name__}: {exc})") from exc
+    problem = _schema_problem(schema, source)
+    if problem:
+        raise BadShardError(f"{path}: not a {source} shard: {problem}")
+    return [Unit(path, i, md.row_group(i).num_rows, "parquet") for i in range(md.num_row_groups)]
 
 
 def list_units(paths: List[str], on_bad: str = "skip", verify: bool = False,
-               bad: Optional[List[Dict]] = None) -> List[Unit]:
+               bad: Optional[List[Dict]] = None, source: Optional[str] = None,
+               allow_incomplete: bool = False) -> List[Unit]:
     units: List[Unit] = []
     for path in paths:
-        for file in expand_dataset(path, verify):
+        for file in expand_dataset(path, verify, allow_incomplete):
             try:
-                units.extend(file_units(file))
+                units.extend(file_units(file, source))
             except BadShardError as exc:
                 if on_bad == "stop":
                     raise
@@ -395,7 +416,7 @@ class MixtureDataset(IterableDataset):
         self.sources = sorted({s for s, _ in self.schedule})
         self.bad: List[Dict] = []
         self.units = {s: list_units(getattr(cfg.data, s), cfg.data.on_bad_shard, cfg.data.verify_checksums,
-                                    self.bad) for s in self.sources}
+                                    self.bad, s, cfg.data.allow_incomplete_runs) for s in self.sources}
         for s, units in self.units.items():
             if not units:
                 raise RuntimeError(f"source {s!r}: no readable shards in {getattr(cfg.data, s)}")

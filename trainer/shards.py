@@ -9,11 +9,28 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import pyarrow.parquet as pq
 
-from pipeline.schema import DOCUMENT_SCHEMA
+from pipeline.schema import DOCUMENT_SCHEMA, SUCCESS_MARKER
 
 
 class BadShardError(RuntimeError):
     """A shard (or one of its row groups) that cannot be read; names the path."""
+
+
+class IncompleteRunError(RuntimeError):
+    """A dataset of a curation run that never finished (no ``_SUCCESS`` marker)."""
+
+
+def check_run_complete(dataset_dir: str) -> None:
+    """A dataset directory inside a curation run (its parent holds ``run.json``) is
+    complete only when the run wrote ``_SUCCESS``; raise otherwise. Directories that
+    are not part of a run (a user's own Parquet files) pass."""
+    parent = dataset_dir.rstrip("/").rsplit("/", 1)[0] if "/" in dataset_dir.rstrip("/") else "."
+    fs, run_json = url_to_fs(join(parent, "run.json"))
+    if fs.exists(run_json) and not fs.exists(url_to_fs(join(parent, SUCCESS_MARKER))[1]):
+        raise IncompleteRunError(
+            f"{dataset_dir}: the curation run in {parent} has not finished (no {SUCCESS_MARKER}; it may have "
+            f"been killed, or still be running). Its shards may be partial; set data.allow_incomplete_runs "
+            f"(or pass allow_incomplete) to read them anyway.")
 
 
 def url_to_fs(path: str) -> Tuple[object, str]:
@@ -32,15 +49,18 @@ def read_manifest(dataset_dir: str) -> Dict:
         return json.load(fh)
 
 
-def expand_dataset(path: str, verify: bool = False) -> List[str]:
+def expand_dataset(path: str, verify: bool = False, allow_incomplete: bool = False) -> List[str]:
     """The files of a dataset path, in a stable order: the shards its ``_manifest.json``
     lists (with ``verify``, each checked against its sha256), else the ``*.parquet`` and
-    ``*.jsonl`` files of the directory, the matches of a glob, or the file itself."""
+    ``*.jsonl`` files of the directory, the matches of a glob, or the file itself. A
+    directory of an unfinished curation run raises :class:`IncompleteRunError`."""
     fs, root = url_to_fs(path)
     protocol = path.split("://", 1)[0] + "://" if "://" in path else ""
     if any(ch in path for ch in "*?["):
         return sorted(protocol + p for p in fs.glob(root))
     if fs.isdir(root):
+        if not allow_incomplete:
+            check_run_complete(path)
         if fs.exists(url_to_fs(join(path, "_manifest.json"))[1]):
             entries = read_manifest(path)["shards"]
             files = [join(path, e["file"]) for e in entries]
@@ -58,9 +78,9 @@ def expand_dataset(path: str, verify: bool = False) -> List[str]:
     return [path]
 
 
-def shard_paths(documents_dir: str, verify: bool = False) -> List[str]:
+def shard_paths(documents_dir: str, verify: bool = False, allow_incomplete: bool = False) -> List[str]:
     """Shard files listed by the manifest; with ``verify`` their sha256 is checked."""
-    return expand_dataset(documents_dir, verify)
+    return expand_dataset(documents_dir, verify, allow_incomplete)
 
 
 def iter_documents(documents_dir: str, columns: Optional[List[str]] = None,

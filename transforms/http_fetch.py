@@ -4,6 +4,11 @@ Every request goes to an address checked after DNS resolution: the connection is
 made to that very address (the Host header and TLS SNI carry the name), so a
 name that resolves differently a moment later cannot redirect us (DNS
 rebinding). Redirects are followed by hand, each hop checked again.
+
+Every URL is sent in its percent-encoded form (``filters.html.normalize_url``),
+and a response has a hard deadline (``connect_timeout + 3 * read_timeout``) kept by
+a timer that shuts the socket down: a server that sends one byte a second, in
+the headers or the body, cannot hold a fetch past it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from urllib.parse import urljoin, urlsplit
 
 from filters.config import FetchConfig
+from filters.html import normalize_url
 from filters.fetch_policy import (REDIRECT_STATUS, RETRY_STATUS, address_block_reason, backoff_seconds,
                                   retry_after_seconds, robots_opt_out)
 
@@ -105,17 +111,23 @@ class ImageFetcher:
                                                exc.retry_after))
                     continue
                 return FetchResult(url, exc.reason, attempts=attempts, message=exc.message)
+            except Exception as exc:    # a case no branch above knows: this URL fails, the run goes on
+                return FetchResult(url, "client_error", attempts=attempts,
+                                   message=f"{type(exc).__name__}: {exc}"[:300])
 
     # -- one attempt: the redirect chain ---------------------------------------------
     def _follow(self, url: str) -> FetchResult:
-        current = url
+        current = normalize_url(url)
         for _ in range(self.cfg.max_redirects + 1):
             status, headers, body = self._request(current)
             if status in REDIRECT_STATUS:
                 location = headers.get("location")
                 if not location:
                     raise FetchError(f"http_{status}", "redirect without Location")
-                current = urljoin(current, location)
+                try:
+                    current = normalize_url(urljoin(current, location))
+                except ValueError as exc:
+                    raise FetchError("bad_url", f"redirect to {location[:200]!r}: {exc}") from exc
                 continue
             if status in RETRY_STATUS:
                 raise FetchError(f"http_{status}", retryable=True,
@@ -134,7 +146,10 @@ class ImageFetcher:
         host = parts.hostname
         if not host:
             raise FetchError("bad_url", url[:200])
-        port = parts.port or (443 if scheme == "https" else 80)
+        try:
+            port = parts.port or (443 if scheme == "https" else 80)
+        except ValueError as exc:
+            raise FetchError("bad_url", f"{url[:200]}: {exc}") from exc
         try:
             ips = self.resolver(host, port)
         except (socket.gaierror, UnicodeError, OSError) as exc:
@@ -148,15 +163,34 @@ class ImageFetcher:
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
+        if not path.isascii() or any(c in path for c in " \t\r\n"):
+            raise FetchError("bad_url", f"not a sendable request target: {path[:200]!r}")
         conn_cls = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
-        deadline = time.monotonic() + 3 * self.cfg.read_timeout + self.cfg.connect_timeout
+        budget = self.cfg.connect_timeout + 3 * self.cfg.read_timeout
         with self._host_slot(host):
             conn = conn_cls(host, port, ips[0], self.cfg.connect_timeout, self.cfg.read_timeout)
+            expired = threading.Event()
+            held = {}                       # the socket, kept: http.client drops conn.sock for a
+                                            # response that closes, while the response reads on
+
+            def expire():                   # unblocks any read, in the headers or the body
+                expired.set()
+                sock = held.get("sock") or conn.sock
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+            watchdog = threading.Timer(budget, expire)
+            watchdog.daemon = True
+            watchdog.start()
             try:
                 with self._lock:
                     self.requests_sent += 1
                 conn.request("GET", path, headers={"User-Agent": self.cfg.user_agent, "Accept": "image/*,*/*;q=0.5",
                                                    "Accept-Encoding": "identity"})
+                held["sock"] = conn.sock
                 resp = conn.getresponse()
                 headers = {k.lower(): v for k, v in resp.getheaders()}
                 status = resp.status
@@ -170,9 +204,9 @@ class ImageFetcher:
                     raise FetchError("too_large", f"Content-Length {length} > {self.max_bytes}")
                 chunks, size = [], 0
                 while True:
-                    if time.monotonic() > deadline:
-                        raise FetchError("timeout", "response took too long", retryable=True)
                     chunk = resp.read(65536)
+                    if expired.is_set():
+                        raise FetchError("timeout", f"response took longer than {budget:g} s")
                     if not chunk:
                         break
                     size += len(chunk)
@@ -182,11 +216,19 @@ class ImageFetcher:
                 return status, headers, b"".join(chunks)
             except FetchError:
                 raise
-            except (socket.timeout, TimeoutError) as exc:
-                raise FetchError("timeout", str(exc) or "timed out", retryable=True) from exc
-            except ssl.SSLError as exc:
-                raise FetchError("tls_error", str(exc)[:200]) from exc
-            except (ConnectionError, http.client.HTTPException, OSError) as exc:
-                raise FetchError("connection_failed", f"{type(exc).__name__}: {exc}"[:200], retryable=True) from exc
+            except Exception as exc:
+                if expired.is_set():        # whatever the shut socket raised: the deadline passed
+                    raise FetchError("timeout", f"response took longer than {budget:g} s") from exc
+                if isinstance(exc, (socket.timeout, TimeoutError)):
+                    raise FetchError("timeout", str(exc) or "timed out", retryable=True) from exc
+                if isinstance(exc, ssl.SSLError):
+                    raise FetchError("tls_error", str(exc)[:200]) from exc
+                if isinstance(exc, (http.client.InvalidURL, UnicodeError)):
+                    raise FetchError("bad_url", f"{type(exc).__name__}: {exc}"[:200]) from exc
+                if isinstance(exc, (ConnectionError, http.client.HTTPException, OSError)):
+                    raise FetchError("connection_failed", f"{type(exc).__name__}: {exc}"[:200],
+                                     retryable=True) from exc
+                raise
             finally:
+                watchdog.cancel()
                 conn.close()

@@ -54,7 +54,11 @@ def decode_events(url: str, refs) -> list:
 class ListImageReferences(AccountedDoFn):
     """Candidate -> one reference per image to fetch (main output); references that
     need no fetch (a repeat of an earlier URL in the same document, a URL no source
-    can serve) are settled at once."""
+    can serve, one past the first ``max_references`` of the document) are settled
+    at once: a page with 2,000 images sends a handful of requests, not 2,000."""
+
+    def __init__(self, max_references: int = 0):
+        self.max_references = max_references
 
     def process(self, cand: Candidate):
         seen = set()
@@ -68,6 +72,8 @@ class ListImageReferences(AccountedDoFn):
                 yield pvalue.TaggedOutput(SETTLED, (cand.doc_id, ImageResult(pos, "unsupported_url")))
             elif url in seen:
                 yield pvalue.TaggedOutput(SETTLED, (cand.doc_id, ImageResult(pos, "duplicate_in_document")))
+            elif self.max_references and len(seen) >= self.max_references:
+                yield pvalue.TaggedOutput(SETTLED, (cand.doc_id, ImageResult(pos, "over_reference_cap")))
             else:
                 seen.add(url)
                 yield url, (cand.doc_id, pos)

@@ -20,10 +20,11 @@ from apache_beam import pvalue
 from filters.config import CurationConfig
 from filters.documents import interspersed
 from filters.captions import find_image_captions, judge_caption
-from filters.html import decode_html, extract_content, has_img_tag, rough_text
+from filters.html import decode_html, extract_content, has_img_tag, limit_attributes, rough_text
 from filters.language import LanguageIdentifier, language_filter
 from filters.text_quality import filter_document_text, filter_paragraphs
 from transforms.accounting import OUTCOMES, AccountedDoFn
+from transforms.budget import ChildFailed, OverBudget, TimeBoundCalls
 from transforms.records import (DROPPED, ENTERED, ERROR, PAIR, RECORD, SNIPPET_CHARS, TEXT, Candidate,
                                 Outcome, Page, PairCandidate)
 
@@ -79,6 +80,7 @@ class CheapPageChecks(_WithLanguageId):
         except Exception as exc:
             yield from self.drops(page, "undecodable_html", message=f"{type(exc).__name__}: {exc}", status=ERROR)
             return
+        text = limit_attributes(text, self.cfg.records.max_attributes)
         has_img = has_img_tag(text)
         if not has_img:
             yield self.outcome(_drop(page, "no_img_tag", snippet=rough_text(text, 20_000)))
@@ -98,13 +100,24 @@ class ExtractDocuments(_WithLanguageId):
     """Main content in reading order (trafilatura), spam paragraphs cut, then the
     language, spam/gibberish and "images interspersed with text" checks."""
 
+    def setup(self):
+        super().setup()
+        self.parser = TimeBoundCalls(self.cfg.records.page_time_budget_s)
+
+    def teardown(self):
+        self.parser.close()
+
     def process(self, decoded: DecodedPage):
         cfg = self.cfg
         page = decoded.page
         has_img = decoded.has_img
         try:
-            content = extract_content(decoded.text, page.url)
-        except Exception as exc:
+            content = self.parser.call(extract_content, decoded.text, page.url)
+        except OverBudget as exc:
+            yield from self.drops(page, "over_time_budget", has_img, message=f"extraction {exc}",
+                                  scores={"budget_s": cfg.records.page_time_budget_s})
+            return
+        except Exception as exc:              # ChildFailed: extraction raised in the child
             yield from self.drops(page, "extraction_failed", has_img, message=f"{type(exc).__name__}: {exc}",
                                   status=ERROR)
             return
@@ -162,7 +175,16 @@ class ExtractDocuments(_WithLanguageId):
         """Every <img> of the (English) page: a pair candidate, or dropped with a reason."""
         p = page.provenance
         seen = set()
-        for img in find_image_captions(html_text, page.url):
+        try:
+            images = self.parser.call(find_image_captions, html_text, page.url)
+        except (OverBudget, ChildFailed) as exc:
+            where = dict(file=p.file, offset=p.offset, inner_offset=p.inner_offset, url=page.url)
+            yield self.outcome(Outcome(PAIR, ENTERED, **where))
+            yield self.outcome(Outcome(PAIR, DROPPED if isinstance(exc, OverBudget) else ERROR,
+                                       "over_time_budget" if isinstance(exc, OverBudget) else "extraction_failed",
+                                       message=f"<img> scan: {exc}", **where))
+            return
+        for img in images:
             where = dict(file=p.file, offset=p.offset, inner_offset=p.inner_offset, url=img.url or img.src)
             yield self.outcome(Outcome(PAIR, ENTERED, **where))
             if not img.url or not img.url.lower().startswith(("http://", "https://")):
@@ -176,6 +198,9 @@ class ExtractDocuments(_WithLanguageId):
             key = (img.url, img.caption.lower())
             if key in seen:
                 yield self.outcome(Outcome(PAIR, DROPPED, "duplicate_in_page", snippet=img.caption, **where))
+                continue
+            if len(seen) >= self.cfg.captions.max_pairs_per_page:
+                yield self.outcome(Outcome(PAIR, DROPPED, "over_page_cap", snippet=img.caption, **where))
                 continue
             seen.add(key)
             yield pvalue.TaggedOutput(PAIRS, PairCandidate(
