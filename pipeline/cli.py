@@ -138,7 +138,7 @@ def _train(args, _beam_args) -> int:
 
 def _report(args, _beam_args) -> int:
     from pipeline.report import write_report
-    html_path, json_path = write_report(args.run_dir, args.output, args.max_docs)
+    html_path, json_path = write_report(args.run_dir, args.output, args.max_docs, args.allow_incomplete)
     print(f"report:  {html_path}\nsummary: {json_path}")
     return 0
 
@@ -207,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir", nargs="+", help="a run's output directory; two to compare (A then B)")
     r.add_argument("--output", help="HTML file to write (default: RUN/report.html, or B/compare.html)")
     r.add_argument("--max_docs", type=int, default=100_000, help="kept documents read for the distributions")
+    r.add_argument("--allow_incomplete", action="store_true",
+                   help="report on a run that never finished (no _SUCCESS): its figures are partial")
     r.set_defaults(func=_report)
     return parser
 

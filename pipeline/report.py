@@ -39,7 +39,15 @@ def _read_json(path: str):
         return json.load(fh)
 
 
-def load_run(run_dir: str, max_docs: int = 100_000) -> Dict:
+class IncompleteRun(RuntimeError):
+    """A run directory whose job never finished (no ``_SUCCESS``)."""
+
+
+def load_run(run_dir: str, max_docs: int = 100_000, allow_incomplete: bool = False) -> Dict:
+    from pipeline.schema import SUCCESS_MARKER
+    if not allow_incomplete and not os.path.exists(os.path.join(run_dir, SUCCESS_MARKER)):
+        raise IncompleteRun(f"{run_dir}: the run has not finished (no {SUCCESS_MARKER}: killed, failed or still "
+                            f"running); its figures would be partial. Pass --allow_incomplete to report anyway.")
     stats = _read_json(os.path.join(run_dir, "stats.json"))
     run = _read_json(os.path.join(run_dir, "run.json")) if os.path.exists(os.path.join(run_dir, "run.json")) else {}
     samples = []
@@ -367,9 +375,10 @@ def render_compare(cmp: Dict, a: Dict, b: Dict) -> str:
 """
 
 
-def write_report(run_dirs: List[str], output: Optional[str] = None, max_docs: int = 100_000) -> Tuple[str, str]:
+def write_report(run_dirs: List[str], output: Optional[str] = None, max_docs: int = 100_000,
+                 allow_incomplete: bool = False) -> Tuple[str, str]:
     """Write the HTML report (and its JSON summary beside it); returns both paths."""
-    runs = [load_run(d, max_docs) for d in run_dirs]
+    runs = [load_run(d, max_docs, allow_incomplete) for d in run_dirs]
     if len(runs) == 1:
         html_text = render_report(runs[0])
         data = summary(runs[0])

@@ -134,3 +134,14 @@ def test_a_page_with_2000_images_sends_a_bounded_number_of_requests(server, tmp_
     assert images["balanced"] and images["in"] == 2000
     assert images["dropped"]["over_reference_cap"] == 1980
     assert stats["pairs"]["balanced"] and stats["pairs"]["dropped"]["over_page_cap"] >= 1950   # + the page's own <img>
+
+
+def test_ipv6_forms_that_wrap_private_ipv4_are_refused():
+    from filters.fetch_policy import address_block_reason as why
+    assert why("2002:7f00:1::1", allow_loopback=True) == "wrapped_loopback"     # 6to4 of 127.0.0.1
+    assert why("2002:0a00:0001::1") == "wrapped_private"                       # 6to4 of 10.0.0.1
+    assert why("64:ff9b::10.0.0.1") == "wrapped_private"                       # NAT64
+    assert why("64:ff9b:1::a9fe:a9fe") == "wrapped_link_local"                 # local-use NAT64 of the metadata IP
+    assert why("2001:0:4136:e378:8000:63bf:80ff:fffe") == "wrapped_loopback"   # Teredo client 127.0.0.1
+    assert why("2002:0808:0808::1") is None and why("64:ff9b::8.8.8.8") is None   # public IPv4 behind them
+    assert why("::ffff:127.0.0.1") == "loopback" and why("::ffff:127.0.0.1", allow_loopback=True) is None

@@ -116,3 +116,16 @@ def test_comparing_two_spam_thresholds_shows_that_filter_changing(tmp_path):
     assert not [r for r in others if r["reason"] in upstream]
     page = Path(html_path).read_text()
     assert "text.max_special_char_ratio_document: 0.275 -&gt; 0.22" in page
+
+
+def test_the_report_refuses_a_run_that_never_finished(shared_run, tmp_path):
+    """A killed run has stats or shards on disk but no _SUCCESS (written last)."""
+    from pipeline.report import IncompleteRun
+    out, _ = shared_run
+    killed = tmp_path / "killed"
+    shutil.copytree(out, killed)
+    (killed / "_SUCCESS").unlink()
+    with pytest.raises(IncompleteRun, match="has not finished"):
+        write_report([str(killed)])
+    html_path, _ = write_report([str(killed)], allow_incomplete=True)
+    assert Path(html_path).exists()

@@ -319,3 +319,94 @@ def test_ranks_and_workers_read_disjoint_rows(corpus, tmp_path):
     r0 = set(json.loads(Path(f"{out}.rank0").read_text()))
     r1 = set(json.loads(Path(f"{out}.rank1").read_text()))
     assert r0 and r1 and not r0 & r1
+
+
+# ---------------------------------------------------------------------------- hostile inputs (issue 18)
+def test_a_killed_curation_run_is_refused_unless_asked(corpus, tmp_path):
+    """Shards renamed into place by a run that never finished look whole to pyarrow;
+    the run's _SUCCESS marker (written last) is what says they are complete."""
+    from trainer.shards import IncompleteRunError, expand_dataset
+    run = tmp_path / "run"
+    shutil.copytree(Path(corpus["interleaved"]).parent, run,
+                    ignore=shutil.ignore_patterns("rejects", "duplicates", "fetched"))
+    assert expand_dataset(str(run / "documents"))           # finished: read
+    (run / "_SUCCESS").unlink()
+    (run / "documents" / "_manifest.json").unlink()         # as after kill -9 before the manifest
+    with pytest.raises(IncompleteRunError, match="has not finished"):
+        expand_dataset(str(run / "documents"))
+    from trainer.train import run_training
+    with pytest.raises(IncompleteRunError):
+        run_training(tiny_cfg(corpus, tmp_path / "t", **{"data.interleaved": [str(run / "documents")],
+                                                          "run.max_steps": 1}))
+    assert expand_dataset(str(run / "documents"), allow_incomplete=True)
+    hist = run_training(tiny_cfg(corpus, tmp_path / "t2", **{"data.interleaved": [str(run / "documents")],
+                                                             "data.allow_incomplete_runs": True,
+                                                             "run.max_steps": 1}))
+    assert len(hist) == 1
+
+
+def test_a_shard_with_the_wrong_schema_is_reported_and_skipped(corpus, tmp_path):
+    from trainer.train import run_training
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for p in Path(corpus["interleaved"]).glob("part-*.parquet"):
+        shutil.copy(p, docs / p.name)
+    wrong = docs / "part-zz-wrong.parquet"             # readable Parquet, but text rows, not documents
+    shutil.copy(sorted(Path(corpus["text"]).glob("*.parquet"))[0], wrong)
+    hist = run_training(tiny_cfg(corpus, tmp_path / "skip", **{"data.interleaved": [str(docs)],
+                                                               "run.max_steps": 12}))
+    assert len(hist) == 12
+    bad = [json.loads(x) for x in (tmp_path / "skip" / "bad_shards.jsonl").read_text().splitlines()]
+    assert [b["path"] for b in bad] == [str(wrong)] and "no column 'items'" in bad[0]["error"]
+
+
+def _tmpfs(path: Path, size: str):
+    path.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.decode()[:200]}")
+
+
+def test_a_full_disk_says_no_space_left_and_keeps_the_old_checkpoint(corpus, tmp_path, monkeypatch):
+    from trainer import checkpoint as ckpt
+    from trainer.train import run_training
+    disk = tmp_path / "disk"
+    _tmpfs(disk, "256k")
+    try:
+        over = {"run.checkpoint_dir": str(disk / "ckpt"), "run.save_every": 2}
+        cfg = tiny_cfg(corpus, tmp_path / "run", **over, **{"run.max_steps": 2, "model.config": "tiny"})
+        need = None
+        try:
+            run_training(cfg)
+        except ckpt.CheckpointSpaceError as exc:
+            need = str(exc)
+        if need is None:
+            pytest.skip("the tiny checkpoint fits in the small tmpfs")
+        assert "no space left" in need and str(disk / "ckpt") in need           # refused before writing
+        assert not list((disk / "ckpt").glob("step-*"))
+        # the same disk full mid-write (the estimate told it would fit): still a clear error,
+        # the partial step-N.tmp removed
+        real, calls = ckpt._free_bytes, []
+
+        def blind_first(path):                  # the check before writing sees nothing; later ones see the disk
+            calls.append(path)
+            return None if len(calls) == 1 else real(path)
+        monkeypatch.setattr(ckpt, "_free_bytes", blind_first)
+        with pytest.raises(ckpt.CheckpointSpaceError, match="no space left on device"):
+            run_training(cfg)
+        assert not list((disk / "ckpt").glob("step-*"))
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(corpus, tmp_path, capfd):
+    from trainer.train import run_training
+    over = {"run.save_every": 2}
+    full = run_training(tiny_cfg(corpus, tmp_path / "a", **over, **{"run.max_steps": 6}))
+    run_training(tiny_cfg(corpus, tmp_path / "b", **over, **{"run.max_steps": 4}))
+    shard = sorted((tmp_path / "b" / "checkpoints" / "step-00000004").glob("*.distcp"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])             # the newest checkpoint, damaged
+    resumed = run_training(tiny_cfg(corpus, tmp_path / "b", **over, **{"run.max_steps": 6}), resume="auto")
+    assert [m["step"] for m in resumed] == [3, 4, 5, 6]      # from step 2
+    assert [m["loss"] for m in resumed] == [m["loss"] for m in full[2:]]
+    assert "step-00000004 is damaged" in capfd.readouterr().err

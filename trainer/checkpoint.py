@@ -13,27 +13,82 @@ Layout::
 A checkpoint is written to ``step-N.tmp`` and renamed when every rank is done,
 so an interrupted save never looks complete. Older ones beyond ``keep_last`` are
 deleted. Local paths, or any fsspec URL (DCP's fsspec writer).
+
+A save that cannot fit says so (:class:`CheckpointSpaceError`, before writing when
+a local disk's free space is known to be short, and after a failed write when the
+disk filled up), and leaves the previous checkpoints as they were. Resuming with
+``auto`` takes the newest checkpoint that loads; a damaged one is reported and
+the one before it is tried.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import logging
+import os
 import random
 import re
+import shutil
+import sys
 import warnings
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException   # a BaseException, not an Exception
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_state_dict, set_model_state_dict, set_state_dict)
 
 from trainer.distributed import Dist
 from trainer.shards import join, url_to_fs
 
+log = logging.getLogger(__name__)
+
 STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointSpaceError(OSError):
+    """No space left for a checkpoint; names the place, the need and what is free."""
+
+
+def _state_bytes(obj) -> int:
+    """Bytes of the tensors this rank holds in a (nested) state dict."""
+    if isinstance(obj, torch.Tensor):
+        local = obj.to_local() if hasattr(obj, "to_local") else obj
+        return local.numel() * local.element_size()
+    if isinstance(obj, dict):
+        return sum(_state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_state_bytes(v) for v in obj)
+    return 0
+
+
+def _free_bytes(path: str) -> Optional[int]:
+    """Free bytes on the local file system that holds ``path`` (None for URLs)."""
+    if "://" in path and not path.startswith("file://"):
+        return None
+    probe = os.path.abspath(path.replace("file://", "", 1))
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return None
+        probe = parent
+    return shutil.disk_usage(probe).free
+
+
+def _is_out_of_space(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 # One process without a process group is a supported DCP mode, not a mistake.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
@@ -78,11 +133,32 @@ def save(root: str, step: int, model, optimizer, extra: Dict[str, Any], d: Dist,
             fs.rm(url_to_fs(tmp)[1], recursive=True)
     d.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=_writer(tmp))
     buf = io.BytesIO()
     torch.save(extra, buf)
-    with fs.open(url_to_fs(join(tmp, f"trainer-rank{d.rank:05d}.pt"))[1], "wb") as fh:
-        fh.write(buf.getvalue())
+    need = _state_bytes(model_sd) + _state_bytes(optim_sd) + len(buf.getvalue())
+    free = _free_bytes(root)
+    short = free is not None and need + (1 << 20) > free
+    if int(d.all_sum(torch.tensor([float(short)])).item()) > 0:       # every rank stops, or none
+        where = (f"needs about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free" if short
+                 else "another rank is short of space")
+        raise CheckpointSpaceError(errno.ENOSPC, f"no space left for checkpoint {name} in {root}: {where}; "
+                                   f"the previous checkpoints are unchanged")
+    try:
+        dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=_writer(tmp))
+        with fs.open(url_to_fs(join(tmp, f"trainer-rank{d.rank:05d}.pt"))[1], "wb") as fh:
+            fh.write(buf.getvalue())
+    except (Exception, CheckpointException) as exc:
+        try:                                # free what the failed save took; earlier checkpoints stay
+            if fs.exists(url_to_fs(tmp)[1]):
+                fs.rm(url_to_fs(tmp)[1], recursive=True)
+        except Exception:
+            pass
+        left = _free_bytes(root)
+        if _is_out_of_space(exc) or (left is not None and left < need):
+            raise CheckpointSpaceError(errno.ENOSPC, f"no space left on device writing checkpoint {name} to "
+                                       f"{root} (needs about {need / 2**20:.1f} MiB); the previous "
+                                       f"checkpoints are unchanged") from exc
+        raise
     d.barrier()
     if d.is_main:
         with fs.open(url_to_fs(join(tmp, "config.json"))[1], "w") as fh:
@@ -107,14 +183,37 @@ def _prune(root: str, keep_last: int) -> None:
         fs.rm(path, recursive=True)
 
 
-def latest(root: str) -> Optional[str]:
-    """The newest complete checkpoint under ``root`` (a run's checkpoints/ folder)."""
+def complete_checkpoints(root: str):
+    """Complete checkpoints under ``root``, newest first."""
     fs, local = url_to_fs(root)
     if not fs.exists(local):
-        return None
-    steps = sorted((int(m.group(1)), p.rstrip("/").rsplit("/", 1)[-1]) for p in fs.ls(local, detail=False)
-                   if (m := STEP_DIR.match(p.rstrip("/").rsplit("/", 1)[-1])))
-    return join(root, steps[-1][1]) if steps else None
+        return []
+    steps = sorted(((int(m.group(1)), p.rstrip("/").rsplit("/", 1)[-1]) for p in fs.ls(local, detail=False)
+                    if (m := STEP_DIR.match(p.rstrip("/").rsplit("/", 1)[-1]))), reverse=True)
+    return [join(root, name) for _, name in steps]
+
+
+def load_newest_intact(root: str, model, optimizer, d: Dist) -> Tuple[Optional[str], int, Dict[str, Any]]:
+    """Load the newest checkpoint under ``root`` that loads on every rank; a damaged
+    one is reported and skipped. (None, 0, {}) when there is none; raises when every
+    checkpoint there is damaged."""
+    damaged = []
+    for path in complete_checkpoints(root):
+        try:
+            step, extra = load(path, model, optimizer, d)
+            failed = 0.0
+        except (Exception, CheckpointException) as exc:   # bad metadata, a short shard, a missing rank file
+            failed, why = 1.0, f"{type(exc).__name__}: {exc}"
+        if int(d.all_sum(torch.tensor([failed])).item()) == 0:
+            return path, step, extra
+        if failed:
+            log.error("checkpoint %s is damaged (%s); trying the one before it", path, why[:500])
+            print(f"rank {d.rank}: checkpoint {path} is damaged ({why[:300]}); trying the one before it",
+                  file=sys.stderr, flush=True)
+        damaged.append(path)
+    if damaged:
+        raise RuntimeError(f"every checkpoint under {root} is damaged: {', '.join(damaged)}")
+    return None, 0, {}
 
 
 def load(path: str, model, optimizer, d: Dist) -> Tuple[int, Dict[str, Any]]:

@@ -253,10 +253,15 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
         with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as fh:
             fh.write(cfg.to_json())
     trainer = Trainer(cfg, d)
-    path = ckpt.latest(ckpt_root) if resume == "auto" else resume
     data_state = None
+    if resume == "auto":        # the newest checkpoint that loads; a damaged one is reported and skipped
+        path, step, extra = ckpt.load_newest_intact(ckpt_root, trainer.model, trainer.optimizer, d)
+    else:
+        path = resume
+        if path:
+            step, extra = ckpt.load(path, trainer.model, trainer.optimizer, d)
     if path:
-        trainer.step, extra = ckpt.load(path, trainer.model, trainer.optimizer, d)
+        trainer.step = step
         ckpt.set_rng_state(extra["rng"])
         data_state = extra["data"]
         if d.is_main:
