@@ -21,3 +21,4 @@ bench:
 	scripts/in-venv python benchmarks/curate.py
 	scripts/in-venv python benchmarks/loader.py
 	scripts/in-venv python benchmarks/train.py
+	scripts/in-venv python benchmarks/bitflips.py

@@ -4,7 +4,9 @@ Reports, from one run on this machine:
   * the cost of each stage per page, single process, pure functions (no Beam);
   * the cost of a page rejected as non-English by the cheap check against the cost
     of a page that goes through the full extraction;
-  * pages per second per core end to end through Beam's local runner.
+  * pages per second per core end to end through Beam's local runner;
+  * what the per-page time budget costs: the same in-memory run with parsing in
+    the child process (the default) and in-process (``records.page_time_budget_s=0``).
 
     scripts/in-venv python benchmarks/curate.py [--warcs DIR] [--json OUT]
 """
@@ -86,13 +88,13 @@ def stage_costs(files, cfg: CurationConfig):
     return t, n, cheap_rejected_non_english, full_pages
 
 
-def end_to_end(files, workers: int, mode: str):
+def end_to_end(files, workers: int, mode: str, cfg: CurationConfig = None):
     from pipeline.curate import run_curation
     out = tempfile.mkdtemp(prefix="kosmos-bench-")
     try:
         args = ["--runner=DirectRunner", f"--direct_num_workers={workers}", f"--direct_running_mode={mode}"]
         t0 = time.perf_counter()
-        stats = run_curation(files, out, CurationConfig(), args, worker_log=os.path.join(out, "log"))
+        stats = run_curation(files, out, cfg or CurationConfig(), args, worker_log=os.path.join(out, "log"))
         return time.perf_counter() - t0, stats
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -132,6 +134,11 @@ def main():
                   f"{stats['documents']['kept']} documents")
             figures[f"beam_{mode}_{workers}"] = {"seconds": secs, "pages_per_s": pages / secs,
                                                  "pages_per_s_per_core": pages / secs / workers}
+        in_process, _ = end_to_end(files, 1, "in_memory", cfg.override({"records.page_time_budget_s": 0}))
+        budgeted = figures["beam_in_memory_1"]["seconds"]
+        print(f"per-page time budget: {budgeted:.1f} s with parsing in a child process, {in_process:.1f} s "
+              f"in-process: x{budgeted / in_process:.2f}")
+        figures["time_budget_cost_ratio"] = budgeted / in_process
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
 

@@ -87,9 +87,6 @@ def base_href(text: str) -> Optional[str]:
     return html_lib.unescape(value) or None
 
 
-_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
-
-
 _TITLE_OPEN = re.compile(r"<title\b[^>]{0,500}>", re.IGNORECASE)
 
 

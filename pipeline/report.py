@@ -16,14 +16,16 @@ import os
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from pipeline.schema import SUCCESS_MARKER
+
 # Which step of the job removes each record-level reason (the funnel's stages).
 STAGES: List[Tuple[str, Tuple[str, ...]]] = [
     ("HTML pages (2xx, revisits resolved)", ("warc_type_", "not_http", "http_", "not_html_or_image", "revisit_",
                                      "too_large", "bad_http", "truncated", "bad_gzip", "bad_record_header",
                                      "not_an_archive", "empty_file", "open_failed", "reader_failed")),
     ("pages with an <img>", ("no_img_tag", "undecodable_html")),
-    ("English, clean, images in text", ("non_english", "no_text", "extraction_", "over_time_budget", "too_few_words",
-                                                  "spam_", "special_characters", "gibberish",
+    ("English, clean, images in text", ("non_english", "no_text", "extraction_", "over_time_budget",
+                                                  "too_few_words", "spam_", "special_characters", "gibberish",
                                                   "no_images_in_content", "no_text_in_content")),
     ("unique (URL, text, near-dup)", ("duplicate_url", "duplicate_exact", "near_duplicate")),
     ("documents with usable images", ("images_", "no_usable_images")),
@@ -44,7 +46,6 @@ class IncompleteRun(RuntimeError):
 
 
 def load_run(run_dir: str, max_docs: int = 100_000, allow_incomplete: bool = False) -> Dict:
-    from pipeline.schema import SUCCESS_MARKER
     if not allow_incomplete and not os.path.exists(os.path.join(run_dir, SUCCESS_MARKER)):
         raise IncompleteRun(f"{run_dir}: the run has not finished (no {SUCCESS_MARKER}: killed, failed or still "
                             f"running); its figures would be partial. Pass --allow_incomplete to report anyway.")

@@ -27,7 +27,25 @@ def book_covers(n):
     raise AssertionError("not enough covers")
 
 
-class ImageServer:
+class LocalServer:
+    """An HTTP server on 127.0.0.1 with a port of its own, in a thread."""
+
+    def start(self, handler):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ImageServer(LocalServer):
     """Serves the scenarios of the issue; counts requests per path."""
 
     def __init__(self):
@@ -87,18 +105,7 @@ class ImageServer:
                 else:
                     self.send(404, b"", "text/plain")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.start(Handler)
 
 
 @pytest.fixture

@@ -1,19 +1,29 @@
 """Hostile image servers and image URLs (all on 127.0.0.1): non-ASCII and malformed
 URLs, servers that drip bytes, pages with thousands of images."""
 
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from tests.conftest import IN_MEMORY, run_job
-from test_fetch import FETCH, article_with_images, book_covers
+from test_fetch import FETCH, LocalServer, article_with_images, book_covers
 from warcgen import http_response, write_warc
 
 
-class HostileServer:
+def drip(wfile, data: bytes, every: float = 0.3):
+    """Send one byte at a time; stop when the client hangs up."""
+    for b in data:
+        try:
+            wfile.write(bytes([b]))
+            wfile.flush()
+        except OSError:
+            return
+        time.sleep(every)
+
+
+class HostileServer(LocalServer):
     def __init__(self):
         cover = book_covers(1)[0]
         self.hits = Counter()
@@ -25,41 +35,19 @@ class HostileServer:
 
             def do_GET(self):
                 server.hits[self.path] += 1
-                if self.path.startswith("/drip-head"):          # the status line, a byte every 0.3 s
-                    for b in b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nX-Pad: " + b"a" * 200:
-                        try:
-                            self.wfile.write(bytes([b]))
-                            self.wfile.flush()
-                        except OSError:
-                            return
-                        time.sleep(0.3)
+                if self.path.startswith("/drip-head"):          # the status line and headers, dripped
+                    drip(self.wfile, b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nX-Pad: " + b"a" * 200)
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")
                 self.send_header("Content-Length", str(len(cover)))
                 self.end_headers()
-                if self.path.startswith("/drip-body"):          # the body, a byte every 0.3 s
-                    for b in cover:
-                        try:
-                            self.wfile.write(bytes([b]))
-                            self.wfile.flush()
-                        except OSError:
-                            return
-                        time.sleep(0.3)
+                if self.path.startswith("/drip-body"):          # the body, dripped
+                    drip(self.wfile, cover)
                     return
                 self.wfile.write(cover)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.start(Handler)
 
 
 @pytest.fixture
