@@ -104,3 +104,12 @@ def test_a_record_that_embeds_a_warc_file_is_not_split():
     assert not errors
     assert [r.target_uri for r in got] == ["http://example.com/a.warc", "http://x.org/0"]
     assert got[0].payload == inner
+
+
+def test_a_header_without_its_blank_line_does_not_swallow_the_next_record():
+    first, second = pages(2)
+    head, _, rest = first.partition(b"\r\n\r\n")
+    data = head + b"\r\n" + second                     # the header runs straight into the next record
+    got, errors = read(data)
+    assert [r.target_uri for r in got] == ["http://example.com/p1"]
+    assert [(e.kind, e.offset) for e in errors] == [("bad_record_header", 0)]

@@ -599,6 +599,10 @@ class ArchiveReader:
         lines = []
         size = len(version_line)
         while True:
+            if s.peek(5) == b"WARC/" and _WARC_VERSION_LINE.match(s.peek(16)):
+                # The next record begins before this header ended: leave it to be read.
+                return ReadError(self.name, off, inner, "bad_record_header",
+                                 f"WARC header at offset {off}+{inner} has no blank line before the next record")
             line = s.readline(limit=MAX_HEADER_BYTES)
             if not line:
                 return ReadError(self.name, off, inner, "truncated_record",
