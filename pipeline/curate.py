@@ -26,7 +26,9 @@ import json
 import os
 import sys
 import platform
+import shutil
 import subprocess
+import tempfile
 import time
 from typing import Dict, List, Optional
 
@@ -45,6 +47,7 @@ from transforms.http_images import (ArchiveThenHttp, HttpImages, WriteFetchedWar
                                     read_url_list)
 from transforms.images import SETTLED, FetchImages, InArchiveImages, ListImageReferences
 from transforms.pages import PagesToCandidates
+from transforms.progress import ProgressPrinter, open_terminal
 from transforms.read import ReadAndResolve
 from transforms.records import ERROR, TEXT, is_pair_ref
 from transforms.write import WriteShardedLines, WriteShards, WriteSortedLines, atomic_write
@@ -56,17 +59,18 @@ FETCHED_DIR = "fetched"
 FETCH_FAILURES = "fetch_failures.jsonl"
 
 
-def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: CurationConfig):
+def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: CurationConfig,
+                   progress_dir: Optional[str] = None):
     files = (p
              | "ListInputFiles" >> beam.Create(paths)
              | "SpreadFilesOverWorkers" >> beam.Reshuffle())
 
-    reader = ReadAndResolve(cfg.records)
+    reader = ReadAndResolve(cfg.records, progress_dir)
     pages, image_records, read_outcomes = files | "ReadArchives" >> reader
     (reader.inputs
      | "InputLines" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
      | "WriteInputManifest" >> WriteSortedLines(FileSystems.join(output, "inputs.jsonl")))
-    to_candidates = PagesToCandidates(cfg)
+    to_candidates = PagesToCandidates(cfg, progress_dir)
     candidates, page_outcomes = pages | "PagesToCandidates" >> to_candidates
     # Dedup runs on text, before any image is fetched or decoded.
     candidates, dedup_outcomes, dedup_audit = candidates | "Deduplicate" >> Deduplicate(cfg.dedup)
@@ -161,6 +165,10 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
         stats["dedup"] = {"cc_unsettled_components": counts.get("dedup/cc_unsettled_components", 0)}
         if out.text:
             stats["dedup"]["text_cc_unsettled_components"] = counts.get("text_dedup/cc_unsettled_components", 0)
+        warnings = no_images_warning(cfg, stats["records"].get("image_source", 0),
+                                     stats.get("images", {}).get("in", 0))
+        if warnings:
+            stats["warnings"] = warnings
         stats["counts"] = dict(sorted(counts.items()))
         stats["config_sha256"] = hashlib.sha256(config_json.encode()).hexdigest()
         atomic_write(FileSystems.join(output, "stats.json"),
@@ -178,6 +186,42 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
     if out.pairs:
         side["pairs_manifest"] = beam.pvalue.AsSingleton(pairs_manifest)
     return counts | "WriteStats" >> beam.Map(write_stats, beam.pvalue.AsSingleton(manifest), **side)
+
+
+IMAGES_HINT = ("images come only from the input archives (--images archive), and {what}: Common Crawl "
+               "WARCs hold pages, not images, so every document would end as no_usable_images. "
+               "Use --images http (download them) or --images archive_then_http.")
+
+
+def no_images_warning(cfg: CurationConfig, image_records: int, image_references: int) -> List[str]:
+    """The run's own words when its image source could give it no image at all."""
+    if cfg.fetch.source != "archive" or image_records or not image_references:
+        return []
+    return [IMAGES_HINT.format(what=f"the input held no image record for the {image_references} image "
+                                    f"references of its pages")]
+
+
+def probe_for_images(paths: List[str], max_records: int = 600, max_files: int = 2) -> Dict[str, int]:
+    """Pages and image records among the first records of the first inputs: enough to
+    tell a Common Crawl WARC (pages only) from a browser crawl before the job starts."""
+    from transforms.read import classify
+    from transforms.remote import open_input
+    from transforms.warc import ArchiveRecord, iter_archive
+    seen = {"records": 0, "pages": 0, "images": 0}
+    for path in paths[:max_files]:
+        try:
+            with open_input(path) as raw:
+                for n, item in enumerate(iter_archive(raw, path)):
+                    if n >= max_records:
+                        break
+                    seen["records"] += 1
+                    if isinstance(item, ArchiveRecord) and item.rec_type in ("response", "resource"):
+                        kind = classify(item)
+                        seen["pages"] += kind == "page"
+                        seen["images"] += kind == "image"
+        except Exception:       # the job itself reports unreadable inputs, with their offsets
+            continue
+    return seen
 
 
 def image_source(p: beam.Pipeline, image_records, cfg: CurationConfig) -> beam.PTransform:
@@ -294,7 +338,10 @@ def prepare_output(output: str, overwrite: bool) -> None:
 
 def run_curation(inputs: List[str], output: str, cfg: CurationConfig, beam_args: List[str],
                  num_workers: Optional[int] = None, paths_prefix: str = DEFAULT_PATHS_PREFIX,
-                 wait: bool = True, worker_log: Optional[str] = None, overwrite: bool = False) -> Optional[Dict]:
+                 wait: bool = True, worker_log: Optional[str] = None, overwrite: bool = False,
+                 progress: bool = False, progress_out=None) -> Optional[Dict]:
+    """Run the job; ``progress``: a line on ``progress_out`` (the terminal's standard
+    error by default) while a local runner works."""
     files = expand_inputs(inputs, paths_prefix)
     prepare_output(output, overwrite)
     args = default_beam_args(beam_args, num_workers)
@@ -311,15 +358,34 @@ def run_curation(inputs: List[str], output: str, cfg: CurationConfig, beam_args:
         "python": platform.python_version(),
         "beam": beam.__version__,
     }
+    if cfg.fetch.source == "archive":
+        seen = probe_for_images([f["path"] for f in files])
+        if seen["pages"] and not seen["images"]:
+            warning = IMAGES_HINT.format(what=f"the first {seen['records']} records of the input hold "
+                                              f"{seen['pages']} pages and no image")
+            run_record["warnings"] = [warning]
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
     atomic_write(FileSystems.join(output, "run.json"), json.dumps(run_record, indent=2).encode())
 
+    progress_dir = tempfile.mkdtemp(prefix="kosmos-progress-") if progress and wait else None
     p = beam.Pipeline(options=options)
-    build_pipeline(p, [f["path"] for f in files], output, cfg)
-    with stderr_to(worker_log):
-        result = p.run()
-        if not wait:
-            return None
-        state = result.wait_until_finish()
+    build_pipeline(p, [f["path"] for f in files], output, cfg, progress_dir)
+    printer = None
+    if progress_dir:
+        sizes = [f["size"] for f in files]           # -1: not known (entries of a listing)
+        total = sum(sizes) if all(size > 0 for size in sizes) else -1
+        printer = ProgressPrinter(progress_dir, len(files), total, progress_out or open_terminal()).start()
+    try:
+        with stderr_to(worker_log):
+            result = p.run()
+            if not wait:
+                return None
+            state = result.wait_until_finish()
+    finally:
+        if printer is not None:
+            printer.stop()
+        if progress_dir:
+            shutil.rmtree(progress_dir, ignore_errors=True)
     run_record["state"] = str(state)
     run_record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     run_record["seconds"] = round(time.time() - started, 3)
@@ -358,4 +424,6 @@ def format_stats(stats: Dict) -> str:
     if dec:
         lines.append(f"images decoded: {dec.get('decoded', 0)} "
                      f"({dec.get('decoded_once_for_documents_and_pairs', 0)} shared by a document and a pair)")
+    for warning in stats.get("warnings", []):
+        lines.append(f"WARNING: {warning}")
     return "\n".join(lines)

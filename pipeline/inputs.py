@@ -1,31 +1,48 @@
 """Input expansion: local paths, globs and Common Crawl ``warc.paths(.gz)``
 listings, on any file system Beam's ``FileSystems`` knows (gs://, s3:// with the
-matching extras installed)."""
+matching extras installed), and HTTP(S) URLs (no globs there), which
+``transforms/remote.py`` streams with resume."""
 
 from __future__ import annotations
 
-import io
+import gzip
+import re
 from typing import Dict, Iterable, List
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-# Common Crawl listings name files relative to the bucket root.
-DEFAULT_PATHS_PREFIX = "s3://commoncrawl/"
+from transforms.remote import input_size, is_http, open_input
+
+# Common Crawl listings name files relative to the bucket root; its public access is
+# HTTPS (s3://commoncrawl/ needs AWS credentials).
+DEFAULT_PATHS_PREFIX = "https://data.commoncrawl.org/"
 
 
 def is_listing(path: str) -> bool:
     return path.endswith((".paths", ".paths.gz"))
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def _has_scheme(path: str) -> bool:
-    return "://" in path.split("/", 1)[0] + "/" or path.startswith("/")
+    """An absolute location: a URL with a scheme (s3://, gs://, https://, file://, ...)
+    or an absolute local path. Anything else is relative to ``--paths_prefix``."""
+    return bool(_SCHEME.match(path)) or path.startswith("/")
 
 
 def read_listing(path: str, prefix: str) -> List[str]:
-    compression = CompressionTypes.GZIP if path.endswith(".gz") else CompressionTypes.UNCOMPRESSED
-    with FileSystems.open(path, compression_type=compression) as fh:
-        text = io.TextIOWrapper(fh, encoding="utf-8").read()
+    if is_http(path):
+        with open_input(path) as raw:
+            data = raw.read()
+        if path.endswith(".gz"):
+            data = gzip.decompress(data)
+        text = data.decode("utf-8")
+    else:
+        compression = CompressionTypes.GZIP if path.endswith(".gz") else CompressionTypes.UNCOMPRESSED
+        with FileSystems.open(path, compression_type=compression) as fh:
+            text = fh.read().decode("utf-8")     # Beam's CompressedFile is no io.IOBase for TextIOWrapper
     out = []
     for line in text.splitlines():
         line = line.strip()
@@ -40,6 +57,9 @@ def expand_inputs(patterns: Iterable[str], paths_prefix: str = DEFAULT_PATHS_PRE
     nothing is an error: a typo should stop the job before any worker starts."""
     found: Dict[str, int] = {}
     for pattern in patterns:
+        if is_http(pattern) and not is_listing(pattern):
+            found[pattern] = input_size(pattern)
+            continue
         if is_listing(pattern):
             for path in read_listing(pattern, paths_prefix):
                 found.setdefault(path, -1)  # sizes of listed files are looked up lazily

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -25,6 +26,7 @@ from filters.language import LanguageIdentifier, language_filter
 from filters.text_quality import filter_document_text, filter_paragraphs
 from transforms.accounting import OUTCOMES, AccountedDoFn
 from transforms.budget import ChildFailed, OverBudget, TimeBoundCalls
+from transforms.progress import ProgressCounters
 from transforms.records import (DROPPED, ENTERED, ERROR, PAIR, RECORD, SNIPPET_CHARS, TEXT, Candidate,
                                 Outcome, Page, PairCandidate)
 
@@ -100,9 +102,14 @@ class ExtractDocuments(_WithLanguageId):
     """Main content in reading order (trafilatura), spam paragraphs cut, then the
     language, spam/gibberish and "images interspersed with text" checks."""
 
+    def __init__(self, cfg: CurationConfig, progress_dir: Optional[str] = None):
+        super().__init__(cfg)
+        self.progress_dir = progress_dir
+
     def setup(self):
         super().setup()
         self.parser = TimeBoundCalls(self.cfg.records.page_time_budget_s)
+        self.progress = ProgressCounters(self.progress_dir)
 
     def teardown(self):
         self.parser.close()
@@ -169,6 +176,7 @@ class ExtractDocuments(_WithLanguageId):
         if not shape.keep:
             yield self.outcome(_drop(page, shape.reason, scores=shape.scores, snippet=joined))
             return
+        self.progress.add("candidates")
         yield Candidate(page.doc_id, page.url, page.date, content.title, page.provenance, items, scores)
 
     def pairs(self, page: Page, html_text: str):
@@ -209,15 +217,17 @@ class ExtractDocuments(_WithLanguageId):
 
 
 class PagesToCandidates(beam.PTransform):
-    def __init__(self, cfg: CurationConfig):
+    def __init__(self, cfg: CurationConfig, progress_dir: Optional[str] = None):
         super().__init__()
         self.cfg = cfg
+        self.progress_dir = progress_dir
 
     def expand(self, pages):
         cheap = pages | "CheapChecks(size,img,language)" >> beam.ParDo(
             CheapPageChecks(self.cfg)).with_outputs(OUTCOMES, main="pages")
         extracted = cheap["pages"] | "ExtractAndFilterText" >> beam.ParDo(
-            ExtractDocuments(self.cfg)).with_outputs(OUTCOMES, TEXT_DOCS, PAIRS, main="candidates")
+            ExtractDocuments(self.cfg, self.progress_dir)).with_outputs(
+                OUTCOMES, TEXT_DOCS, PAIRS, main="candidates")
         outcomes = (cheap[OUTCOMES], extracted[OUTCOMES]) | "PageOutcomes" >> beam.Flatten()
         self.text_documents = extracted[TEXT_DOCS]
         self.pairs = extracted[PAIRS]

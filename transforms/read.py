@@ -9,14 +9,14 @@ from typing import Optional
 
 import apache_beam as beam
 from apache_beam import pvalue
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from filters.config import RecordConfig
 from filters.images import sniff_format
 from transforms.accounting import AccountedDoFn
 from transforms.records import (DROPPED, ERROR, IMAGE_SOURCE, READ, RECORD, ImageRecord, Outcome,
                                 Page, Provenance)
+from transforms.progress import ProgressCounters
+from transforms.remote import open_input
 from transforms.warc import ArchiveRecord, ReadError, iter_archive
 
 INPUTS = "inputs"
@@ -102,13 +102,18 @@ class HashingReader:
 class ReadArchives(AccountedDoFn):
     """File path -> pages (main), image records, revisits, originals, outcomes."""
 
-    def __init__(self, cfg: RecordConfig):
+    def __init__(self, cfg: RecordConfig, progress_dir: Optional[str] = None):
         self.cfg = cfg
+        self.progress_dir = progress_dir
+        self.progress = None
+
+    def setup(self):
+        self.progress = ProgressCounters(self.progress_dir)
 
     def process(self, path: str):
         cfg = self.cfg
         try:
-            raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+            raw = open_input(path)
         except Exception as exc:  # missing file, permissions, bad URL
             yield self.outcome(Outcome(RECORD, READ, file=path, offset=0))
             yield self.outcome(Outcome(RECORD, ERROR, "open_failed", file=path, offset=0,
@@ -119,7 +124,11 @@ class ReadArchives(AccountedDoFn):
         try:
             with raw:
                 reader = iter_archive(hashing, path, max_payload_bytes=max(cfg.max_html_bytes, cfg.max_image_bytes))
+                counted = 0
                 for item in reader:
+                    self.progress.add("records")
+                    self.progress.add("bytes_read", hashing.bytes - counted)
+                    counted = hashing.bytes
                     yield self.outcome(Outcome(RECORD, READ, file=path))
                     if isinstance(item, ReadError):
                         last = (item.offset, item.inner_offset)
@@ -129,8 +138,13 @@ class ReadArchives(AccountedDoFn):
                     last = (item.offset, item.inner_offset)
                     yield from self._route(item)
                 sha = hashing.finish()
+            self.progress.add("bytes_read", hashing.bytes - counted)
+            self.progress.add("files_done")
+            self.progress.flush(force=True)
             yield pvalue.TaggedOutput(INPUTS, {"path": path, "bytes": hashing.bytes, "sha256": sha})
         except Exception as exc:  # a reader bug must not take the job down
+            self.progress.add("files_done")
+            self.progress.flush(force=True)
             yield self.outcome(Outcome(RECORD, READ, file=path))
             yield self.outcome(Outcome(RECORD, ERROR, "reader_failed", file=path, offset=last[0],
                                        inner_offset=last[1], message=f"{type(exc).__name__}: {exc}"))
@@ -157,6 +171,7 @@ class ReadArchives(AccountedDoFn):
         kind = classify(rec)
         ctype = rec.http_header("content-type") or rec.block_content_type
         if kind == "page":
+            self.progress.add("pages")
             if rec.oversize or len(rec.payload) > cfg.max_html_bytes:
                 yield dropped("too_large")
                 return
@@ -215,13 +230,14 @@ class ReadAndResolve(beam.PTransform):
     """Paths -> (pages, image records, outcomes), revisits resolved through a
     CoGroupByKey on the payload digest when enabled."""
 
-    def __init__(self, cfg: RecordConfig):
+    def __init__(self, cfg: RecordConfig, progress_dir: Optional[str] = None):
         super().__init__()
         self.cfg = cfg
+        self.progress_dir = progress_dir
 
     def expand(self, paths):
         from transforms.accounting import OUTCOMES
-        read = paths | "ReadRecords" >> beam.ParDo(ReadArchives(self.cfg)).with_outputs(
+        read = paths | "ReadRecords" >> beam.ParDo(ReadArchives(self.cfg, self.progress_dir)).with_outputs(
             IMAGES, REVISITS, ORIGINALS, OUTCOMES, INPUTS, main=PAGES)
         self.inputs = read[INPUTS]
         pages, images, outcomes = [read[PAGES]], [read[IMAGES]], [read[OUTCOMES]]

@@ -5,16 +5,17 @@
 #   PROJECT=my-project REGION=us-central1 BUCKET=my-bucket IMAGE=us-central1-docker.pkg.dev/my-project/kosmos/curate:0.1.0 \
 #   SNAPSHOT=CC-MAIN-2024-10 deploy/dataflow/launch.sh
 #
-# Input: the snapshot's warc.paths.gz listing; its relative entries are read from
-# s3://commoncrawl/ through Beam's S3 file system (Common Crawl's bucket needs AWS
-# credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are passed as Beam S3 options).
-# A copy of the listing and files elsewhere works too: set LISTING and PATHS_PREFIX.
+# Input: the snapshot's warc.paths.gz listing; its relative entries are read from Common
+# Crawl's public HTTPS access (https://data.commoncrawl.org/), streamed with resume. With
+# PATHS_PREFIX=s3://commoncrawl/ they go through Beam's S3 file system instead (the bucket
+# needs AWS credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are passed as Beam S3
+# options). A copy of the listing and files elsewhere works too: set LISTING and PATHS_PREFIX.
 set -euo pipefail
 : "${PROJECT:?}" "${REGION:?}" "${BUCKET:?}" "${IMAGE:?}" "${SNAPSHOT:?}"
 MAX_WORKERS="${MAX_WORKERS:-500}"
 MACHINE_TYPE="${MACHINE_TYPE:-n2-standard-8}"
 DISK_GB="${DISK_GB:-100}"
-PATHS_PREFIX="${PATHS_PREFIX:-s3://commoncrawl/}"
+PATHS_PREFIX="${PATHS_PREFIX:-https://data.commoncrawl.org/}"
 LISTING="${LISTING:-${PATHS_PREFIX}crawl-data/${SNAPSHOT}/warc.paths.gz}"
 OUT="gs://${BUCKET}/kosmos/${SNAPSHOT,,}"
 cd "$(dirname "$0")/../.."

@@ -8,7 +8,7 @@ REPO="${REGION}-docker.pkg.dev/${PROJECT}/kosmos"
 gcloud dataflow flex-template run "kosmos-curate-$(echo "${SNAPSHOT}" | tr '[:upper:]' '[:lower:]')" \
   --project "${PROJECT}" --region "${REGION}" \
   --template-file-gcs-location "gs://${BUCKET}/kosmos/templates/curate-${VERSION}.json" \
-  --parameters input="${LISTING:-s3://commoncrawl/crawl-data/${SNAPSHOT}/warc.paths.gz}" \
+  --parameters input="${LISTING:-https://data.commoncrawl.org/crawl-data/${SNAPSHOT}/warc.paths.gz}" \
   --parameters output="gs://${BUCKET}/kosmos/$(echo "${SNAPSHOT}" | tr '[:upper:]' '[:lower:]')" \
   --parameters config="gs://${BUCKET}/kosmos/configs/curate-commoncrawl.json" \
   --parameters num_shards="${NUM_SHARDS:-4096}" \
