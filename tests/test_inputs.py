@@ -196,3 +196,36 @@ def test_images_flag_sets_the_image_source():
                               "--images", choice, "--print_config"], cwd=ROOT, capture_output=True, text=True,
                              check=True, env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout
         assert json.loads(out)["fetch"]["source"] == choice
+
+
+@pytest.mark.parametrize("name", ["node-warc__books.toscrape.warc", "aut__example.warc.gz",
+                                  "warcio__example-bad-non-chunked.warc.gz"],
+                         ids=["plain", "per_record_gzip", "whole_file_gzip"])
+def test_a_record_is_read_back_by_its_offset(name, tmp_path):
+    """Revisits get their original's payload this way (no payload crosses the digest join)."""
+    from transforms.remote import read_record_at
+    from transforms.warc import ArchiveRecord, iter_archive
+    path = shared_warc(name)
+    with open(path, "rb") as fh:
+        recs = [r for r in iter_archive(fh, path) if isinstance(r, ArchiveRecord)]
+    for rec in recs[:: max(1, len(recs) // 7)] + recs[-1:]:
+        back = read_record_at(path, rec.offset, rec.inner_offset)
+        assert (back.target_uri, back.rec_type, back.payload) == (rec.target_uri, rec.rec_type, rec.payload)
+    assert read_record_at(path, recs[-1].offset, recs[-1].inner_offset + 1) is None
+
+
+def test_a_record_is_read_back_over_http_with_a_range(crawl):
+    from transforms.remote import read_record_at
+    from transforms.warc import ArchiveRecord, iter_archive
+    root, seg = crawl
+    local = str(seg / FILES[1])
+    with open(local, "rb") as fh:
+        rec = [r for r in iter_archive(fh, local) if isinstance(r, ArchiveRecord)][5]
+    server = ArchiveServer(root, cut_once=False)
+    try:
+        url = server.url(f"/crawl-data/CC-TEST/segments/1/warc/{FILES[1]}")
+        back = read_record_at(url, rec.offset, rec.inner_offset)
+        assert back.payload == rec.payload and back.offset == rec.offset
+        assert server.requests[-1][2] == f"bytes={rec.offset}-"
+    finally:
+        server.close()

@@ -16,7 +16,7 @@ from transforms.accounting import AccountedDoFn
 from transforms.records import (DROPPED, ERROR, IMAGE_SOURCE, READ, RECORD, ImageRecord, Outcome,
                                 Page, Provenance)
 from transforms.progress import ProgressCounters
-from transforms.remote import open_input
+from transforms.remote import open_input, read_record_at
 from transforms.warc import ArchiveRecord, ReadError, iter_archive
 
 INPUTS = "inputs"
@@ -39,10 +39,10 @@ class Revisit:
 
 @dataclass
 class Original:
-    """A 2xx HTML or image payload that revisit records may point at."""
+    """Where a record that revisit records may point at lies, and what it is: no
+    payload crosses the digest join; the few needed are read back by offset."""
     kind: str            # "page" | "image" | the reason such records are skipped
     content_type: str
-    payload: bytes
     provenance: Provenance
 
 
@@ -176,54 +176,82 @@ class ReadArchives(AccountedDoFn):
                 yield dropped("too_large")
                 return
             if cfg.resolve_revisits and rec.payload_digest:
-                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original("page", ctype, rec.payload, prov)))
+                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original("page", ctype, prov)))
             yield Page(rec.target_uri, rec.date, ctype, rec.payload, prov, truncated=rec.truncated)
         elif kind == "image":
             oversize = rec.oversize or len(rec.payload) > cfg.max_image_bytes
             if cfg.resolve_revisits and rec.payload_digest and not oversize:
-                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original("image", ctype, rec.payload, prov)))
+                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original("image", ctype, prov)))
             yield self.outcome(Outcome(RECORD, IMAGE_SOURCE, file=rec.file, offset=rec.offset, url=rec.target_uri))
             yield pvalue.TaggedOutput(IMAGES, ImageRecord(rec.target_uri, rec.date, ctype,
                                                           b"" if oversize else rec.payload, prov, oversize))
         elif kind.startswith("error:"):
             if cfg.resolve_revisits and rec.payload_digest:
-                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original(kind[6:], ctype, b"", prov)))
+                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original(kind[6:], ctype, prov)))
             yield self.outcome(Outcome(RECORD, ERROR, kind[6:], file=rec.file, offset=rec.offset,
                                        inner_offset=rec.inner_offset, url=rec.target_uri,
                                        message="; ".join(rec.notes) or "response block is not an HTTP response"))
         else:
             if cfg.resolve_revisits and rec.payload_digest and rec.rec_type in ("response", "resource"):
                 # Revisits of this payload get the same verdict, without its bytes.
-                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original(kind, ctype, b"", prov)))
+                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original(kind, ctype, prov)))
             yield dropped(kind)
 
 
 class ResolveRevisit(AccountedDoFn):
     """(digest, {revisits, originals}) -> pages (main) and image records for each
-    revisit whose payload is in the input; the rest dropped as unresolved."""
+    revisit whose payload is in the input; the rest dropped as unresolved. The
+    original's payload is read back from its file at its offset, once per digest,
+    and only when some revisit needs it."""
+
+    def __init__(self, max_payload_bytes: int = 20 * 1024 * 1024):
+        self.max_payload_bytes = max_payload_bytes
 
     def process(self, element):
         digest, groups = element
+        revisits = list(groups["revisits"])
+        if revisits:                                # else an original no revisit points at: nothing to do
+            yield from self._resolve(digest, revisits, list(groups["originals"]))
+
+    def _resolve(self, digest, revisits, originals):
         # Same digest, same payload: prefer a usable original, then a fixed position.
         chosen: Optional[Original] = min(
-            groups["originals"], default=None,
+            originals, default=None,
             key=lambda o: (o.kind not in ("page", "image"), o.provenance.file, o.provenance.offset,
                            o.provenance.inner_offset))
-        for rev in groups["revisits"]:
+        payload = b""
+        if chosen is not None and chosen.kind in ("page", "image"):
+            where = chosen.provenance
+            try:
+                rec = read_record_at(where.file, where.offset, where.inner_offset, self.max_payload_bytes)
+            except Exception as exc:            # the file moved or broke since it was read
+                rec, why = None, f"{type(exc).__name__}: {exc}"
+            else:
+                why = "no record there"
+            if rec is None:
+                for rev in revisits:
+                    p = rev.provenance
+                    yield self.outcome(Outcome(RECORD, ERROR, "revisit_original_unreadable", file=p.file,
+                                               offset=p.offset, inner_offset=p.inner_offset, url=rev.url,
+                                               message=f"original at {where.file}@{where.offset}+"
+                                                       f"{where.inner_offset}: {why}"[:500]))
+                return
+            payload = rec.payload
+        for rev in revisits:
             prov = Provenance(rev.provenance.file, rev.provenance.offset, rev.provenance.inner_offset,
                               rev.provenance.record_id, revisit_of=digest)
             if chosen is None:
                 yield self.outcome(Outcome(RECORD, DROPPED, "revisit_unresolved", file=prov.file,
                                            offset=prov.offset, inner_offset=prov.inner_offset, url=rev.url))
             elif chosen.kind == "page":
-                yield Page(rev.url, rev.date, chosen.content_type, chosen.payload, prov)
+                yield Page(rev.url, rev.date, chosen.content_type, payload, prov)
             elif chosen.kind != "image":
                 yield self.outcome(Outcome(RECORD, DROPPED, chosen.kind, file=prov.file, offset=prov.offset,
                                            inner_offset=prov.inner_offset, url=rev.url))
             else:
                 yield self.outcome(Outcome(RECORD, IMAGE_SOURCE, file=prov.file, offset=prov.offset, url=rev.url))
                 yield pvalue.TaggedOutput(IMAGES, ImageRecord(rev.url, rev.date, chosen.content_type,
-                                                              chosen.payload, prov))
+                                                              payload, prov))
 
 
 class ReadAndResolve(beam.PTransform):
@@ -244,7 +272,8 @@ class ReadAndResolve(beam.PTransform):
         if self.cfg.resolve_revisits:
             resolved = ({"revisits": read[REVISITS], "originals": read[ORIGINALS]}
                         | "JoinRevisitsOnDigest" >> beam.CoGroupByKey()
-                        | "ResolveRevisits" >> beam.ParDo(ResolveRevisit()).with_outputs(
+                        | "ResolveRevisits" >> beam.ParDo(ResolveRevisit(
+                            max(self.cfg.max_html_bytes, self.cfg.max_image_bytes))).with_outputs(
                             IMAGES, OUTCOMES, main=PAGES))
             pages.append(resolved[PAGES])
             images.append(resolved[IMAGES])

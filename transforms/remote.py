@@ -34,13 +34,13 @@ class ResumingHttpReader(io.RawIOBase):
     """A read-only, forward-only file object over one URL (see module doc)."""
 
     def __init__(self, url: str, retries: int = 5, timeout: float = 60.0, backoff: float = 1.0,
-                 chunk: int = 1 << 16, session=None, sleep=time.sleep):
+                 chunk: int = 1 << 16, session=None, sleep=time.sleep, start: int = 0):
         super().__init__()
         import requests
         self.url, self.retries, self.timeout, self.backoff, self.chunk = url, retries, timeout, backoff, chunk
         self.session = session or requests.Session()
         self.sleep = sleep
-        self.pos = 0
+        self.pos = start                    # > 0: read from that byte on (a record read back by offset)
         self.size: Optional[int] = None
         self.resumes = 0
         self._resp = None
@@ -166,14 +166,36 @@ def _total_size(resp) -> Optional[int]:
     return int(length) if length.isdigit() else None
 
 
-def open_input(path: str) -> BinaryIO:
-    """A binary stream of an input file: HTTP(S) with resume, else Beam's file systems
-    (compression left alone: the reader recognises gzip by its magic bytes)."""
+def open_input(path: str, start: int = 0) -> BinaryIO:
+    """A binary stream of an input file from byte ``start``: HTTP(S) with resume (a
+    Range request), else Beam's file systems, seeked (compression left alone: the
+    reader recognises gzip by its magic bytes)."""
     if is_http(path):
-        return io.BufferedReader(ResumingHttpReader(path), buffer_size=1 << 16)
+        return io.BufferedReader(ResumingHttpReader(path, start=start), buffer_size=1 << 16)
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    fh = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    if start:
+        fh.seek(start)
+    return fh
+
+
+def read_record_at(path: str, offset: int, inner_offset: int = 0, max_payload_bytes: int = 20 * 1024 * 1024):
+    """The record of ``path`` that starts at (``offset``, ``inner_offset``): the raw
+    offset of its gzip member (or of the record, uncompressed) and its offset inside
+    that member. Random access: only that member is read (a whole-file gzip is read
+    from its start up to the record). None when no record starts there."""
+    from transforms.warc import ArchiveRecord, iter_archive
+    with open_input(path, start=offset) as raw:
+        for item in iter_archive(raw, path, max_payload_bytes=max_payload_bytes):
+            if item.offset != 0 or item.inner_offset > inner_offset:
+                return None             # past it: the member or file holds no record there
+            if item.inner_offset == inner_offset:
+                if not isinstance(item, ArchiveRecord):
+                    return None
+                item.offset, item.file = offset, path
+                return item
+    return None
 
 
 def input_size(path: str) -> int:
