@@ -396,7 +396,8 @@ def run_curation(inputs: List[str], output: str, cfg: CurationConfig, beam_args:
     if progress_dir:
         sizes = [f["size"] for f in files]           # -1: not known (entries of a listing)
         total = sum(sizes) if all(size > 0 for size in sizes) else -1
-        printer = ProgressPrinter(progress_dir, len(files), total, progress_out or open_terminal()).start()
+        terminal = progress_out or open_terminal()
+        printer = ProgressPrinter(progress_dir, len(files), total, terminal).start()
     try:
         with stderr_to(worker_log):
             result = p.run()
@@ -406,6 +407,8 @@ def run_curation(inputs: List[str], output: str, cfg: CurationConfig, beam_args:
     finally:
         if printer is not None:
             printer.stop()
+            if progress_out is None:
+                terminal.close()            # our own copy of the terminal's descriptor
         if progress_dir:
             shutil.rmtree(progress_dir, ignore_errors=True)
     run_record["state"] = str(state)
