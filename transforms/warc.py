@@ -116,7 +116,10 @@ class _Stream:
         self._member_has_input = False   # the current gzip member has been fed bytes
         self._current_member_raw = 0     # raw offset where the current member starts
         self._member_pos = 0             # decompressed position where its output starts
-        self._member_raw = bytearray()   # its raw bytes so far (for resync), up to RETAIN_RAW
+        # Its raw bytes so far (for resync), up to RETAIN_RAW: references to the chunks
+        # fed, not copies (per-record gzip starts a member every few KB).
+        self._member_raw: List[bytes] = []
+        self._member_raw_len = 0
         self._member_raw_ok = True
         self.eof = False
         self.errors: List[ReadError] = []
@@ -197,11 +200,12 @@ class _Stream:
             self.raw_pos += len(data)
             self.buf += out
             if self._member_raw_ok:
-                if len(self._member_raw) + len(data) <= RETAIN_RAW:
-                    self._member_raw += data
+                if self._member_raw_len + len(data) <= RETAIN_RAW:
+                    self._member_raw.append(data)
+                    self._member_raw_len += len(data)
                 else:
                     self._member_raw_ok = False
-                    self._member_raw = bytearray()
+                    self._member_raw, self._member_raw_len = [], 0
             if self._dec.eof:
                 rest = self._dec.unused_data
                 next_raw = self.raw_pos - len(rest)
@@ -215,7 +219,7 @@ class _Stream:
         self._current_member_raw = raw_offset
         self._member_pos = self.buf_start + len(self.buf)
         self._member_has_input = False
-        self._member_raw = bytearray()
+        self._member_raw, self._member_raw_len = [], 0
         self._member_raw_ok = True
         self._new_member(raw_offset)
 
@@ -224,7 +228,7 @@ class _Stream:
         own start: its raw bytes are retained, so a member that the damage led the
         decompressor into is found again, not lost."""
         if self._member_raw_ok:
-            window = bytes(self._member_raw) + data
+            window = b"".join(self._member_raw) + data
             base = self._current_member_raw
         else:
             window, base = data, data_raw_pos
