@@ -163,7 +163,9 @@ def test_greedy_generation_follows_argmax_and_beam_scores_at_least_as_well():
     seq = prompt
     with torch.no_grad():
         for _ in range(len(greedy)):
-            nxt = model(seq, images)["logits"][0, -1].argmax()
+            logits = model(seq, images)["logits"][0, -1]
+            logits[model.never_generated()] = float("-inf")
+            nxt = logits.argmax()
             seq = torch.cat([seq, nxt.view(1, 1)], dim=1)
     assert seq[0, prompt.shape[1]:].tolist() == greedy
 
@@ -202,3 +204,136 @@ def test_vision_tower_loads_a_local_checkpoint(tmp_path):
     for name, p in clip.visual.state_dict().items():
         assert torch.equal(enc.visual.state_dict()[name], p), name
     assert enc(torch.randn(2, 3, 224, 224)).shape == (2, 49, 64)
+
+
+# ---------------------------------------------------------------------------- generation (issue 16)
+def _eos_prone_model(seed=3, boost=6.0):
+    """A tiny model whose </s> is likely enough that beams end at different lengths."""
+    model = tiny_model(seed)
+    with torch.no_grad():
+        model.decoder.embed_tokens.weight[model.ids.eos] *= boost
+    return model
+
+
+def _prompts(ids):
+    block = ids.image_block(8)
+    return [[ids.bos, 10] + block + [11],                 # one image
+            [ids.bos, 20, 21, 22, 23, 24, 25, 26, 27],    # longer, text only
+            [ids.bos] + block + [30] + block + [31, 32],  # two images
+            [ids.bos, 40]]                                # short
+
+
+def _images_of(prompts, ids, images):
+    counts = [p.count(ids.image_start) for p in prompts]
+    out, start = [], 0
+    for c in counts:
+        out.append(images[start:start + c] if c else None)
+        start += c
+    return out
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_batched_generation_equals_one_at_a_time(beams):
+    model = _eos_prone_model()
+    ids = model.ids
+    prompts = _prompts(ids)
+    torch.manual_seed(7)
+    images = torch.randn(3, 3, 224, 224)
+    together = model.generate(prompts, images, max_new_tokens=8, num_beams=beams)
+    alone = [model.generate([p], im, max_new_tokens=8, num_beams=beams)[0]
+             for p, im in zip(prompts, _images_of(prompts, ids, images))]
+    assert together == alone
+    assert len({len(a) for a in alone}) > 1          # the rows really ended at different lengths
+    banned = set(model.never_generated())
+    assert not any(t in banned for a in together for t in a)
+
+
+def test_left_padded_logits_equal_the_row_alone():
+    model = tiny_model(2)
+    ids = model.ids
+    short, long_ = [ids.bos, 5, 6], [ids.bos, 7, 8, 9, 10, 11]
+    with torch.no_grad():
+        lp_batch, _, mask, shift, _ = model._start([short, long_], None)
+        lp_alone, *_ = model._start([short], None)
+    assert shift.tolist() == [3, 0] and mask[0].tolist() == [False] * 3 + [True] * 3
+    assert torch.allclose(lp_batch[0], lp_alone[0], atol=1e-5)
+
+
+def _reference_beam(model, prompt, images, max_new, k, lenpen=1.0):
+    """Beam search the slow way (a full forward per hypothesis, no cache, one prompt),
+    with fairseq's rules: 2k candidates, an end among the best k is finished, k live
+    hypotheses kept, done at k finished, every live one ends at the length limit."""
+    eos = model.ids.eos
+
+    def logprobs(seq):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + seq]), images)["logits"][0, -1].float()
+        lp = torch.log_softmax(logits, -1)
+        lp[model.never_generated()] = float("-inf")
+        return lp
+
+    live, finished = [(0.0, [])], []
+    for step in range(max_new + 1):
+        cands = []
+        for score, seq in live:
+            lp = logprobs(seq)
+            if step == max_new:
+                cands.append((score + max(float(lp[eos]), -1e4), seq + [eos]))
+            else:
+                cands += [(score + float(v), seq + [t]) for v, t in zip(*lp.topk(2 * k))]
+        cands.sort(key=lambda c: -c[0])
+        cands = cands[:2 * k]
+        live = []
+        for j, (s, seq) in enumerate(cands):
+            if seq[-1] == eos:
+                if j < k:
+                    finished.append((s / len(seq) ** lenpen, seq[:-1] if step == max_new else seq))
+            elif len(live) < k:
+                live.append((s, seq))
+        if len(finished) >= k or not live:
+            break
+    return max(finished, key=lambda f: f[0])[1]
+
+
+def test_beam_search_equals_the_slow_reference_and_keeps_k_live_beams():
+    model = _eos_prone_model(seed=5, boost=5.0)
+    ids = model.ids
+    torch.manual_seed(11)
+    images = torch.randn(1, 3, 224, 224)
+    prompt = [ids.bos, 12] + ids.image_block(8) + [13]
+    for k in (2, 4):
+        fast = model.generate([prompt], images, max_new_tokens=7, num_beams=k)[0]
+        assert fast == _reference_beam(model, prompt, images, 7, k)
+
+
+def test_score_is_the_log_likelihood_of_the_continuation():
+    model = tiny_model(4)
+    ids = model.ids
+    ctx, cont = [ids.bos, 10, 11], [12, 13]
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([ctx + cont]))["logits"][0].float(), -1)
+    expected = float(lp[2, 12] + lp[3, 13])
+    got = model.score([ctx, [ids.bos, 5]], [cont, [6, 7, 8]])
+    assert got[0] == pytest.approx(expected, abs=1e-4)
+    alone = model.score([[ids.bos, 5]], [[6, 7, 8]])
+    assert got[1] == pytest.approx(alone[0], abs=1e-4)
+
+
+def test_quick_gelu_follows_the_weights():
+    """OpenAI's CLIP weights were trained with QuickGELU; open_clip's table says so per
+    tag, and the tower is built with the activation of its weights."""
+    import open_clip
+    from open_clip.transformer import QuickGELU
+    from trainer.model.vision import TINY_VIT, CLIPVisionEncoder, quick_gelu_for
+    assert quick_gelu_for("ViT-L-14", "openai") is True
+    assert quick_gelu_for("ViT-L-14", "laion2b_s32b_b82k") is False
+    assert quick_gelu_for("ViT-L-14", "laion2b_s32b_b82k", override=True) is True
+    assert quick_gelu_for("ViT-L-14", None) is False
+    for quick in (True, False):
+        enc = CLIPVisionEncoder(TINY_VIT, None, quick_gelu=quick)
+        acts = {type(m) for m in enc.visual.modules() if isinstance(m, (QuickGELU, torch.nn.GELU))}
+        assert acts == ({QuickGELU} if quick else {torch.nn.GELU})
+    with torch.device("meta"):
+        big = CLIPVisionEncoder("ViT-L-14", None, quick_gelu=quick_gelu_for("ViT-L-14", "openai"))
+    assert any(isinstance(m, QuickGELU) for m in big.visual.modules())
+    assert open_clip.get_pretrained_cfg("ViT-L-14", "openai").get("quick_gelu") is True

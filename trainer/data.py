@@ -16,10 +16,12 @@ Layers, each testable alone:
 * **Packing** ("full-sentence", KOSMOS.md §3): chunks are appended to a sequence of
   ``seq_len`` tokens until the next one does not fit; the rest is padding. A
   sentence is never cut unless it is longer than a whole sequence.
-* **Mixing** (``MixtureDataset``): every optimizer step is the same list of
-  micro-batches, each from one source, sized from the per-source token budgets.
-  Micro-batch ``k`` of the run is made by worker ``k mod num_workers``, so the
-  data loader's in-order round robin hands them out in schedule order.
+* **Mixing** (``StepPlan``, ``MixtureDataset``): each source's token budget is a
+  global number of sequences per optimizer step, the same for any number of ranks;
+  every rank runs the same micro-batches (each from one source), the ranks taking
+  turns for the sequences that do not divide evenly. Micro-batch ``k`` of the run
+  is made by worker ``k mod num_workers``, so the data loader's in-order round
+  robin hands them out in plan order.
 
 The position of every reader (epoch, unit, row, chunk of the first chunk of its
 next sequence) travels with each micro-batch; the trainer keeps the positions of
@@ -373,30 +375,85 @@ class SourceStream:
 
 
 # --------------------------------------------------------------------------- mixing
-def build_schedule(cfg: TrainConfig, world_size: int) -> List[Tuple[str, int]]:
-    """The micro-batches of one optimizer step on one rank: [(source, sequences), ...].
-    A source's sequences per rank = its token budget / seq_len / ranks, at least 1."""
-    d = cfg.data
-    schedule = []
-    for source in cfg.active_sources():
-        tokens = getattr(d, f"{source}_tokens")
-        n = max(1, round(tokens / d.seq_len / world_size))
-        full, rest = divmod(n, d.micro_batch_size)
-        schedule += [(source, d.micro_batch_size)] * full + ([(source, rest)] if rest else [])
-    if not schedule:
-        raise ValueError("no data source: give at least one of data.text, data.pairs, data.interleaved, "
-                         "data.instructions with a token budget > 0")
-    return schedule
+class StepPlan:
+    """How one optimizer step's sequences are spread over the ranks.
+
+    A source's token budget is a global number of sequences per step,
+    ``N = round(tokens / seq_len)`` (at least 1), exactly as configured whatever the
+    number of ranks ``W``: every rank takes ``N // W`` of them and ``N % W`` ranks one
+    more, the ranks taking turns step after step (at step ``t`` the extra ones are
+    ranks ``t * (N % W) ... `` modulo ``W``), so over any ``W`` steps each rank reads
+    the same amount. Every rank runs the same micro-batches (``slots``: the source and
+    its most sequences), so FSDP's collectives line up; a slot a rank has no sequence
+    for at a step is an empty micro-batch (one padding token, no target) that runs the
+    same modules and adds nothing to the loss."""
+
+    def __init__(self, cfg: TrainConfig, world_size: int):
+        d = cfg.data
+        self.world = world_size
+        self.seq_len = d.seq_len
+        self.sequences: Dict[str, int] = {}
+        self.slots: List[Tuple[str, int]] = []
+        for source in cfg.active_sources():
+            n = max(1, round(getattr(d, f"{source}_tokens") / d.seq_len))
+            self.sequences[source] = n
+            most = -(-n // world_size)
+            full, rest = divmod(most, d.micro_batch_size)
+            self.slots += [(source, d.micro_batch_size)] * full + ([(source, rest)] if rest else [])
+        if not self.slots:
+            raise ValueError("no data source: give at least one of data.text, data.pairs, data.interleaved, "
+                             "data.instructions with a token budget > 0")
+
+    def rank_sequences(self, source: str, step: int, rank: int) -> int:
+        """Sequences of ``source`` rank ``rank`` reads at optimizer step ``step``."""
+        base, extra = divmod(self.sequences[source], self.world)
+        return base + (1 if (rank - step * extra) % self.world < extra else 0)
+
+    def micro_batch(self, step: int, rank: int, j: int) -> Tuple[str, int]:
+        """The source and the number of sequences of micro-batch ``j`` of a step on a rank."""
+        source, cap = self.slots[j]
+        before = sum(c for s, c in self.slots[:j] if s == source)
+        return source, max(0, min(cap, self.rank_sequences(source, step, rank) - before))
+
+    def step_tokens(self, step: int) -> Dict[str, int]:
+        """Tokens per source of one step, summed over the ranks (what the config asks)."""
+        return {s: sum(self.rank_sequences(s, step, r) for r in range(self.world)) * self.seq_len
+                for s in self.sequences}
+
+    def describe(self) -> str:
+        per = {s: n * self.seq_len for s, n in self.sequences.items()}
+        total = sum(per.values())
+        parts = ", ".join(f"{s} {t:,d} ({t / total:.0%})" for s, t in per.items())
+        return (f"{len(self.slots)} micro-batches per step per rank; {total:,d} tokens per step over "
+                f"{self.world} rank(s): {parts}")
 
 
-def schedule_tokens(schedule: List[Tuple[str, int]], seq_len: int, world_size: int) -> Dict[str, int]:
-    out: Dict[str, int] = {}
-    for source, n in schedule:
-        out[source] = out.get(source, 0) + n * seq_len * world_size
-    return out
+def plan_table(cfg: TrainConfig, world_sizes: List[int], steps: int = 8) -> str:
+    """Tokens per source per step for several numbers of ranks, computed from the plan
+    (min and max over ``steps`` consecutive steps), against the configured budgets."""
+    sources = cfg.active_sources()
+    head = ["ranks", "micro-batches/rank"] + [f"{s} (budget {getattr(cfg.data, f'{s}_tokens'):,d})"
+                                              for s in sources] + ["total", "share"]
+    rows = [head]
+    for w in world_sizes:
+        plan = StepPlan(cfg, w)
+        per = [plan.step_tokens(t) for t in range(steps)]
+        cells = [str(w), str(len(plan.slots))]
+        for s in sources:
+            lo, hi = min(p[s] for p in per), max(p[s] for p in per)
+            cells.append(f"{lo:,d}" if lo == hi else f"{lo:,d}-{hi:,d}")
+        total = sum(per[0].values())
+        cells.append(f"{total:,d}")
+        cells.append(" / ".join(f"{per[0][s] / total:.1%}" for s in sources))
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(wd) for c, wd in zip(r, widths)) for r in rows)
 
 
-def collate(seqs: List[Dict[str, Any]]) -> Dict[str, Any]:
+def collate(seqs: List[Dict[str, Any]], pad_id: int = 1) -> Dict[str, Any]:
+    if not seqs:       # an empty micro-batch of the plan: one padding token, no target
+        return {"input_ids": torch.tensor([[pad_id]], dtype=torch.long),
+                "labels": torch.tensor([[IGNORE_INDEX]], dtype=torch.long), "images": None}
     images = [im for s in seqs for im in s["images"]]
     return {"input_ids": torch.tensor([s["input_ids"] for s in seqs], dtype=torch.long),
             "labels": torch.tensor([s["labels"] for s in seqs], dtype=torch.long),
@@ -412,8 +469,9 @@ class MixtureDataset(IterableDataset):
         self.cfg, self.tok, self.num_image_tokens = cfg, tokenizer, num_image_tokens
         self.rank, self.world = rank, world_size
         self.workers = max(1, cfg.data.num_workers)
-        self.schedule = build_schedule(cfg, world_size)
-        self.sources = sorted({s for s, _ in self.schedule})
+        self.plan = StepPlan(cfg, world_size)
+        self.schedule = self.plan.slots
+        self.sources = sorted(self.plan.sequences)
         self.bad: List[Dict] = []
         self.units = {s: list_units(getattr(cfg.data, s), cfg.data.on_bad_shard, cfg.data.verify_checksums,
                                     self.bad, s, cfg.data.allow_incomplete_runs) for s in self.sources}
@@ -449,9 +507,10 @@ class MixtureDataset(IterableDataset):
         k = nxt + ((role - nxt) % self.workers)
         reported = 0
         while True:
-            source, size = self.schedule[k % len(self.schedule)]
+            step, j = divmod(k, len(self.schedule))
+            source, size = self.plan.micro_batch(step, self.rank, j)
             seqs = [next(iters[source]) for _ in range(size)]
-            batch = collate(seqs)
+            batch = collate(seqs, self.tok.ids.pad)
             bad = [b for st in streams.values() for b in st.bad]
             batch.update(source=source, index=k, role=role,
                          positions={s: list(st.position) for s, st in streams.items()},
@@ -499,16 +558,3 @@ class MixtureLoader:
 
     def state_dict(self) -> Dict[str, Any]:
         return json.loads(json.dumps(self.state))
-
-
-def tokens_per_step(schedule: List[Tuple[str, int]], seq_len: int, world_size: int) -> int:
-    return sum(n for _, n in schedule) * seq_len * world_size
-
-
-def describe_schedule(schedule: List[Tuple[str, int]], seq_len: int, world_size: int) -> str:
-    per = schedule_tokens(schedule, seq_len, world_size)
-    total = sum(per.values())
-    parts = ", ".join(f"{s} {t:,d} ({t / total:.0%})" for s, t in per.items())
-    return (f"{len(schedule)} micro-batches per step per rank; {total:,d} tokens per step over "
-            f"{world_size} rank(s): {parts}")
-

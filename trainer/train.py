@@ -71,7 +71,8 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> KosmosModel:
                               max_seq_len=max(mcfg.decoder.max_seq_len, cfg.data.seq_len))
     if cfg.model.dropout is not None:
         dec = dataclasses.replace(dec, dropout=cfg.model.dropout)
-    mcfg = dataclasses.replace(mcfg, decoder=dec, vision_pretrained=cfg.model.vision_pretrained or None)
+    mcfg = dataclasses.replace(mcfg, decoder=dec, vision_pretrained=cfg.model.vision_pretrained or None,
+                               vision_quick_gelu=cfg.model.vision_quick_gelu, image_size=cfg.data.image_size)
     model = KosmosModel(mcfg)
     model.decoder.activation_checkpointing = cfg.model.activation_checkpointing
     return model
@@ -240,7 +241,7 @@ class Trainer:
 def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[str, Any]]:
     """The whole run: data, model, loop, checkpoints. ``resume``: "auto" (the newest
     checkpoint in the output, if any) or a checkpoint path. Returns rank 0's metrics."""
-    from trainer.data import MixtureDataset, MixtureLoader, describe_schedule
+    from trainer.data import MixtureDataset, MixtureLoader
 
     d = init_distributed()
     out = cfg.run.output
@@ -275,7 +276,7 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
         print(f"model {cfg.model.config}: {c['total']:,d} parameters ({c['trainable']:,d} trainable); "
               f"{trainer.parallel} on {d.world_size} rank(s), {d.device.type}, "
               f"{'bf16' if trainer.bf16 else 'fp32'}", flush=True)
-        print(describe_schedule(dataset.schedule, cfg.data.seq_len, d.world_size), flush=True)
+        print(dataset.plan.describe(), flush=True)
     metrics = MetricsWriter(out, total, trainer.step, d.is_main, cfg.run.tensorboard, cfg.run.progress_bar)
     bad_file = os.path.join(out, "bad_shards.jsonl" if d.is_main else f"bad_shards.rank{d.rank}.jsonl")
     reported = len(loader.bad_shards) if path else 0

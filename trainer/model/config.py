@@ -16,6 +16,7 @@ class KosmosConfig:
     decoder: DecoderConfig
     vision_model: str = "ViT-L-14"
     vision_pretrained: Optional[str] = None     # "openai", a local checkpoint path, or None
+    vision_quick_gelu: Optional[bool] = None    # None: as the weights were trained (OpenAI's: QuickGELU)
     vision_trainable_blocks: int = 1            # paper: frozen except the last layer
     image_size: int = 224
     num_image_tokens: int = 64                  # latents per image

@@ -65,7 +65,8 @@ class MagnetoSelfAttention(nn.Module):
         return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, past: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-                key_mask: Optional[torch.Tensor] = None, use_cache: bool = True):
+                key_mask: Optional[torch.Tensor] = None, use_cache: bool = True,
+                shift: Optional[torch.Tensor] = None):
         b, length, dim = x.shape
         q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(x)), self._split(self.v_proj(x))
         if past is not None:
@@ -73,8 +74,8 @@ class MagnetoSelfAttention(nn.Module):
             v = torch.cat([past[1], v], dim=2)
         present = (k, v) if use_cache else None
         total = k.shape[2]
-        q = self.xpos(q, total, downscale=False)
-        k = self.xpos(k, total, downscale=True)
+        q = self.xpos(q, total, downscale=False, shift=shift)
+        k = self.xpos(k, total, downscale=True, shift=shift)
         past_len = total - length
         mask = None
         if key_mask is not None or (past_len and length > 1):
@@ -116,8 +117,8 @@ class MagnetoDecoderLayer(nn.Module):
         self.ffn = MagnetoFeedForward(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, past=None, key_mask=None, use_cache=True):
-        h, present = self.self_attn(self.self_attn_layer_norm(x), past, key_mask, use_cache)
+    def forward(self, x, past=None, key_mask=None, use_cache=True, shift=None):
+        h, present = self.self_attn(self.self_attn_layer_norm(x), past, key_mask, use_cache, shift)
         x = x + self.dropout(h)
         x = x + self.ffn(self.final_layer_norm(x))
         return x, present
@@ -157,9 +158,11 @@ class MagnetoDecoder(nn.Module):
 
     def forward(self, tokens: Optional[torch.Tensor] = None, embeds: Optional[torch.Tensor] = None,
                 cache: Optional[KVCache] = None, key_mask: Optional[torch.Tensor] = None,
-                features_only: bool = False):
+                features_only: bool = False, shift: Optional[torch.Tensor] = None):
         """Returns (logits or features [B, L, *], new cache). ``key_mask`` [B, past + L]
-        marks real (1) and padding (0) positions."""
+        marks real (1) and padding (0) positions; ``shift`` [B], the number of left
+        padding positions of each row, makes xPos count each row from its first real
+        token (batched generation of prompts of different lengths)."""
         x = self.embed_tokens(tokens) if embeds is None else embeds
         x = self.dropout(x)
         presents: KVCache = []
@@ -168,9 +171,10 @@ class MagnetoDecoder(nn.Module):
         recompute = self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             if recompute:
-                x, present = torch.utils.checkpoint.checkpoint(layer, x, None, key_mask, False, use_reentrant=False)
+                x, present = torch.utils.checkpoint.checkpoint(layer, x, None, key_mask, False, shift,
+                                                               use_reentrant=False)
             else:
-                x, present = layer(x, None if cache is None else cache[i], key_mask, use_cache)
+                x, present = layer(x, None if cache is None else cache[i], key_mask, use_cache, shift)
             presents.append(present)
         x = self.layer_norm(x)
         return (x if features_only else self.output_projection(x)), presents

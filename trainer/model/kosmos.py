@@ -3,7 +3,7 @@ token embeddings of the MAGNETO decoder at the ``<image_slot>`` positions."""
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ class KosmosModel(nn.Module):
         self.ids = SpecialIds(d.vocab_size - 7)
         self.decoder = MagnetoDecoder(d)
         self.vision = CLIPVisionEncoder(cfg.vision_model, cfg.vision_pretrained,
-                                        cfg.vision_trainable_blocks) if build_vision else None
+                                        cfg.vision_trainable_blocks, cfg.vision_quick_gelu) if build_vision else None
         media_dim = self.vision.width if self.vision is not None else 1024
         self.resampler = PerceiverResampler(media_dim, d.dim, cfg.num_image_tokens, cfg.resampler_depth,
                                             cfg.resampler_heads, cfg.resampler_dim_head, cfg.resampler_ff_mult)
@@ -84,79 +84,172 @@ class KosmosModel(nn.Module):
         return out
 
     # -- generation --------------------------------------------------------------------
+    def never_generated(self) -> List[int]:
+        """Ids that are never outputs: padding, ``<s>``, ``<unk>`` and the image markers."""
+        i = self.ids
+        return [i.pad, i.bos, i.unk, i.image_start, i.image_end, i.image_slot]
+
+    def _left_pad(self, prompts, device) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(ids [B, T], key_mask or None, shift or None) from id lists of any lengths."""
+        if isinstance(prompts, torch.Tensor):
+            return prompts.to(device), None, None
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        width = max(len(p) for p in prompts)
+        pads = [width - len(p) for p in prompts]
+        ids = torch.tensor([[self.ids.pad] * n + list(p) for n, p in zip(pads, prompts)], device=device)
+        if not any(pads):
+            return ids, None, None
+        mask = torch.tensor([[0] * n + [1] * len(p) for n, p in zip(pads, prompts)], device=device)
+        return ids, mask.bool(), torch.tensor(pads, device=device)
+
+    def _start(self, prompts, images):
+        """The prompt's forward: (last logits [B, V] as log-probabilities, cache, key_mask, shift)."""
+        device = self.decoder.embed_tokens.weight.device
+        ids, mask, shift = self._left_pad(prompts, device)
+        if images is not None:
+            images = images.to(device)
+        logits, cache = self.decoder(embeds=self.embed(ids, images), key_mask=mask, shift=shift)
+        return logits[:, -1], cache, mask, shift, ids.shape[0]
+
+    def _next_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        lp = F.log_softmax(logits.float(), -1)
+        lp[:, self.never_generated()] = float("-inf")
+        return lp
+
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, images: Optional[torch.Tensor] = None, max_new_tokens: int = 20,
+    def generate(self, prompts, images: Optional[torch.Tensor] = None, max_new_tokens: int = 20,
                  num_beams: int = 1, length_penalty: float = 1.0) -> List[List[int]]:
-        """Continue each prompt (a batch of equal-length prompts for greedy search, one
-        prompt for beam search) until ``</s>`` or ``max_new_tokens``; returns the new ids."""
+        """Continue a batch of prompts until ``</s>`` or ``max_new_tokens``; returns the
+        new ids of each (ending in ``</s>`` when it was produced).
+
+        ``prompts``: a [B, T] tensor of real tokens, or lists of ids of any lengths
+        (left-padded here, with a padding mask and per-row positions, so a prompt gets
+        the same answer in a batch as alone). ``images``: every image of the batch in
+        reading order (row 0's first). Greedy for ``num_beams`` 1, else beam search as
+        fairseq does it: ``num_beams`` live hypotheses per prompt, a hypothesis that
+        ends is set apart with its score divided by its length ** ``length_penalty``,
+        a prompt is done once it has ``num_beams`` finished ones, and every live one
+        ends at the length limit (that ``</s>`` is not part of the output). Padding, ``<s>``, ``<unk>`` and the image markers are never
+        produced."""
         was_training = self.training
         self.eval()
         try:
             if num_beams > 1:
-                if input_ids.shape[0] != 1:
-                    raise ValueError("beam search takes one prompt at a time")
-                return [self._beam(input_ids, images, max_new_tokens, num_beams, length_penalty)]
-            return self._greedy(input_ids, images, max_new_tokens)
+                return self._beam(prompts, images, max_new_tokens, num_beams, length_penalty)
+            return self._greedy(prompts, images, max_new_tokens)
         finally:
             self.train(was_training)
 
-    def _greedy(self, input_ids, images, max_new_tokens):
-        logits, cache = self.decoder(embeds=self.embed(input_ids, images))
-        out = [[] for _ in range(input_ids.shape[0])]
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    def _greedy(self, prompts, images, max_new_tokens):
+        logits, cache, mask, shift, b = self._start(prompts, images)
+        device = logits.device
+        out: List[List[int]] = [[] for _ in range(b)]
+        done = torch.zeros(b, dtype=torch.bool, device=device)
         for _ in range(max_new_tokens):
-            nxt = logits[:, -1].argmax(-1)
+            nxt = self._next_logprobs(logits).argmax(-1)
             for i, t in enumerate(nxt.tolist()):
                 if not done[i]:
                     out[i].append(t)
             done |= nxt == self.ids.eos
             if bool(done.all()):
                 break
-            logits, cache = self.decoder(nxt[:, None], cache=cache)
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones(b, 1, dtype=torch.bool, device=device)], 1)
+            step_logits, cache = self.decoder(nxt[:, None], cache=cache, key_mask=mask, shift=shift)
+            logits = step_logits[:, -1]
         return out
 
-    def _beam(self, input_ids, images, max_new_tokens, k, length_penalty):
-        logits, cache = self.decoder(embeds=self.embed(input_ids, images))
-        logp = F.log_softmax(logits[:, -1].float(), -1)[0]
-        scores, first = logp.topk(k)
-        beams = [[t] for t in first.tolist()]
-        cache = [(kk.repeat(k, 1, 1, 1), vv.repeat(k, 1, 1, 1)) for kk, vv in cache]
-        finished = []
-        alive = [i for i, b in enumerate(beams) if b[-1] != self.ids.eos]
-        for i, b in enumerate(beams):
-            if b[-1] == self.ids.eos:
-                finished.append((scores[i].item() / len(b) ** length_penalty, b))
-        for _ in range(max_new_tokens - 1):
-            if not alive:
+    def _beam(self, prompts, images, max_new_tokens, k, length_penalty):
+        logits, cache, mask, shift, b = self._start(prompts, images)
+        device = logits.device
+        # k copies of every prompt; only the first copy is live at the start
+        rows = torch.arange(b, device=device).repeat_interleave(k)
+        cache = [(kk[rows], vv[rows]) for kk, vv in cache]
+        mask = mask[rows] if mask is not None else None
+        shift = shift[rows] if shift is not None else None
+        logits = logits[rows]
+        scores = torch.full((b, k), float("-inf"), device=device)
+        scores[:, 0] = 0.0
+        seqs: List[List[List[int]]] = [[[] for _ in range(k)] for _ in range(b)]
+        finished: List[List[Tuple[float, List[int]]]] = [[] for _ in range(b)]
+        done = [False] * b
+        eos = self.ids.eos
+        for step in range(max_new_tokens + 1):
+            lp = self._next_logprobs(logits)
+            if step == max_new_tokens:      # the length limit: every hypothesis ends here (not part of its output)
+                forced = torch.full_like(lp, float("-inf"))
+                forced[:, eos] = lp[:, eos].clamp(min=-1e4)
+                lp = forced
+            vocab = lp.shape[-1]
+            cand = (scores.view(-1, 1) + lp).view(b, k * vocab)
+            top_scores, top_idx = cand.topk(min(2 * k, cand.shape[1]), dim=1)
+            parents = torch.zeros(b, k, dtype=torch.long, device=device)
+            tokens = torch.full((b, k), eos, dtype=torch.long, device=device)
+            new_scores = torch.full((b, k), float("-inf"), device=device)
+            new_seqs: List[List[List[int]]] = []
+            for i in range(b):
+                kept: List[List[int]] = []
+                if not done[i]:
+                    for j, (s, fi) in enumerate(zip(top_scores[i].tolist(), top_idx[i].tolist())):
+                        if s == float("-inf"):
+                            break
+                        parent, tok = divmod(fi, vocab)
+                        seq = seqs[i][parent] + [tok]
+                        if tok == eos:
+                            if j < k:          # an end among the k best candidates is a finished hypothesis
+                                finished[i].append((s / len(seq) ** length_penalty,
+                                                    seq[:-1] if step == max_new_tokens else seq))
+                            continue
+                        parents[i, len(kept)] = parent
+                        tokens[i, len(kept)] = tok
+                        new_scores[i, len(kept)] = s
+                        kept.append(seq)
+                        if len(kept) == k:
+                            break
+                    if len(finished[i]) >= k or not kept:
+                        done[i] = True
+                new_seqs.append(kept + [[] for _ in range(k - len(kept))])
+            seqs, scores = new_seqs, new_scores
+            if all(done) or step == max_new_tokens:
                 break
-            idx = torch.tensor(alive, device=input_ids.device)
-            cache = [(kk[idx], vv[idx]) for kk, vv in cache]
-            last = torch.tensor([[beams[i][-1]] for i in alive], device=input_ids.device)
-            logits, cache = self.decoder(last, cache=cache)
-            cand = scores[idx][:, None] + F.log_softmax(logits[:, -1].float(), -1)
-            flat_scores, flat_idx = cand.view(-1).topk(min(k, cand.numel()))
-            vocab = cand.shape[-1]
-            new_beams, new_scores, parents = [], [], []
-            for s, fi in zip(flat_scores.tolist(), flat_idx.tolist()):
-                parent, tok = divmod(fi, vocab)
-                seq = beams[alive[parent]] + [tok]
-                if tok == self.ids.eos:
-                    finished.append((s / len(seq) ** length_penalty, seq))
-                else:
-                    new_beams.append(seq)
-                    new_scores.append(s)
-                    parents.append(parent)
-            if len(finished) >= k or not new_beams:
-                alive = []
-                break
-            pidx = torch.tensor(parents, device=input_ids.device)
-            cache = [(kk[pidx], vv[pidx]) for kk, vv in cache]
-            beams = new_beams
-            scores = torch.tensor(new_scores, device=input_ids.device)
-            alive = list(range(len(beams)))
-        for i in alive:
-            finished.append((scores[i].item() / len(beams[i]) ** length_penalty, beams[i]))
-        return max(finished, key=lambda f: f[0])[1]
+            order = (torch.arange(b, device=device)[:, None] * k + parents).view(-1)
+            cache = [(kk[order], vv[order]) for kk, vv in cache]
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=torch.bool, device=device)], 1)
+            step_logits, cache = self.decoder(tokens.view(-1, 1), cache=cache, key_mask=mask, shift=shift)
+            logits = step_logits[:, -1]
+        out = []
+        for i in range(b):
+            pool = finished[i] or [(float(scores[i, j]) / max(1, len(seqs[i][j])) ** length_penalty, seqs[i][j])
+                                   for j in range(k) if seqs[i][j]]
+            out.append(max(pool, key=lambda f: f[0])[1] if pool else [])
+        return out
+
+    # -- scoring -----------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, contexts: List[List[int]], continuations: List[List[int]],
+              images: Optional[torch.Tensor] = None) -> List[float]:
+        """Sum of log P(continuation | context) per row (likelihood ranking for
+        classification and multiple choice). Rows are right-padded: causal attention
+        never sees the padding after a row's last token."""
+        was_training = self.training
+        self.eval()
+        try:
+            device = self.decoder.embed_tokens.weight.device
+            full = [list(c) + list(x) for c, x in zip(contexts, continuations)]
+            width = max(len(f) for f in full)
+            ids = torch.tensor([f + [self.ids.pad] * (width - len(f)) for f in full], device=device)
+            logits, _ = self.decoder(embeds=self.embed(ids, None if images is None else images.to(device)))
+            lp = F.log_softmax(logits.float(), -1)
+            out = []
+            for r, (c, x) in enumerate(zip(contexts, continuations)):
+                pos = torch.arange(len(c) - 1, len(c) + len(x) - 1, device=device)
+                tgt = torch.tensor(list(x), device=device)
+                out.append(float(lp[r, pos, tgt].sum()))
+            return out
+        finally:
+            self.train(was_training)
 
     # -- bookkeeping --------------------------------------------------------------------
     def parameter_counts(self) -> Dict[str, int]:

@@ -11,6 +11,8 @@ that the decode step of length 1 sees exactly the numbers a full forward would.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -34,17 +36,30 @@ class XPos(nn.Module):
         self.register_buffer("inv_freq", 1.0 / theta ** (torch.arange(half, dtype=torch.float32) / half),
                              persistent=False)
 
-    def forward(self, x: torch.Tensor, total_len: int, downscale: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, total_len: int, downscale: bool = False,
+                shift: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Rotate and scale ``x`` [..., L, head_dim], the last L positions of a
-        sequence of ``total_len``. Keys are downscaled, queries upscaled."""
+        sequence of ``total_len``. Keys are downscaled, queries upscaled.
+
+        ``shift`` [B] (x is [B, H, L, head_dim]): row b's sequence starts ``shift[b]``
+        positions late (left padding), so its positions count from there and its own
+        length is ``total_len - shift[b]``: a padded row gets exactly the numbers it
+        would get alone."""
         length = x.shape[-2]
         first = total_len - length
         index = torch.arange(first, total_len, device=x.device, dtype=torch.float32)
-        centred = index - (total_len + 1) // 2        # positions around the middle
-        scale = self.zeta.to(x.device) ** (centred / self.scale_base)[:, None]   # [L, half]
+        if shift is None:
+            centred = index - (total_len + 1) // 2        # positions around the middle
+        else:
+            shift = shift.to(device=x.device, dtype=torch.float32)
+            index = index[None, :] - shift[:, None]                                   # [B, L]
+            centred = index - torch.div(total_len - shift + 1, 2, rounding_mode="floor")[:, None]
+        scale = self.zeta.to(x.device) ** (centred / self.scale_base)[..., None]   # [(B,) L, half]
         if downscale:
             scale = 1.0 / scale
-        angles = index[:, None] * self.inv_freq.to(x.device)[None, :]
+        angles = index[..., None] * self.inv_freq.to(x.device)
         sin = (torch.sin(angles) * scale).repeat_interleave(2, dim=-1).to(x.dtype)
         cos = (torch.cos(angles) * scale).repeat_interleave(2, dim=-1).to(x.dtype)
+        if shift is not None:            # [B, L, hd] -> [B, 1, L, hd] over the heads
+            sin, cos = sin[:, None], cos[:, None]
         return x * cos + _rotate_pairs(x) * sin
