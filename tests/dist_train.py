@@ -1,8 +1,8 @@
 """Run under torchrun by tests/test_trainer.py (CPU, gloo).
 
-``equivalence``: a fixed global batch of ``2b`` sequences (text and image rows),
-rank r trains on its slice; rank 0 writes the step losses and a fingerprint of the
-weights, which must match one rank training on the whole batch.
+``equivalence``: a fixed global batch of sequences (text and image rows), spread
+over the ranks as the data plan does; rank 0 writes the step losses and a
+fingerprint of the weights, which must match one rank training on the whole batch.
 
 ``disjoint``: every rank runs the real data loader (2 workers) over one epoch of
 a dataset and writes the rows it read; the rows of all ranks must not overlap.
@@ -45,20 +45,31 @@ def batch_of(rows):
             "images": torch.stack(images) if images else None, "source": "interleaved"}
 
 
-def equivalence(parallel: str, out: str, per_rank: int) -> None:
+def equivalence(parallel: str, out: str, total: int) -> None:
+    """``total`` sequences a step over all ranks, spread as the data plan spreads them
+    (``StepPlan``): every rank runs the same two micro-batch slots; a rank with fewer
+    sequences than slots gets an empty micro-batch (one padding token, no target)."""
+    from trainer.data import collate
     from trainer.train import Trainer
     d = init_distributed("cpu")
     cfg = TrainConfig().override({"model.config": "tiny", "run.parallel": parallel, "optim.lr": 1e-3,
                                   "optim.warmup_steps": 0, "optim.steps": 100, "data.seq_len": 64})
     pieces = 256
     trainer = Trainer(cfg, d, vocab_size=SpecialIds(pieces).vocab_size)
-    rows = fixed_batch(per_rank * d.world_size, 64, pieces, trainer.core.cfg.num_image_tokens)
-    mine = rows[d.rank * per_rank:(d.rank + 1) * per_rank]
-    # two micro-batches per step: gradient accumulation and the no-sync path run too
-    half = max(1, per_rank // 2)
+    rows = fixed_batch(total, 64, pieces, trainer.core.cfg.num_image_tokens)
+    base, extra = divmod(total, d.world_size)
+    start = d.rank * base + min(d.rank, extra)
+    mine = rows[start:start + base + (1 if d.rank < extra else 0)]
+    most = base + (1 if extra else 0)
+    slots = [(most + 1) // 2, most // 2]
     losses = []
     for _ in range(3):
-        m = trainer.train_step([batch_of(mine[:half]), batch_of(mine[half:])])
+        mbs, used = [], 0
+        for cap in slots:
+            part = mine[used:used + cap]
+            used += len(part)
+            mbs.append(batch_of(part) if part else dict(collate([], SpecialIds(pieces).pad), source="interleaved"))
+        m = trainer.train_step(mbs)
         losses.append(m["loss"])
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     sd = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

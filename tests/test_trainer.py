@@ -296,14 +296,16 @@ def _torchrun(nproc, *args, timeout=300):
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_ranks_match_one_rank_with_double_batch(tmp_path, parallel):
+@pytest.mark.parametrize("parallel,total", [("ddp", 4), ("fsdp", 4), ("fsdp", 3)])
+def test_two_ranks_match_one_rank_with_double_batch(tmp_path, parallel, total):
+    """2 ranks x b sequences train as 1 rank x 2b; with an odd total, one rank runs an
+    empty micro-batch and the step still equals the one-rank step."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     one = tmp_path / "one.json"
-    subprocess.run([sys.executable, str(ROOT / "tests" / "dist_train.py"), "equivalence", "none", str(one), "4"],
-                   env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, str(ROOT / "tests" / "dist_train.py"), "equivalence", "none", str(one),
+                    str(total)], env=env, check=True, capture_output=True, timeout=300)
     two = tmp_path / "two.json"
-    _torchrun(2, "equivalence", parallel, two, 2)
+    _torchrun(2, "equivalence", parallel, two, total)
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert b["world"] == 2
     assert a["losses"] == pytest.approx(b["losses"], rel=1e-5)
@@ -319,6 +321,55 @@ def test_ranks_and_workers_read_disjoint_rows(corpus, tmp_path):
     r0 = set(json.loads(Path(f"{out}.rank0").read_text()))
     r1 = set(json.loads(Path(f"{out}.rank1").read_text()))
     assert r0 and r1 and not r0 & r1
+
+
+# ---------------------------------------------------------------------------- the per-step plan (issue 16)
+@pytest.mark.parametrize("world", [1, 2, 3, 8, 64, 256])
+def test_every_step_reads_the_configured_budget_on_any_number_of_ranks(world):
+    """The paper's 0.5M / 0.5M / 0.2M tokens a step are what a step reads, whatever the
+    number of ranks (within the rounding of one sequence), and the ranks take turns."""
+    from trainer.data import StepPlan
+    cfg = TrainConfig().override({"data.text": ["t"], "data.pairs": ["p"], "data.interleaved": ["i"]})
+    plan = StepPlan(cfg, world)
+    budgets = {"text": 500_000, "pairs": 500_000, "interleaved": 200_000}
+    per_rank = {}
+    for step in range(2 * world + 3):
+        tokens = plan.step_tokens(step)
+        for s, budget in budgets.items():
+            assert abs(tokens[s] - budget) <= cfg.data.seq_len / 2, (s, step)
+        for r in range(world):
+            sizes = [plan.micro_batch(step, r, j) for j in range(len(plan.slots))]
+            assert [src for src, _ in sizes] == [src for src, _ in plan.slots]   # same slots on every rank
+            assert all(0 <= n <= cap for (_, n), (_, cap) in zip(sizes, plan.slots))
+            for s in budgets:
+                assert sum(n for src, n in sizes if src == s) == plan.rank_sequences(s, step, r)
+                per_rank[(r, s)] = per_rank.get((r, s), 0) + plan.rank_sequences(s, step, r)
+    for s in budgets:      # over the steps every rank read the same amount, within one sequence
+        counts = [per_rank[(r, s)] for r in range(world)]
+        assert max(counts) - min(counts) <= 1, s
+
+
+def test_the_loader_follows_the_plan_and_resumes(corpus, tmp_path):
+    """Three interleaved sequences a step over two (simulated) ranks: rank 0 and rank 1
+    take turns for the third; the loader's micro-batches carry those sizes, and a
+    loader resumed from a saved position continues with the same micro-batches."""
+    from trainer.data import MixtureDataset, MixtureLoader
+    cfg = tiny_cfg(corpus, tmp_path, **{"data.interleaved_tokens": 3 * 128, "data.micro_batch_size": 1})
+    sizes = {}
+    for rank in (0, 1):
+        loader = MixtureLoader(MixtureDataset(cfg, corpus["tok"], 8, rank, 2))
+        steps = [loader.next_step() for _ in range(4)]
+        sizes[rank] = [[int((mb["labels"] != IGNORE_INDEX).any(dim=1).sum()) for mb in st] for st in steps]
+        state = loader.state_dict()
+        resumed = MixtureLoader(MixtureDataset(cfg, corpus["tok"], 8, rank, 2, state))
+        fresh = MixtureLoader(MixtureDataset(cfg, corpus["tok"], 8, rank, 2))
+        for _ in range(4):
+            fresh.next_step()
+        a, b = resumed.next_step(), fresh.next_step()
+        assert [torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, b)] == [True] * len(a)
+    totals = [sum(map(sum, (sizes[0][t], sizes[1][t]))) for t in range(4)]
+    assert totals == [3, 3, 3, 3]
+    assert sizes[0] == [[1, 1], [1, 0], [1, 1], [1, 0]] and sizes[1] == [[1, 0], [1, 1], [1, 0], [1, 1]]
 
 
 # ---------------------------------------------------------------------------- hostile inputs (issue 18)
