@@ -12,6 +12,12 @@ demo:
 	bin/kosmos train --config trainer/configs/pretrain-tiny.json --tokenizer $(SAMPLE_OUT)/tokenizer.model \
 	  --set 'data.text=["$(SAMPLE_OUT)/text"]' --set 'data.pairs=["$(SAMPLE_OUT)/pairs"]' \
 	  --set 'data.interleaved=["$(SAMPLE_OUT)/documents"]' --output $(SAMPLE_OUT)/train
+	bin/kosmos evalset --pairs $(SAMPLE_OUT)/pairs --output $(SAMPLE_OUT)/eval
+	bin/kosmos generate $(SAMPLE_OUT)/train '<image:$(SAMPLE_OUT)/eval/images/0112300b2c62dc85.jpg> An image of' --beams 3
+	bin/kosmos eval $(SAMPLE_OUT)/train --task caption --data $(SAMPLE_OUT)/eval/captions.json \
+	  --images_root $(SAMPLE_OUT)/eval --output $(SAMPLE_OUT)/eval/caption
+	bin/kosmos eval $(SAMPLE_OUT)/train --task vqa --data data/sample/eval/vqa.jsonl \
+	  --images_root $(SAMPLE_OUT)/eval --output $(SAMPLE_OUT)/eval/vqa
 
 test:
 	scripts/ensure-chromium

@@ -129,6 +129,13 @@ def _train(args, _beam_args) -> int:
     if args.print_config:
         print(cfg.to_json())
         return 0
+    if args.show_plan:
+        from trainer.data import plan_table
+        ranks = [int(x) for x in args.show_plan.split(",") if x.strip()]
+        print(f"tokens per optimizer step per source, sequences of {cfg.data.seq_len} tokens, "
+              f"{cfg.data.micro_batch_size} per micro-batch (min-max over 8 steps):")
+        print(plan_table(cfg, ranks))
+        return 0
     history = run_training(cfg, resume=args.resume)
     if history:
         k = max(1, min(5, len(history) // 4))
@@ -136,6 +143,61 @@ def _train(args, _beam_args) -> int:
         last = sum(m["loss"] for m in history[-k:]) / k
         print(f"loss, mean of {k} steps: {first:.4f} (steps {history[0]['step']}-{history[k - 1]['step']}) -> "
               f"{last:.4f} (steps {history[-k]['step']}-{history[-1]['step']})")
+    return 0
+
+
+def _device(name: str) -> str:
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _generate(args, _beam_args) -> int:
+    from trainer.inference import Prompter, load_for_inference, parse_prompt
+    model, tok, cfg = load_for_inference(args.checkpoint, args.tokenizer, _device(args.device))
+    prompter = Prompter(tok, model.cfg.num_image_tokens, cfg.data.image_size)
+    texts = list(args.prompt or [])
+    if args.prompts:
+        with open(args.prompts, encoding="utf-8") as fh:
+            texts += [line.rstrip("\n") for line in fh if line.strip()]
+    if not texts:
+        raise SystemExit("give a prompt: kosmos generate CHECKPOINT '<image:photo.jpg> An image of'")
+    ids, images = prompter.batch([parse_prompt(t) for t in texts])
+    outs = model.generate(ids, images, max_new_tokens=args.max_new_tokens, num_beams=args.beams,
+                          length_penalty=args.length_penalty)
+    for text, out in zip(texts, outs):
+        answer = tok.decode(out).strip()
+        if args.json:
+            print(json.dumps({"prompt": text, "output": answer, "ids": out}))
+        else:
+            print(answer if len(texts) == 1 else f"{text}\t{answer}")
+    return 0
+
+
+def _eval(args, _beam_args) -> int:
+    from trainer.evaluate import EvalSettings, run_eval
+    settings = EvalSettings(task=args.task, data=args.data, images_root=args.images_root or "",
+                            annotations=args.annotations, split=args.split, limit=args.limit, shots=args.shots,
+                            demos=args.demos, batch_size=args.batch_size, beams=args.beams,
+                            max_new_tokens=args.max_new_tokens, classes=args.classes,
+                            descriptions=args.descriptions, source=args.source, seed=args.seed,
+                            meteor=None if args.meteor == "auto" else args.meteor == "on")
+    summary = run_eval(args.checkpoint, settings, args.output, args.tokenizer, _device(args.device))
+    scores = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                       for k, v in summary["scores"].items())
+    print(f"{summary['task']} ({summary['examples']} examples, {summary['failed']} failed, "
+          f"{summary['shots']}-shot): {scores}")
+    if args.output:
+        print(f"predictions: {os.path.join(args.output, 'predictions.jsonl')}\n"
+              f"summary:     {os.path.join(args.output, 'summary.json')}")
+    return 0
+
+
+def _evalset(args, _beam_args) -> int:
+    from trainer.evaluate import write_caption_set
+    path = write_caption_set(args.pairs, args.output, args.limit)
+    print(f"captioning set: {path} (images in {os.path.join(args.output, 'images')})")
     return 0
 
 
@@ -214,7 +276,59 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", nargs="?", const="auto", default=None,
                     help="continue from the newest checkpoint in the output, or from the one given")
     tr.add_argument("--print_config", action="store_true")
+    tr.add_argument("--show_plan", metavar="RANKS",
+                    help="print the tokens per source per step for these numbers of ranks (e.g. 1,8,64,256) "
+                         "and exit")
     tr.set_defaults(func=_train)
+
+    g = sub.add_parser("generate", help="continue a prompt of text and images with a trained checkpoint")
+    g.add_argument("checkpoint", help="a checkpoint directory, a checkpoint root or a run's output "
+                                      "(local or fsspec URL)")
+    g.add_argument("prompt", nargs="*", help="'<image:photo.jpg> An image of', or a JSON list "
+                                             "'[{\"image\": \"a.jpg\"}, \"An image of\"]'")
+    g.add_argument("--prompts", help="a file of prompts, one per line (generated as one batch)")
+    g.add_argument("--tokenizer", help="SentencePiece .model (default: the run's)")
+    g.add_argument("--beams", type=int, default=1, help="1: greedy; more: beam search")
+    g.add_argument("--max_new_tokens", type=int, default=30)
+    g.add_argument("--length_penalty", type=float, default=1.0)
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--json", action="store_true", help="one JSON line per prompt, with the ids")
+    g.set_defaults(func=_generate)
+
+    e = sub.add_parser("eval", help="zero-/few-shot evaluation of a checkpoint (the paper's protocols)")
+    e.add_argument("checkpoint", help="a checkpoint directory, a checkpoint root or a run's output")
+    e.add_argument("--task", required=True, choices=["caption", "vqa", "raven", "classify", "perplexity",
+                                                     "choice"])
+    e.add_argument("--data", required=True, action="append",
+                   help="the task's file (Karpathy/COCO JSON, VQAv2/VizWiz JSON, JSONL) or shards; repeatable")
+    e.add_argument("--images_root", help="directory (or URL) the data's image paths are relative to")
+    e.add_argument("--annotations", help="VQAv2: the annotations file matching the questions")
+    e.add_argument("--split", help="Karpathy split (default test; 'all' for every image)")
+    e.add_argument("--limit", type=int, help="evaluate the first N examples (perplexity: N sequences, "
+                                             "default 256)")
+    e.add_argument("--shots", type=int, default=0, help="k demonstrations before each query")
+    e.add_argument("--demos", help="where demonstrations come from (default: the other examples of --data)")
+    e.add_argument("--batch_size", type=int, default=8)
+    e.add_argument("--beams", type=int, help="default: 5 for captioning, greedy otherwise")
+    e.add_argument("--max_new_tokens", type=int)
+    e.add_argument("--classes", help="classify: class names, one per line (default: the labels seen)")
+    e.add_argument("--descriptions", help="classify: JSON {class: description} put in context")
+    e.add_argument("--source", default="text", choices=["text", "pairs", "interleaved"],
+                   help="perplexity: the kind of shards")
+    e.add_argument("--meteor", default="auto", choices=["auto", "on", "off"],
+                   help="METEOR needs Java (auto: when installed)")
+    e.add_argument("--seed", type=int, default=0, help="which demonstrations are drawn")
+    e.add_argument("--tokenizer", help="SentencePiece .model (default: the run's)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--output", help="directory for predictions.jsonl and summary.json")
+    e.set_defaults(func=_eval)
+
+    es = sub.add_parser("evalset", help="a Karpathy-format captioning set (and its image files) from "
+                                        "curated pairs")
+    es.add_argument("--pairs", required=True, action="append", help="a pairs dataset of `kosmos curate`")
+    es.add_argument("--output", required=True)
+    es.add_argument("--limit", type=int)
+    es.set_defaults(func=_evalset)
 
     r = sub.add_parser("report", help="HTML + JSON audit of a curation run, or the comparison of two runs")
     r.add_argument("run_dir", nargs="+", help="a run's output directory; two to compare (A then B)")

@@ -123,8 +123,11 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def save(root: str, step: int, model, optimizer, extra: Dict[str, Any], d: Dist, keep_last: int,
-         config_json: str) -> str:
-    name = f"step-{step:08d}"
+         config_json: str, name: Optional[str] = None) -> str:
+    """Write a checkpoint of ``step``. ``name`` (``"best"``) writes it under that name
+    instead: it is neither ``latest`` nor counted by ``keep_last``."""
+    named = name is not None
+    name = name or f"step-{step:08d}"
     final, tmp = join(root, name), join(root, name + ".tmp")
     fs, _ = url_to_fs(root)
     if d.is_main:
@@ -166,9 +169,10 @@ def save(root: str, step: int, model, optimizer, extra: Dict[str, Any], d: Dist,
         if fs.exists(url_to_fs(final)[1]):
             fs.rm(url_to_fs(final)[1], recursive=True)
         fs.mv(url_to_fs(tmp)[1], url_to_fs(final)[1], recursive=True)
-        with fs.open(url_to_fs(join(root, "latest"))[1], "w") as fh:
-            fh.write(name)
-        _prune(root, keep_last)
+        if not named:
+            with fs.open(url_to_fs(join(root, "latest"))[1], "w") as fh:
+                fh.write(name)
+            _prune(root, keep_last)
     d.barrier()
     return final
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from pipeline.settings import SectionedConfig
 
@@ -37,6 +37,12 @@ class DataSection:
     pairs: List[str] = field(default_factory=list)
     interleaved: List[str] = field(default_factory=list)
     instructions: List[str] = field(default_factory=list)   # JSONL or Parquet
+    # Held-out datasets per source for the validation loss (none: no validation).
+    # They must not share a file with the training datasets of the same source.
+    val_text: List[str] = field(default_factory=list)
+    val_pairs: List[str] = field(default_factory=list)
+    val_interleaved: List[str] = field(default_factory=list)
+    val_instructions: List[str] = field(default_factory=list)
     # Tokens per optimizer step over all ranks, per source (paper: 0.5M / 0.5M / 0.2M).
     text_tokens: int = 500_000
     pairs_tokens: int = 500_000
@@ -78,6 +84,9 @@ class RunSection:
     precision: str = "auto"                  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     parallel: str = "auto"                   # auto (ddp when WORLD_SIZE > 1) | none | ddp | fsdp
     log_every: int = 1
+    eval_every: int = 0                      # validation every N steps (0: only at the end); needs data.val_*
+    eval_sequences: int = 64                 # held-out sequences per source, over all ranks
+    keep_best: bool = True                   # keep CHECKPOINTS/best: the lowest validation loss so far
     save_every: int = 1000
     keep_last: int = 3
     tensorboard: bool = True
@@ -108,6 +117,9 @@ class TrainConfig(SectionedConfig):
         for name in SOURCES:
             if getattr(self.data, f"{name}_tokens") < 0:
                 raise ValueError(f"data.{name}_tokens must be >= 0")
+
+    def validation_sources(self) -> Dict[str, List[str]]:
+        return {s: getattr(self.data, f"val_{s}") for s in SOURCES if getattr(self.data, f"val_{s}")}
 
     def active_sources(self) -> List[str]:
         return [s for s in SOURCES if getattr(self.data, s) and getattr(self.data, f"{s}_tokens") > 0]

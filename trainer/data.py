@@ -281,8 +281,9 @@ class SourceStream:
 
     def __init__(self, name: str, units: List[Unit], reader: int, readers: int, chunker: Chunker,
                  seq_len: int, pad_id: int, seed: int, on_bad: str = "skip",
-                 position: Optional[Position] = None):
+                 position: Optional[Position] = None, epochs: Optional[int] = None):
         self.name, self.chunker, self.seq_len, self.pad_id = name, chunker, seq_len, pad_id
+        self.epochs = epochs            # None: forever (training); 1: one pass (held-out data)
         self.seed, self.on_bad = seed, on_bad
         self.reader, self.readers = reader, readers
         if len(units) >= readers:
@@ -350,6 +351,8 @@ class SourceStream:
                 raise RuntimeError(
                     f"source {self.name!r}: reader {self.reader} of {self.readers} has no rows "
                     f"({len(self.units)} units, {len(self.bad_units)} unreadable)")
+            if self.epochs is not None and epoch + 1 >= self.epochs:
+                return
             first = False
             epoch += 1
 
@@ -365,6 +368,9 @@ class SourceStream:
                 buf, used = [], 0
             buf.append(ch)
             used += len(ch)
+        if buf:          # a finite stream (``epochs``) ends with its last, partly filled sequence
+            self.position = (self.epochs or 0, 0, 0, 0)
+            yield self._pack(buf)
 
     def _pack(self, chunks: List[Chunk]) -> Dict[str, Any]:
         ids = [t for ch in chunks for t in ch.ids]
@@ -372,6 +378,30 @@ class SourceStream:
         pad = self.seq_len - len(ids)
         return {"input_ids": ids + [self.pad_id] * pad, "labels": labels + [IGNORE_INDEX] * pad,
                 "images": [im for ch in chunks for im in ch.images]}
+
+
+def held_out_sequences(paths: List[str], source: str, tokenizer, num_image_tokens: int, seq_len: int,
+                       image_size: int, limit: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                       seed: int = 0) -> Iterator[Dict[str, Any]]:
+    """Batches of the first ``limit`` packed sequences of held-out datasets (one pass,
+    the same ones every time), this rank's share of them: validation and perplexity."""
+    units = list_units(list(paths), "skip", source=source if source in Chunker.COLUMNS else None)
+    if not units:
+        raise RuntimeError(f"no readable {source} shards in {paths}")
+    chunker = Chunker(source, tokenizer, num_image_tokens, seq_len, image_size)
+    stream = SourceStream(source, units, rank, world_size, chunker, seq_len, tokenizer.ids.pad, seed,
+                          epochs=1)
+    mine = -(-limit // world_size)
+    buf: List[Dict[str, Any]] = []
+    for n, seq in enumerate(stream.sequences()):
+        if n >= mine:
+            break
+        buf.append(seq)
+        if len(buf) == batch_size:
+            yield collate(buf, tokenizer.ids.pad)
+            buf = []
+    if buf:
+        yield collate(buf, tokenizer.ids.pad)
 
 
 # --------------------------------------------------------------------------- mixing

@@ -34,6 +34,12 @@ class Dist:
             dist.all_reduce(t)
         return t
 
+    def all_max(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            t = t.clone()
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -64,6 +64,17 @@ def decoder_flops_per_token(model: KosmosModel, seq_len: int) -> float:
     return 6 * n + 6 * d.layers * d.dim * seq_len
 
 
+def resolve_activation(cfg: TrainConfig) -> TrainConfig:
+    """The run records the CLIP activation it decided from the weights, so that its
+    checkpoints load with the same one anywhere (``kosmos generate``, ``kosmos eval``)."""
+    import dataclasses
+    from trainer.model.vision import quick_gelu_for
+    if cfg.model.vision_quick_gelu is not None:
+        return cfg
+    quick = quick_gelu_for(get_config(cfg.model.config).vision_model, cfg.model.vision_pretrained)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vision_quick_gelu=quick))
+
+
 def build_model(cfg: TrainConfig, vocab_size: int) -> KosmosModel:
     import dataclasses
     mcfg = get_config(cfg.model.config)
@@ -119,6 +130,23 @@ class MetricsWriter:
                 self.bar.write(text)
             else:
                 print(text, flush=True)
+
+    def write_validation(self, m: Dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.fh.write(json.dumps(m, sort_keys=True) + "\n")
+        self.fh.flush()
+        if self.tb is not None:
+            for k, v in m.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k.replace(".", "/"), v, m["step"])
+        per = " ".join(f"{k[9:]} {v:.4f}" for k, v in sorted(m.items()) if k.startswith("val_loss."))
+        text = f"validation at step {m['step']}: loss {m['val_loss']:.4f}  [{per}]" + (
+            "  (best so far)" if m.get("best") else "")
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
 
     def close(self) -> None:
         for x in (self.bar, self.tb, self.fh):
@@ -238,12 +266,67 @@ class Trainer:
         return m
 
 
+    # -- validation ----------------------------------------------------------------------
+    def validate(self) -> Dict[str, Any]:
+        """Mean next-token loss on the held-out datasets (``data.val_*``), per source and
+        over all, on the same ``run.eval_sequences`` sequences every time. Every rank runs
+        the same number of forward passes (a rank short of data runs empty ones)."""
+        from trainer.data import collate, held_out_sequences
+        cfg, dev = self.cfg, self.d.device
+        sources = cfg.validation_sources()
+        self.model.eval()
+        totals = {}
+        try:
+            for source, paths in sorted(sources.items()):
+                batches = list(held_out_sequences(
+                    paths, source, self.tokenizer, self.core.cfg.num_image_tokens, cfg.data.seq_len,
+                    cfg.data.image_size, cfg.run.eval_sequences, cfg.data.micro_batch_size, self.d.rank,
+                    self.d.world_size, cfg.data.seed))
+                most = int(self.d.all_max(torch.tensor([float(len(batches))], device=dev)).item())
+                batches += [collate([], self.core.ids.pad)] * (most - len(batches))
+                local = torch.zeros(2, dtype=torch.float64)
+                for mb in batches:
+                    images = mb["images"]
+                    if images is None:
+                        images = torch.zeros(1, 3, self.image_size, self.image_size)
+                    with torch.no_grad(), self._autocast():
+                        out = self.model(mb["input_ids"].to(dev), images=images.to(dev), labels=mb["labels"].to(dev))
+                    local[0] += out["loss_sum"].double().cpu()
+                    local[1] += float(out["target_tokens"])
+                totals[source] = self.d.all_sum(local.to(dev)).cpu()
+        finally:
+            self.model.train()
+        m: Dict[str, Any] = {"step": self.step}
+        loss = sum(float(t[0]) for t in totals.values())
+        tokens = sum(float(t[1]) for t in totals.values())
+        m["val_loss"] = loss / tokens if tokens else float("nan")
+        m["val_tokens"] = int(tokens)
+        for source, t in totals.items():
+            if t[1] > 0:
+                m[f"val_loss.{source}"] = float(t[0] / t[1])
+        return m
+
+
+def check_held_out(cfg: TrainConfig) -> None:
+    """A held-out dataset must not share a file with the training data of its source."""
+    from trainer.shards import expand_dataset
+
+    def files(paths):
+        return {f if "://" in f else os.path.abspath(f) for p in paths for f in expand_dataset(p, False, True)}
+    for source, val_paths in cfg.validation_sources().items():
+        shared = sorted(files(getattr(cfg.data, source)) & files(val_paths))
+        if shared:
+            raise ValueError(f"data.val_{source} shares {len(shared)} file(s) with data.{source} "
+                             f"(e.g. {shared[0]}): held-out data must be held out")
+
+
 def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[str, Any]]:
     """The whole run: data, model, loop, checkpoints. ``resume``: "auto" (the newest
     checkpoint in the output, if any) or a checkpoint path. Returns rank 0's metrics."""
     from trainer.data import MixtureDataset, MixtureLoader
 
     d = init_distributed()
+    cfg = resolve_activation(cfg)
     out = cfg.run.output
     if "://" in out:
         raise ValueError("run.output holds logs and must be a local (or mounted) path; put checkpoints on "
@@ -253,6 +336,7 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
     if d.is_main:
         with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as fh:
             fh.write(cfg.to_json())
+    check_held_out(cfg)
     trainer = Trainer(cfg, d)
     data_state = None
     if resume == "auto":        # the newest checkpoint that loads; a damaged one is reported and skipped
@@ -281,6 +365,8 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
     bad_file = os.path.join(out, "bad_shards.jsonl" if d.is_main else f"bad_shards.rank{d.rank}.jsonl")
     reported = len(loader.bad_shards) if path else 0
     history = []
+    validating = bool(cfg.validation_sources())
+    best = _best_so_far(ckpt_root) if validating else None
     try:
         while trainer.step < total:
             t0 = time.perf_counter()
@@ -298,8 +384,23 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
                 raise FloatingPointError(f"step {m['step']}: loss {m['loss']} grad norm {m['grad_norm']}")
             history.append(m)
             metrics.write(m, line=m["step"] % max(1, cfg.run.log_every) == 0 or m["step"] == total)
+            extra = None
+            if validating and ((cfg.run.eval_every and m["step"] % cfg.run.eval_every == 0) or m["step"] == total):
+                v = trainer.validate()
+                improved = math.isfinite(v["val_loss"]) and (best is None or v["val_loss"] < best)
+                v["best"] = improved
+                metrics.write_validation(v)
+                if improved:
+                    best = v["val_loss"]
+                    if cfg.run.keep_best:
+                        extra = {"step": trainer.step, "data": loader.state_dict(), "rng": ckpt.rng_state()}
+                        saved = ckpt.save(ckpt_root, trainer.step, trainer.model, trainer.optimizer, extra, d,
+                                          cfg.run.keep_last, cfg.to_json(), name="best")
+                        if d.is_main:
+                            _write_best(ckpt_root, trainer.step, best)
+                            print(f"best checkpoint {saved} (validation loss {best:.4f})", flush=True)
             if m["step"] % cfg.run.save_every == 0 or m["step"] == total:
-                extra = {"step": trainer.step, "data": loader.state_dict(), "rng": ckpt.rng_state()}
+                extra = extra or {"step": trainer.step, "data": loader.state_dict(), "rng": ckpt.rng_state()}
                 saved = ckpt.save(ckpt_root, trainer.step, trainer.model, trainer.optimizer, extra, d,
                                   cfg.run.keep_last, cfg.to_json())
                 if d.is_main:
@@ -307,3 +408,20 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
     finally:
         metrics.close()
     return history
+
+
+def _best_so_far(root: str) -> Optional[float]:
+    """The validation loss of CHECKPOINTS/best (a resumed run keeps improving on it)."""
+    from trainer.shards import join, url_to_fs
+    fs, local = url_to_fs(join(root, "best.json"))
+    if not fs.exists(local):
+        return None
+    with fs.open(local, "r") as fh:
+        return float(json.load(fh)["val_loss"])
+
+
+def _write_best(root: str, step: int, loss: float) -> None:
+    from trainer.shards import join, url_to_fs
+    fs, local = url_to_fs(join(root, "best.json"))
+    with fs.open(local, "w") as fh:
+        json.dump({"checkpoint": "best", "step": step, "val_loss": loss}, fh)
