@@ -86,10 +86,14 @@ def _read_json_or_jsonl(path: str) -> Any:
 
 
 def _image_path(root: str, *parts: str) -> str:
-    rel = "/".join(p.strip("/") for p in parts if p)
-    if "://" in rel or os.path.isabs(rel) or not root:
-        return rel
-    return root.rstrip("/") + "/" + rel
+    """An image's path: absolute paths and URLs as they are, others under ``root``."""
+    path = ""
+    for p in parts:
+        if p:
+            path = p if ("://" in p or os.path.isabs(p) or not path) else path.rstrip("/") + "/" + p
+    if "://" in path or os.path.isabs(path) or not root:
+        return path
+    return root.rstrip("/") + "/" + path
 
 
 def caption_examples(s: EvalSettings, path: str) -> List[Dict[str, Any]]:
