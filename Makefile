@@ -28,3 +28,4 @@ bench:
 	scripts/in-venv python benchmarks/loader.py
 	scripts/in-venv python benchmarks/train.py
 	scripts/in-venv python benchmarks/bitflips.py
+	scripts/in-venv python benchmarks/generate.py
