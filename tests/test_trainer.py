@@ -239,6 +239,11 @@ def test_checkpoints_and_tokenizer_on_an_object_store_url(corpus, tmp_path):
     fs.rm("/bucket/ckpt/step-00000004", recursive=True)
     b = run_training(tiny_cfg(corpus, tmp_path / "b", **over, **{"run.max_steps": 4}), resume="auto")
     assert [m["loss"] for m in b] == [m["loss"] for m in a[2:]]
+    # kosmos generate / eval load from the same URL (the root's `latest`, the run's tokenizer)
+    from trainer.inference import load_for_inference, resolve_checkpoint
+    assert resolve_checkpoint("memory://bucket/ckpt") == "memory://bucket/ckpt/step-00000004"
+    model, tok, _ = load_for_inference("memory://bucket/ckpt")
+    assert len(model.generate([[tok.ids.bos] + tok.encode("The")], None, max_new_tokens=3)[0]) >= 1
 
 
 def test_instruct_stage_from_pretrained_checkpoint(corpus, tmp_path):

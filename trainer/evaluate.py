@@ -19,8 +19,9 @@ choice         JSONL ``{"context", "choices", "answer"}`` or HellaSwag's     acc
 =============  ==========================================================  =====================
 
 Prompts are the paper's: captioning ``<image> An image of`` (beam 5); VQA
-``<image> Question: {q} Answer:`` (greedy, up to ``</s>``); Raven ``Here are N
-images: ... The following image is: <image> Is it correct?``, the candidate with
+``<image> Question: {q} Answer:`` (greedy, up to ``</s>``); Raven ``Here are eight
+images: ... The following image is: <image> Is it correct?`` (the number of context
+images in words), the candidate with
 the highest P(Yes) wins; classification by the likelihood of each class name after
 ``<image> The photo of the``. ``--shots k`` puts k demonstrations (from
 ``--demos`` or the other examples of the set, chosen by a seeded hash) before the
@@ -178,6 +179,14 @@ def pick_demos(query_id: str, pool: Sequence[Dict[str, Any]], k: int, seed: int)
     return others[:k]
 
 
+_NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+
+def _count_word(n: int) -> str:
+    """A count in words, as the paper's prompt says it: "Here are eight images:"."""
+    return _NUMBER_WORDS[n] if 0 <= n < len(_NUMBER_WORDS) else str(n)
+
+
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -289,7 +298,7 @@ class Evaluator:
         rows, right = [], 0
         for ex in examples:
             try:
-                context = [f"Here are {len(ex['context']) + 1} images:"]
+                context = [f"Here are {_count_word(len(ex['context']))} images:"]
                 context += [self._image(_image_path(self.s.images_root, p)) for p in ex["context"]]
                 prompts = [context + ["The following image is:", self._image(_image_path(self.s.images_root, c)),
                                       "Is it correct?"] for c in ex["candidates"]]
