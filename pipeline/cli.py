@@ -184,7 +184,7 @@ def _eval(args, _beam_args) -> int:
                             descriptions=args.descriptions, source=args.source, seed=args.seed,
                             meteor=None if args.meteor == "auto" else args.meteor == "on")
     summary = run_eval(args.checkpoint, settings, args.output, args.tokenizer, _device(args.device))
-    scores = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+    scores = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {'n/a' if v is None else v}"
                        for k, v in summary["scores"].items())
     print(f"{summary['task']} ({summary['examples']} examples, {summary['failed']} failed, "
           f"{summary['shots']}-shot): {scores}")
