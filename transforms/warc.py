@@ -102,19 +102,20 @@ class _Stream:
     """Decompressed byte stream over a raw file, remembering where each gzip member
     starts so that records can be addressed as (member offset, offset inside)."""
 
-    def __init__(self, raw: BinaryIO, name: str):
+    def __init__(self, raw: BinaryIO, name: str, base: int = 0):
         self.raw = raw
         self.name = name
+        self.base = base                # raw offset of the stream's first byte (a range's sync point)
         head = raw.read(2)
         self.gzip = head == GZIP_MAGIC
         self._pending_raw = head        # raw bytes read but not consumed
-        self.raw_pos = 0                # raw offset of _pending_raw[0]
+        self.raw_pos = base             # raw offset of _pending_raw[0]
         self.buf = bytearray()
         self.buf_start = 0              # decompressed position of buf[0]
-        self._members: List[Tuple[int, int]] = [(0, 0)]  # (decompressed pos, raw offset)
+        self._members: List[Tuple[int, int]] = [(0, base)]  # (decompressed pos, raw offset)
         self._dec = zlib.decompressobj(31) if self.gzip else None
         self._member_has_input = False   # the current gzip member has been fed bytes
-        self._current_member_raw = 0     # raw offset where the current member starts
+        self._current_member_raw = base  # raw offset where the current member starts
         self._member_pos = 0             # decompressed position where its output starts
         # Its raw bytes so far (for resync), up to RETAIN_RAW: references to the chunks
         # fed, not copies (per-record gzip starts a member every few KB).
@@ -124,13 +125,14 @@ class _Stream:
         self.eof = False
         self.errors: List[ReadError] = []
         self.damage: List[_Damage] = []
+        self.last_byte = b""            # the last byte consumed (is a position at a line start?)
 
     # -- position bookkeeping ------------------------------------------------
     def address(self, pos: int) -> Tuple[int, int]:
         """(raw member offset, offset inside member) for a decompressed position."""
         if not self.gzip:
-            return pos, 0
-        raw_off, start = 0, 0
+            return self.base + pos, 0
+        raw_off, start = self.base, 0
         for mpos, moff in self._members:
             if mpos <= pos:
                 start, raw_off = mpos, moff
@@ -259,6 +261,8 @@ class _Stream:
 
     def _consume(self, n: int) -> bytes:
         out = bytes(self.buf[:n])
+        if out:
+            self.last_byte = out[-1:]
         del self.buf[:n]
         self.buf_start += n
         return out
@@ -420,8 +424,13 @@ class ArchiveReader:
     """Iterate the records of one WARC or ARC file (see module doc)."""
 
     def __init__(self, raw: BinaryIO, name: str, max_payload_bytes: int = 20 * 1024 * 1024,
-                 keep_payload_types=("response", "resource", "revisit")):
-        self.stream = _Stream(raw, name)
+                 keep_payload_types=("response", "resource", "revisit"), base: int = 0):
+        self.stream = _Stream(raw, name, base)
+        self.base = base
+        self._line_start = True
+        # The last WARC record read began where a range's reader could start (a line
+        # start, a whole header with WARC-Type and Content-Length): see ``sync_point``.
+        self.last_header_sync = False
         self.name = name
         self.max_payload = max_payload_bytes
         self.keep_types = set(keep_payload_types)
@@ -433,7 +442,7 @@ class ArchiveReader:
         if not s.peek(1):
             if s.errors:
                 yield from self._drain_errors(final=True)
-            else:
+            elif self.base == 0:
                 yield ReadError(self.name, 0, 0, "empty_file", "the file holds no data")
             return
         while True:
@@ -446,6 +455,7 @@ class ArchiveReader:
                 s.readline()
                 continue
             start = s.pos
+            self._line_start = s.last_byte in (b"", b"\n")
             line = s.readline()
             if line.startswith(b"WARC/"):
                 if bad_at is not None:
@@ -491,7 +501,7 @@ class ArchiveReader:
 
     def _bad(self, at: Tuple[int, int, int]) -> ReadError:
         pos, off, inner = at
-        kind = "not_an_archive" if pos == 0 else "bad_record_header"
+        kind = "not_an_archive" if pos == 0 and self.base == 0 else "bad_record_header"
         return ReadError(self.name, off, inner, kind,
                          f"bytes at offset {off}+{inner} do not start a WARC or ARC record; skipped to the next record")
 
@@ -612,6 +622,8 @@ class ArchiveReader:
                 return ReadError(self.name, off, inner, "truncated_record",
                                  f"WARC header at offset {off}+{inner} ends before its blank line")
             if line in (b"\r\n", b"\n"):
+                self.last_header_sync = self._line_start and _is_warc_start(
+                    version_line + b"".join(lines) + line, full_header=True)
                 break
             size += len(line)
             if size > MAX_HEADER_BYTES:
@@ -713,6 +725,146 @@ class ArchiveReader:
 
 def iter_archive(raw: BinaryIO, name: str, **kwargs) -> Iterator[Item]:
     return iter(ArchiveReader(raw, name, **kwargs))
+
+
+# --------------------------------------------------------------------------- byte ranges
+# One file read by many workers, the way Beam's splittable sources read text: the
+# file is cut into byte ranges, and a range owns the records that begin at a *sync
+# point* inside it, plus whatever follows such a record up to the next sync point
+# (damage, records found by resynchronising). A sync point is where a reader that
+# knows nothing of what came before can start and be sure a record begins:
+#
+# * in a gzip file, a gzip member whose first decompressed bytes are a WARC version
+#   line (per-record gzip: every record; whole-file gzip: only the file's start, so
+#   the first range reads it all);
+# * in an uncompressed WARC file, a WARC version line at a line start followed by a
+#   whole header with WARC-Type and Content-Length;
+# * in anything else (ARC files), only the file's start.
+#
+# The reader of a range starts at its first sync point at or after the range's start
+# (none inside the range: it reads nothing) and stops before the first item that
+# lies at a sync point at or after the range's end: exactly where the next range's
+# reader starts, so every item is read once whatever the cut. (An uncompressed
+# record whose body holds a whole WARC file with valid headers is the exception a
+# byte range cannot see: such files are better read whole, ``split_bytes=0``.)
+SYNC_WINDOW = MAX_HEADER_BYTES + 64     # bytes after a candidate that decide whether it is one
+
+
+def _is_warc_start(head: bytes, full_header: bool) -> bool:
+    """Do these bytes begin with a WARC version line (and, with ``full_header``, a
+    whole header block naming WARC-Type and Content-Length)?"""
+    if not _WARC_VERSION_LINE.match(head[:16]):
+        return False
+    if not full_header:
+        return True
+    end = head.find(b"\r\n\r\n")
+    if end < 0:
+        end = head.find(b"\n\n")
+    if end < 0:
+        return False
+    fields = head[:end + 1].lower()
+    return b"\ncontent-length:" in fields and b"\nwarc-type:" in fields
+
+
+def archive_layout(opener) -> str:
+    """"gzip" or "plain" for a WARC file that can be read in ranges, else "whole"."""
+    with opener(0) as raw:
+        head = raw.read(1 << 16)
+    if head[:2] == GZIP_MAGIC:
+        try:
+            out = zlib.decompressobj(31).decompress(head, 64)
+        except zlib.error:
+            return "whole"
+        return "gzip" if _WARC_VERSION_LINE.match(out[:16]) else "whole"
+    return "plain" if _WARC_VERSION_LINE.match(head[:16]) else "whole"
+
+
+def _sync_here(buf: bytes, idx: int, layout: str) -> bool:
+    if layout == "gzip":
+        try:
+            out = zlib.decompressobj(31).decompress(buf[idx:idx + SYNC_WINDOW], 64)
+        except zlib.error:
+            return False
+        return _is_warc_start(out, full_header=False)
+    return buf[idx - 1:idx] == b"\n" and _is_warc_start(buf[idx:idx + SYNC_WINDOW], full_header=True)
+
+
+def sync_point(opener, layout: str, start: int, end: int) -> Optional[int]:
+    """The first sync point at raw offsets [start, end), or None."""
+    if start == 0:
+        return 0 if end > 0 else None
+    if layout == "whole":
+        return None
+    magic = GZIP_MAGIC + b"\x08" if layout == "gzip" else b"WARC/"
+    back = 1 if layout == "plain" else 0      # the byte before a candidate is looked at
+    with opener(start - back) as raw:
+        buf, base, eof, at = b"", start - back, False, back
+
+        def more() -> bool:
+            nonlocal buf, eof
+            data = raw.read(1 << 16)
+            if not data:
+                eof = True
+                return False
+            buf += data
+            return True
+
+        more()
+        while True:
+            idx = buf.find(magic, at)
+            if idx < 0:
+                if eof or base + len(buf) >= end + len(magic):
+                    return None
+                at = max(at, len(buf) - len(magic) + 1)     # a magic cut by the buffer's end
+                more()
+                continue
+            if base + idx >= end:
+                return None
+            while len(buf) - idx < SYNC_WINDOW and not eof:
+                more()
+            if _sync_here(buf, idx, layout):
+                return base + idx
+            at = idx + 1
+            if at > 4 * SYNC_WINDOW:                      # bounded memory while scanning
+                cut = at - back
+                buf, base, at = buf[cut:], base + cut, back
+
+
+def iter_archive_range(opener, name: str, start: int, end: int, layout: Optional[str] = None,
+                       claim=None, **kwargs) -> Iterator[Item]:
+    """The items of ``name`` that the byte range [start, end) owns (see above).
+    ``opener(offset)`` gives a binary file from that raw offset. ``claim(offset)``,
+    when given, is asked before each item at a sync point (a Beam restriction
+    tracker's ``try_claim``) and reading stops when it says no; otherwise reading
+    stops at the first sync point at or after ``end``."""
+    layout = layout or archive_layout(opener)
+    first = sync_point(opener, layout, start, end)
+    if first is None:
+        return
+    claim = claim or (lambda off: off < end)
+    with opener(first) as raw:
+        reader = ArchiveReader(raw, name, base=first, **kwargs)
+        for item in reader:
+            if _at_sync_point(item, layout, reader, opener) and not claim(item.offset):
+                return
+            yield item
+
+
+def _at_sync_point(item: Item, layout: str, reader: "ArchiveReader", opener) -> bool:
+    """Is this item where a range's reader would start (see ``sync_point``)?"""
+    if item.inner_offset != 0:
+        return False
+    if item.offset == 0:
+        return True
+    if layout == "whole":
+        return False
+    if isinstance(item, ArchiveRecord):
+        if not item.format.startswith("WARC/"):
+            return False
+        if layout == "gzip":
+            return True      # it was read from the start of a member that begins with its header
+        return reader.last_header_sync
+    return sync_point(opener, layout, item.offset, item.offset + 1) == item.offset      # rare: errors
 
 
 def warc_response_record(uri: str, date: str, http_status: int, content_type: str, body: bytes,
