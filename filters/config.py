@@ -26,6 +26,10 @@ class RecordConfig:
     page_time_budget_s: float = 30.0
     # Attributes kept per tag before parsing (libxml2 is quadratic in them).
     max_attributes: int = 256
+    # A WARC file larger than this is read in byte ranges of this size, each by any
+    # worker, starting at its first record boundary (transforms/warc.py); a runner
+    # may split a range further while it is read. 0 reads every file whole.
+    split_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)

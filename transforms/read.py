@@ -9,6 +9,7 @@ from typing import Optional
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 
 from filters.config import RecordConfig
 from filters.images import sniff_format
@@ -16,8 +17,8 @@ from transforms.accounting import AccountedDoFn
 from transforms.records import (DROPPED, ERROR, IMAGE_SOURCE, READ, RECORD, ImageRecord, Outcome,
                                 Page, Provenance)
 from transforms.progress import ProgressCounters
-from transforms.remote import open_input, read_record_at
-from transforms.warc import ArchiveRecord, ReadError, iter_archive
+from transforms.remote import input_size, is_http, open_input, read_record_at
+from transforms.warc import ArchiveRecord, ReadError, archive_layout, iter_archive_range
 
 INPUTS = "inputs"
 PAGES = "pages"
@@ -85,22 +86,59 @@ class HashingReader:
         self.raw = raw
         self.sha = hashlib.sha256()
         self.bytes = 0
+        self.eof = False
+        self.closed = False
 
     def read(self, n=-1):
         data = self.raw.read(n)
+        if not data and n != 0:
+            self.eof = True
         self.sha.update(data)
         self.bytes += len(data)
         return data
 
-    def finish(self) -> str:
-        while True:
-            chunk = self.read(1 << 20)
-            if not chunk:
-                return self.sha.hexdigest()
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self.raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def finish(self) -> Optional[str]:
+        """The sha256 of the whole stream (reading what is left), None if it was
+        closed before its end."""
+        while not self.closed and not self.eof:
+            self.read(1 << 20)
+        return self.sha.hexdigest() if self.eof else None
 
 
-class ReadArchives(AccountedDoFn):
-    """File path -> pages (main), image records, revisits, originals, outcomes."""
+def file_size(path: str) -> int:
+    """Bytes of an input file; -1 when unknown (an HTTP server that does not say, a
+    file that cannot be found: reading it then reports why)."""
+    if is_http(path):
+        return input_size(path)
+    from apache_beam.io.filesystems import FileSystems
+    try:
+        return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    except Exception:     # missing, no permission: the read reports open_failed
+        return -1
+
+
+UNKNOWN_SIZE = 1 << 62      # the restriction of a file whose size is not known: read whole
+
+
+class ReadArchives(AccountedDoFn, beam.transforms.core.RestrictionProvider):
+    """File path -> pages (main), image records, revisits, originals, outcomes.
+
+    Splittable: a file is read in byte ranges (``records.split_bytes``), each from
+    its first record boundary (``transforms/warc.iter_archive_range``); every record
+    at a boundary is claimed from the restriction tracker, so a runner that splits a
+    range while it is read (Dataflow's dynamic work rebalancing) gets every record
+    read once. A file read as one range also gets its sha256 in ``inputs.jsonl``."""
 
     def __init__(self, cfg: RecordConfig, progress_dir: Optional[str] = None):
         self.cfg = cfg
@@ -110,45 +148,94 @@ class ReadArchives(AccountedDoFn):
     def setup(self):
         self.progress = ProgressCounters(self.progress_dir)
 
-    def process(self, path: str):
-        cfg = self.cfg
-        try:
-            raw = open_input(path)
-        except Exception as exc:  # missing file, permissions, bad URL
-            yield self.outcome(Outcome(RECORD, READ, file=path, offset=0))
-            yield self.outcome(Outcome(RECORD, ERROR, "open_failed", file=path, offset=0,
-                                       message=f"{type(exc).__name__}: {exc}"))
+    # -- the byte ranges (this DoFn is its own RestrictionProvider) ---------------------
+    def initial_restriction(self, path):
+        size = file_size(path)
+        return OffsetRange(0, size if size > 0 else UNKNOWN_SIZE)
+
+    def create_tracker(self, restriction):
+        return OffsetRestrictionTracker(restriction)
+
+    def split(self, path, restriction):
+        step = self.cfg.split_bytes
+        if step <= 0 or restriction.stop == UNKNOWN_SIZE:
+            yield restriction
             return
-        last = (0, 0)
-        hashing = HashingReader(raw)
+        yield from restriction.split(step)
+
+    def restriction_size(self, path, restriction):
+        return restriction.size() if restriction.stop != UNKNOWN_SIZE else 1 << 30
+
+    # -- reading ---------------------------------------------------------------------------
+    def process(self, path: str, tracker=beam.DoFn.RestrictionParam()):
+        cfg = self.cfg
+        r = tracker.current_restriction()
+        whole = r.start == 0 and (r.stop == UNKNOWN_SIZE or r.stop >= file_size(path))
         try:
-            with raw:
-                reader = iter_archive(hashing, path, max_payload_bytes=max(cfg.max_html_bytes, cfg.max_image_bytes))
-                counted = 0
-                for item in reader:
-                    self.progress.add("records")
-                    self.progress.add("bytes_read", hashing.bytes - counted)
-                    counted = hashing.bytes
-                    yield self.outcome(Outcome(RECORD, READ, file=path))
-                    if isinstance(item, ReadError):
-                        last = (item.offset, item.inner_offset)
-                        yield self.outcome(Outcome(RECORD, ERROR, item.kind, file=path, offset=item.offset,
-                                                   inner_offset=item.inner_offset, message=item.message))
-                        continue
-                    last = (item.offset, item.inner_offset)
-                    yield from self._route(item)
-                sha = hashing.finish()
-            self.progress.add("bytes_read", hashing.bytes - counted)
-            self.progress.add("files_done")
+            layout = archive_layout(lambda offset: open_input(path, offset))
+        except Exception as exc:  # missing file, permissions, bad URL
+            if tracker.try_claim(r.start):
+                yield self.outcome(Outcome(RECORD, READ, file=path, offset=r.start))
+                yield self.outcome(Outcome(RECORD, ERROR, "open_failed", file=path, offset=r.start,
+                                           message=f"{type(exc).__name__}: {exc}"))
+            tracker.try_claim(r.stop)
+            return
+        counting: list = []            # (offset, stream) of every open, for bytes read and the checksum
+        refused = [False]
+
+        def opener(offset):
+            raw = HashingReader(open_input(path, offset))
+            counting.append((offset, raw))
+            return raw
+
+        def claim(offset):
+            if tracker.try_claim(offset):
+                return True
+            refused[0] = True
+            return False
+
+        last = (r.start, 0)
+        counted = 0
+        try:
+            items = iter_archive_range(opener, path, r.start, r.stop, layout=layout, claim=claim,
+                                       max_payload_bytes=max(cfg.max_html_bytes, cfg.max_image_bytes))
+            for item in items:
+                read_now = sum(c.bytes for _, c in counting)
+                self.progress.add("records")
+                self.progress.add("bytes_read", read_now - counted)
+                counted = read_now
+                yield self.outcome(Outcome(RECORD, READ, file=path))
+                last = (item.offset, item.inner_offset)
+                if isinstance(item, ReadError):
+                    yield self.outcome(Outcome(RECORD, ERROR, item.kind, file=path, offset=item.offset,
+                                               inner_offset=item.inner_offset, message=item.message))
+                    continue
+                yield from self._route(item)
+            if not refused[0]:
+                tracker.try_claim(tracker.current_restriction().stop)     # the range is done
+            if r.start == 0:
+                from_start = [c for off, c in counting if off == 0]
+                if whole and not refused[0] and from_start:
+                    sha = from_start[0].finish()
+                    yield pvalue.TaggedOutput(INPUTS, {"path": path, "bytes": from_start[0].bytes, "sha256": sha})
+                else:        # read in ranges: no one pass sees every byte
+                    size = file_size(path)
+                    yield pvalue.TaggedOutput(INPUTS, {"path": path, "bytes": size, "sha256": None,
+                                                       "read_in_ranges": True})
+                self.progress.add("files_done")
+            self.progress.add("bytes_read", sum(c.bytes for _, c in counting) - counted)
             self.progress.flush(force=True)
-            yield pvalue.TaggedOutput(INPUTS, {"path": path, "bytes": hashing.bytes, "sha256": sha})
         except Exception as exc:  # a reader bug must not take the job down
             self.progress.add("files_done")
             self.progress.flush(force=True)
             yield self.outcome(Outcome(RECORD, READ, file=path))
             yield self.outcome(Outcome(RECORD, ERROR, "reader_failed", file=path, offset=last[0],
                                        inner_offset=last[1], message=f"{type(exc).__name__}: {exc}"))
-            yield pvalue.TaggedOutput(INPUTS, {"path": path, "bytes": hashing.bytes, "sha256": None})
+            if r.start == 0:
+                yield pvalue.TaggedOutput(INPUTS, {"path": path, "bytes": sum(c.bytes for _, c in counting),
+                                                   "sha256": None})
+            if not refused[0]:
+                tracker.try_claim(tracker.current_restriction().stop)
 
     def _route(self, rec: ArchiveRecord):
         cfg = self.cfg
