@@ -164,3 +164,16 @@ def test_the_job_reading_in_small_ranges_keeps_the_same_documents_and_statistics
     assert [i["path"] for i in whole] == [i["path"] for i in ranged]
     big = [i for i in ranged if i["bytes"] > 50_000]
     assert big and all(i["sha256"] is None and i["read_in_ranges"] for i in big)
+
+
+def test_only_originals_a_revisit_points_at_go_to_the_join():
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+    from transforms.read import OriginalsNeeded
+    with beam.Pipeline(runner="DirectRunner", options=beam.options.pipeline_options.PipelineOptions(
+            ["--direct_running_mode=in_memory", "--direct_num_workers=1"])) as p:
+        originals = p | "O" >> beam.Create([("sha1:A", "page a"), ("sha1:B", "page b"), ("sha1:C", "image c")])
+        revisits = p | "R" >> beam.Create([("sha1:B", "revisit 1"), ("sha1:B", "revisit 2"), ("sha1:Z", "r3")])
+        assert_that((originals, revisits) | OriginalsNeeded(), equal_to([("sha1:B", "page b")]))
+        none = p | "N" >> beam.Create([]).with_output_types(tuple)
+        assert_that((originals, none) | "NoRevisits" >> OriginalsNeeded(), equal_to([]), label="empty")

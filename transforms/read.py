@@ -341,6 +341,17 @@ class ResolveRevisit(AccountedDoFn):
                                                               payload, prov))
 
 
+class OriginalsNeeded(beam.PTransform):
+    """(originals, revisits), both keyed by payload digest -> the originals whose
+    digest some revisit has. The revisits' digests reach every worker as a side input,
+    so the other originals never cross a shuffle."""
+
+    def expand(self, pcolls):
+        originals, revisits = pcolls
+        wanted = beam.pvalue.AsDict(revisits | "RevisitDigests" >> beam.Map(lambda kv: (kv[0], True)))
+        return originals | "KeepWanted" >> beam.Filter(lambda kv, wanted: kv[0] in wanted, wanted=wanted)
+
+
 class ReadAndResolve(beam.PTransform):
     """Paths -> (pages, image records, outcomes), revisits resolved through a
     CoGroupByKey on the payload digest when enabled."""
@@ -357,7 +368,11 @@ class ReadAndResolve(beam.PTransform):
         self.inputs = read[INPUTS]
         pages, images, outcomes = [read[PAGES]], [read[IMAGES]], [read[OUTCOMES]]
         if self.cfg.resolve_revisits:
-            resolved = ({"revisits": read[REVISITS], "originals": read[ORIGINALS]}
+            # Only the originals some revisit points at cross the join: the digests of the
+            # revisits (a few bytes each; none at all in Common Crawl) go to every reader
+            # of ORIGINALS as a side input, and the rest stay where they were read.
+            originals = (read[ORIGINALS], read[REVISITS]) | "OriginalsARevisitNeeds" >> OriginalsNeeded()
+            resolved = ({"revisits": read[REVISITS], "originals": originals}
                         | "JoinRevisitsOnDigest" >> beam.CoGroupByKey()
                         | "ResolveRevisits" >> beam.ParDo(ResolveRevisit(
                             max(self.cfg.max_html_bytes, self.cfg.max_image_bytes))).with_outputs(
