@@ -229,7 +229,7 @@ def image_source(p: beam.Pipeline, image_records, cfg: CurationConfig) -> beam.P
     f = cfg.fetch
     allowed = read_url_list(p, f.only_urls) if f.only_urls else None
     if f.source == "archive":
-        return InArchiveImages(image_records, cfg.images)
+        return InArchiveImages(image_records, cfg.images, cfg.records.max_image_bytes)
     if f.source == "http":
         return HttpImages(f, cfg.images, cfg.records.max_image_bytes, allowed)
     if f.source == "archive_then_http":

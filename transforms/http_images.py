@@ -136,7 +136,7 @@ class ArchiveThenHttp(beam.PTransform):
     def __init__(self, image_records, image_cfg: ImageConfig, fetch_cfg: FetchConfig, max_bytes: int,
                  allowed=None):
         super().__init__()
-        self.archive = InArchiveImages(image_records, image_cfg)
+        self.archive = InArchiveImages(image_records, image_cfg, max_bytes)
         self.http = HttpImages(fetch_cfg, image_cfg, max_bytes, allowed, not_listed_reason="not_in_archive")
         self.events = self.fetched = None
 

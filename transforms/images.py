@@ -80,10 +80,12 @@ class ListImageReferences(AccountedDoFn):
 
 
 class JudgeEachImageOnce(beam.DoFn):
-    """(url, {refs, records}) -> (doc_id, ImageResult) for every reference."""
+    """(url, {refs, records}) -> (doc_id, ImageResult) for every reference. Records
+    carry where their bytes are; the chosen one is read back by offset."""
 
-    def __init__(self, cfg: ImageConfig):
+    def __init__(self, cfg: ImageConfig, max_bytes: int = 20 * 1024 * 1024):
         self.cfg = cfg
+        self.max_bytes = max_bytes
         self.decoded = Metrics.counter("kosmos", "images.decoded")
         self.shared = Metrics.counter("kosmos", "images.results_shared")
 
@@ -104,11 +106,18 @@ class JudgeEachImageOnce(beam.DoFn):
         # The same URL captured more than once: a fixed choice, whatever the order.
         rec = min(records, key=lambda r: (r.oversize, r.provenance.file, r.provenance.offset,
                                           r.provenance.inner_offset))
+        payload = rec.payload
+        if rec.left_in_archive:
+            payload = self._read_back(rec)
+            if payload is None:
+                for doc_id, pos in refs:
+                    yield doc_id, ImageResult(pos, "unreadable_in_archive", None, rec.provenance)
+                return
         if rec.oversize:
             verdict, stored = None, None
             reason, scores = "too_large", {}
         else:
-            verdict, stored = judge_image(rec.payload, self.cfg)
+            verdict, stored = judge_image(payload, self.cfg)
             self.decoded.inc()
             reason, scores = (None if verdict.keep else verdict.reason), verdict.scores
         refs = list(refs)
@@ -120,20 +129,34 @@ class JudgeEachImageOnce(beam.DoFn):
             yield from decode_events(url, refs)
 
 
-class InArchiveImages(beam.PTransform):
-    """Image source: the image records of the input archives, joined on URL."""
+    def _read_back(self, rec):
+        """The image's bytes from its archive, or None when they cannot be read there
+        any more (the file moved or changed since the job read it)."""
+        from transforms.remote import read_record_at
+        where = rec.provenance
+        try:
+            back = read_record_at(where.file, where.offset, where.inner_offset, self.max_bytes)
+        except Exception:  # noqa: BLE001 - any I/O failure ends as the reason below
+            return None
+        return back.payload if back is not None else None
 
-    def __init__(self, image_records, cfg: ImageConfig):
+
+class InArchiveImages(beam.PTransform):
+    """Image source: the image records of the input archives, joined on URL (their
+    locations, not their bytes: see ``ImageRecord.left_in_archive``)."""
+
+    def __init__(self, image_records, cfg: ImageConfig, max_bytes: int = 20 * 1024 * 1024):
         super().__init__()
         self.image_records = image_records
         self.cfg = cfg
+        self.max_bytes = max_bytes
 
     def expand(self, refs):
         keyed = self.image_records | "KeyImageRecordsByUrl" >> beam.Map(
             lambda r: (normalize_url(r.url), r))
         judged = ({"refs": refs, "records": keyed}
                   | "JoinReferencesWithRecords" >> beam.CoGroupByKey()
-                  | "JudgeEachImageOnce" >> beam.ParDo(JudgeEachImageOnce(self.cfg)).with_outputs(
+                  | "JudgeEachImageOnce" >> beam.ParDo(JudgeEachImageOnce(self.cfg, self.max_bytes)).with_outputs(
                       EVENTS, main="results"))
         self.events = judged[EVENTS]
         return judged["results"]

@@ -270,8 +270,12 @@ class ReadArchives(AccountedDoFn, beam.transforms.core.RestrictionProvider):
             if cfg.resolve_revisits and rec.payload_digest and not oversize:
                 yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original("image", ctype, prov)))
             yield self.outcome(Outcome(RECORD, IMAGE_SOURCE, file=rec.file, offset=rec.offset, url=rec.target_uri))
+            # A record that starts its own gzip member (or an uncompressed file) is cheap
+            # to read again by offset: only its location crosses the URL join.
+            left = not oversize and rec.inner_offset == 0
             yield pvalue.TaggedOutput(IMAGES, ImageRecord(rec.target_uri, rec.date, ctype,
-                                                          b"" if oversize else rec.payload, prov, oversize))
+                                                          b"" if oversize or left else rec.payload, prov, oversize,
+                                                          left_in_archive=left))
         elif kind.startswith("error:"):
             if cfg.resolve_revisits and rec.payload_digest:
                 yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original(kind[6:], ctype, prov)))

@@ -73,6 +73,10 @@ class ImageRecord:
     payload: bytes
     provenance: Provenance
     oversize: bool = False
+    # The bytes stayed in the archive (``payload`` empty): the URL join moves only
+    # where they are, and the one record chosen for a referenced URL is read back by
+    # offset (transforms/images.py). Records inside a whole-file gzip carry them.
+    left_in_archive: bool = False
 
 
 @dataclass
