@@ -337,3 +337,18 @@ def test_quick_gelu_follows_the_weights():
         big = CLIPVisionEncoder("ViT-L-14", None, quick_gelu=quick_gelu_for("ViT-L-14", "openai"))
     assert any(isinstance(m, QuickGELU) for m in big.visual.modules())
     assert open_clip.get_pretrained_cfg("ViT-L-14", "openai").get("quick_gelu") is True
+
+
+def test_score_with_precomputed_image_embeddings_equals_score_with_pixels():
+    """Zero-shot classification encodes an image once for all its class names."""
+    model = tiny_model(6)
+    ids = model.ids
+    torch.manual_seed(2)
+    image = torch.randn(1, 3, 224, 224)
+    ctx = [ids.bos] + ids.image_block(8) + [20, 21]
+    conts = [[30], [31, 32], [33, 34, 35]]
+    slow = model.score([ctx] * 3, conts, images=image.repeat(3, 1, 1, 1))
+    with torch.no_grad():
+        emb = model.encode_images(image)
+    fast = model.score([ctx] * 3, conts, image_embeds=emb.repeat(3, 1, 1))
+    assert fast == pytest.approx(slow, abs=1e-5)

@@ -322,13 +322,22 @@ class Evaluator:
         descriptions = json.loads(_read_text(self.s.descriptions)) if self.s.descriptions else {}
         preface = [f"{c}: {descriptions[c]}" for c in classes if c in descriptions]
         rows, right = [], 0
+        device = self.model.decoder.embed_tokens.weight.device
         for ex in examples:
             try:
-                context = preface + [self._image(_image_path(self.s.images_root, ex["image"])), CLASSIFY_PROMPT]
+                ids, pixels = self.prompter.encode(
+                    preface + [self._image(_image_path(self.s.images_root, ex["image"])), CLASSIFY_PROMPT])
             except Exception as exc:
                 rows.append({"id": ex["id"], "error": f"{type(exc).__name__}: {exc}"})
                 continue
-            scores = [s for s, _ in self._score_rows([context] * len(classes), classes)]
+            # the image is encoded once and its embeddings reused for every class name
+            with torch.no_grad():
+                emb = self.model.encode_images(torch.stack(pixels).to(device))
+            scores = []
+            for names in _batches(classes, self.s.batch_size):
+                conts = [self.tok.encode(" " + c.strip()) or [self.tok.ids.unk] for c in names]
+                scores += self.model.score([ids] * len(names), conts,
+                                           image_embeds=emb.repeat(len(names), 1, 1))
             best = classes[max(range(len(classes)), key=lambda i: (scores[i], -i))]
             right += int(best == str(ex["label"]))
             rows.append({"id": ex["id"], "prediction": best, "label": str(ex["label"])})

@@ -229,10 +229,11 @@ class KosmosModel(nn.Module):
     # -- scoring -----------------------------------------------------------------------
     @torch.no_grad()
     def score(self, contexts: List[List[int]], continuations: List[List[int]],
-              images: Optional[torch.Tensor] = None) -> List[float]:
+              images: Optional[torch.Tensor] = None, image_embeds: Optional[torch.Tensor] = None) -> List[float]:
         """Sum of log P(continuation | context) per row (likelihood ranking for
         classification and multiple choice). Rows are right-padded: causal attention
-        never sees the padding after a row's last token."""
+        never sees the padding after a row's last token. ``image_embeds`` (resampled,
+        rows' images in order) spares encoding one image again for every candidate."""
         was_training = self.training
         self.eval()
         try:
@@ -240,7 +241,8 @@ class KosmosModel(nn.Module):
             full = [list(c) + list(x) for c, x in zip(contexts, continuations)]
             width = max(len(f) for f in full)
             ids = torch.tensor([f + [self.ids.pad] * (width - len(f)) for f in full], device=device)
-            logits, _ = self.decoder(embeds=self.embed(ids, None if images is None else images.to(device)))
+            logits, _ = self.decoder(embeds=self.embed(ids, None if images is None else images.to(device),
+                                                       image_embeds))
             lp = F.log_softmax(logits.float(), -1)
             out = []
             for r, (c, x) in enumerate(zip(contexts, continuations)):
