@@ -223,12 +223,25 @@ class PagesToCandidates(beam.PTransform):
         self.progress_dir = progress_dir
 
     def expand(self, pages):
-        cheap = pages | "CheapChecks(size,img,language)" >> beam.ParDo(
-            CheapPageChecks(self.cfg)).with_outputs(OUTCOMES, main="pages")
-        extracted = cheap["pages"] | "ExtractAndFilterText" >> beam.ParDo(
-            ExtractDocuments(self.cfg, self.progress_dir)).with_outputs(
-                OUTCOMES, TEXT_DOCS, PAIRS, main="candidates")
-        outcomes = (cheap[OUTCOMES], extracted[OUTCOMES]) | "PageOutcomes" >> beam.Flatten()
-        self.text_documents = extracted[TEXT_DOCS]
-        self.pairs = extracted[PAIRS]
-        return extracted["candidates"], outcomes
+        """``pages``: a PCollection, or a tuple of them (the pages as read, the pages
+        of resolved revisits): each part is checked and extracted in the stage that
+        made it, so no page waits in a Flatten's buffer; the results are joined."""
+        parts = pages if isinstance(pages, tuple) else (pages,)
+        candidates, outcomes, texts, pairs = [], [], [], []
+        for n, part in enumerate(parts):
+            tag = "" if n == 0 else f" [{n}]"
+            cheap = part | f"CheapChecks(size,img,language){tag}" >> beam.ParDo(
+                CheapPageChecks(self.cfg)).with_outputs(OUTCOMES, main="pages")
+            extracted = cheap["pages"] | f"ExtractAndFilterText{tag}" >> beam.ParDo(
+                ExtractDocuments(self.cfg, self.progress_dir)).with_outputs(
+                    OUTCOMES, TEXT_DOCS, PAIRS, main="candidates")
+            candidates.append(extracted["candidates"])
+            outcomes += [cheap[OUTCOMES], extracted[OUTCOMES]]
+            texts.append(extracted[TEXT_DOCS])
+            pairs.append(extracted[PAIRS])
+
+        def joined(pcolls, label):
+            return pcolls[0] if len(pcolls) == 1 else tuple(pcolls) | label >> beam.Flatten()
+        self.text_documents = joined(texts, "AllTextDocuments")
+        self.pairs = joined(pairs, "AllPairCandidates")
+        return joined(candidates, "AllCandidates"), tuple(outcomes) | "PageOutcomes" >> beam.Flatten()

@@ -357,8 +357,8 @@ class OriginalsNeeded(beam.PTransform):
 
 
 class ReadAndResolve(beam.PTransform):
-    """Paths -> (pages, image records, outcomes), revisits resolved through a
-    CoGroupByKey on the payload digest when enabled."""
+    """Paths -> (pages: a tuple of PCollections, image records, outcomes), revisits
+    resolved through a CoGroupByKey on the payload digest when enabled."""
 
     def __init__(self, cfg: RecordConfig, progress_dir: Optional[str] = None):
         super().__init__()
@@ -384,6 +384,11 @@ class ReadAndResolve(beam.PTransform):
             pages.append(resolved[PAGES])
             images.append(resolved[IMAGES])
             outcomes.append(resolved[OUTCOMES])
-        return (tuple(pages) | "AllPages" >> beam.Flatten(),
+        # The pages are handed on as they are, one PCollection per producer: a Flatten of
+        # two stages' outputs is a buffer that Beam's local runner holds whole in memory
+        # (measured: all pages of the input at once), and pages are the heaviest thing
+        # the job moves. ``PagesToCandidates`` processes each part in the stage that
+        # made it and joins only the far smaller results.
+        return (tuple(pages),
                 tuple(images) | "AllImageRecords" >> beam.Flatten(),
                 tuple(outcomes) | "ReadOutcomes" >> beam.Flatten())
