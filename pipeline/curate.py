@@ -38,7 +38,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from filters.config import CurationConfig
 from pipeline.inputs import DEFAULT_PATHS_PREFIX, expand_inputs
-from transforms.accounting import OUTCOMES, CountOutcomes, SampleRejects, error_line, summarize
+from transforms.accounting import OUTCOMES, AccountOutcomes, summarize
 from pipeline.schema import PAIR_SCHEMA, SUCCESS_MARKER, TEXT_SCHEMA
 from transforms.assemble import AssembleDocument
 from transforms.corpora import PairsBeforeImages, PairsWithImages, TextRow
@@ -49,7 +49,7 @@ from transforms.images import SETTLED, FetchImages, InArchiveImages, ListImageRe
 from transforms.pages import PagesToCandidates
 from transforms.progress import ProgressPrinter, open_terminal
 from transforms.read import ReadAndResolve
-from transforms.records import ERROR, TEXT, is_pair_ref
+from transforms.records import TEXT, is_pair_ref
 from transforms.write import WriteShardedLines, WriteShards, WriteSortedLines, atomic_write
 
 DOCUMENTS_DIR = "documents"
@@ -129,20 +129,14 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
 
     (tuple(audits) | "AllDuplicateLines" >> beam.Flatten()
      | "WriteDuplicates" >> WriteShardedLines(FileSystems.join(output, "duplicates"), out.num_shards))
-    outcomes = ((read_outcomes, page_outcomes, dedup_outcomes, refs[OUTCOMES], assembled[OUTCOMES],
-                 *extra_outcomes)
-                | "AllOutcomes" >> beam.Flatten())
-    (outcomes
-     | "OnlyErrors" >> beam.Filter(lambda o: o.status == ERROR)
-     | "ErrorLines" >> beam.Map(error_line)
-     | "WriteErrors" >> WriteSortedLines(FileSystems.join(output, "errors.jsonl")))
-
-    (outcomes
-     | "SampleRejects" >> SampleRejects(cfg.audit.samples_per_reason, cfg.audit.seed)
+    counts, samples, error_lines = ((read_outcomes, page_outcomes, dedup_outcomes, refs[OUTCOMES],
+                                     assembled[OUTCOMES], *extra_outcomes)
+                                    | "AccountOutcomes" >> AccountOutcomes(cfg.audit.samples_per_reason,
+                                                                           cfg.audit.seed))
+    error_lines | "WriteErrors" >> WriteSortedLines(FileSystems.join(output, "errors.jsonl"))
+    (samples
      | "CollectSamples" >> beam.combiners.ToList()
      | "WriteSamples" >> beam.Map(write_reject_samples, FileSystems.join(output, "rejects", "samples.parquet")))
-
-    counts = outcomes | "CountOutcomes" >> CountOutcomes()
     config_json = cfg.to_json()
 
     def write_stats(counts: Dict[str, int], manifest: Dict, text_manifest=None, pairs_manifest=None) -> Dict:
@@ -244,7 +238,9 @@ def write_reject_samples(rows: List[Dict], path: str) -> int:
     import pyarrow.parquet as pq
 
     from pipeline.schema import REJECT_SCHEMA
-    rows = sorted(rows, key=lambda r: (r["level"], r["status"], r["reason"], r["sample_key"]))
+    # the whole row breaks ties: two outcomes of one record (two captions of a page) share a key
+    rows = sorted(rows, key=lambda r: (r["level"], r["status"], r["reason"], r["sample_key"],
+                                       json.dumps(r, sort_keys=True, default=str)))
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), buf, compression="zstd")
     atomic_write(path, buf.getvalue())

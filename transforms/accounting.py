@@ -73,14 +73,53 @@ def summarize(counts: Dict[str, int]) -> Dict:
     return levels
 
 
-class CountOutcomes(beam.PTransform):
-    """Outcome events -> one dict of exact counts keyed ``level/status/reason``."""
+class AccountOutcomes(beam.PTransform):
+    """The outcome PCollections of every stage -> (counts dict, reject sample rows,
+    error lines). Each stage's outcomes are reduced where they are made (counts summed,
+    samples cut to ``n`` per reason, errors turned into lines) and only those small
+    results are flattened: a Flatten of many stages' outcomes is one buffer that Beam's
+    local runner holds whole, several outcomes for every record of the input."""
 
-    def expand(self, outcomes):
-        return (outcomes
-                | "KeyByOutcome" >> beam.Map(lambda o: (o.key, 1))
-                | "SumPerOutcome" >> beam.CombinePerKey(sum)
-                | "AllCounts" >> beam.combiners.ToDict())
+    def __init__(self, n: int, seed: int):
+        super().__init__()
+        self.n = n
+        self.seed = seed
+
+    def expand(self, parts):
+        seed, n = self.seed, self.n
+        counts, samples, errors = [], [], []
+
+        def leaves(x):          # parts may nest: a stage hands on its outcomes as a tuple
+            if isinstance(x, (tuple, list)):
+                for y in x:
+                    yield from leaves(y)
+            else:
+                yield x
+        for i, pc in enumerate(leaves(parts)):
+            counts.append(pc
+                          | f"KeyByOutcome {i}" >> beam.Map(lambda o: (o.key, 1))
+                          | f"SumPerOutcome {i}" >> beam.CombinePerKey(sum))
+            samples.append(pc
+                           | f"OnlyRejects {i}" >> beam.Filter(lambda o: o.status in (DROPPED, ERROR))
+                           | f"KeyByReason {i}" >> beam.Map(lambda o: (o.key, (sample_key(o, seed), o)))
+                           | f"SmallestHashes {i}" >> beam.combiners.Top.PerKey(n, key=lambda kv: kv[0],
+                                                                                 reverse=True))
+            errors.append(pc
+                          | f"OnlyErrors {i}" >> beam.Filter(lambda o: o.status == ERROR)
+                          | f"ErrorLines {i}" >> beam.Map(error_line))
+        total = (tuple(counts) | "AllStageCounts" >> beam.Flatten()
+                 | "SumPerOutcome" >> beam.CombinePerKey(sum)
+                 | "AllCounts" >> beam.combiners.ToDict())
+        rows = (tuple(samples) | "AllStageSamples" >> beam.Flatten()
+                | "Candidates" >> beam.FlatMap(lambda kv: [(kv[0], item) for item in kv[1]])
+                | "SmallestHashes" >> beam.combiners.Top.PerKey(n, key=lambda kv: kv[0], reverse=True)
+                | "ToRows" >> beam.FlatMap(lambda kv: [sample_row(o, k) for k, o in kv[1]]))
+        lines = tuple(errors) | "AllErrorLines" >> beam.Flatten()
+        return total, rows, lines
+
+
+def sample_row(o: Outcome, key: str) -> Dict:
+    return {name: key if name == "sample_key" else getattr(o, name) for name in REJECT_SCHEMA.names}
 
 
 def error_line(o: Outcome) -> str:
@@ -92,25 +131,3 @@ def error_line(o: Outcome) -> str:
 def sample_key(o: Outcome, seed: int) -> str:
     return hashlib.sha256(f"{seed}|{o.level}|{o.reason}|{o.url}|{o.file}|{o.offset}|{o.inner_offset}"
                           .encode("utf-8")).hexdigest()
-
-
-class SampleRejects(beam.PTransform):
-    """Outcomes -> a bounded, seeded sample of the drops and errors of each reason
-    (the ``n`` smallest seeded hashes per reason: the same sample on every runner)."""
-
-    def __init__(self, n: int, seed: int):
-        super().__init__()
-        self.n = n
-        self.seed = seed
-
-    def expand(self, outcomes):
-        seed, n = self.seed, self.n
-
-        def row(o: Outcome, key: str) -> Dict:
-            return {name: key if name == "sample_key" else getattr(o, name) for name in REJECT_SCHEMA.names}
-
-        return (outcomes
-                | "OnlyRejects" >> beam.Filter(lambda o: o.status in (DROPPED, ERROR))
-                | "KeyByReason" >> beam.Map(lambda o: (o.key, (sample_key(o, seed), o)))
-                | "SmallestHashes" >> beam.combiners.Top.PerKey(n, key=lambda kv: kv[0], reverse=True)
-                | "ToRows" >> beam.FlatMap(lambda kv: [row(o, k) for k, o in kv[1]]))

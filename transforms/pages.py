@@ -244,4 +244,4 @@ class PagesToCandidates(beam.PTransform):
             return pcolls[0] if len(pcolls) == 1 else tuple(pcolls) | label >> beam.Flatten()
         self.text_documents = joined(texts, "AllTextDocuments")
         self.pairs = joined(pairs, "AllPairCandidates")
-        return joined(candidates, "AllCandidates"), tuple(outcomes) | "PageOutcomes" >> beam.Flatten()
+        return joined(candidates, "AllCandidates"), tuple(outcomes)     # outcomes: see AccountOutcomes

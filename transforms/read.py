@@ -357,8 +357,9 @@ class OriginalsNeeded(beam.PTransform):
 
 
 class ReadAndResolve(beam.PTransform):
-    """Paths -> (pages: a tuple of PCollections, image records, outcomes), revisits
-    resolved through a CoGroupByKey on the payload digest when enabled."""
+    """Paths -> (pages, image records, outcomes; pages and outcomes as tuples of
+    PCollections), revisits resolved through a CoGroupByKey on the payload digest
+    when enabled."""
 
     def __init__(self, cfg: RecordConfig, progress_dir: Optional[str] = None):
         super().__init__()
@@ -391,4 +392,4 @@ class ReadAndResolve(beam.PTransform):
         # made it and joins only the far smaller results.
         return (tuple(pages),
                 tuple(images) | "AllImageRecords" >> beam.Flatten(),
-                tuple(outcomes) | "ReadOutcomes" >> beam.Flatten())
+                tuple(outcomes))              # outcomes: reduced per stage by AccountOutcomes
