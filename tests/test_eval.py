@@ -86,8 +86,8 @@ def trained(shared_run, tmp_path_factory):
     for name, part in (("train_text", rows[:half]), ("val_text", rows[half:])):
         (base / name).mkdir()
         pq.write_table(pa.Table.from_pylist(part, schema=TEXT_SCHEMA), base / name / "part-0.parquet")
-    tok = train_tokenizer(dataset_texts([str(run / "documents"), str(run / "pairs"), str(base / "train_text")]),
-                          str(base / "tok"), 400, threads=1)
+    train_tokenizer(dataset_texts([str(run / "documents"), str(run / "pairs"), str(base / "train_text")]),
+                    str(base / "tok"), 400, threads=1)
     cfg = TrainConfig().override({
         "model.config": "tiny", "data.seq_len": 128, "data.micro_batch_size": 2, "data.num_workers": 0,
         "data.interleaved": [str(run / "documents")], "data.pairs": [str(run / "pairs")],
@@ -198,14 +198,14 @@ def test_few_shot_prompts_carry_the_demonstrations(trained, tmp_path):
                      max_new_tokens=4)
     seen = []
     evaluator = Evaluator(model, tok, s, cfg.data.image_size, cfg.data.seq_len)
-    real = evaluator._generate
+    real = evaluator.prompter.encode
 
-    def spy(prompts, beams, max_new):
-        seen.extend(prompts)
-        return real(prompts, beams, max_new)
-    evaluator._generate = spy
+    def spy(parts, bos=True):
+        seen.append(list(parts))
+        return real(parts, bos)
+    evaluator.prompter.encode = spy
     rows, summary = evaluator.run()
-    assert summary["shots"] == 2 and summary["failed"] == 0
+    assert summary["shots"] == 2 and summary["failed"] == 0 and len(seen) == summary["examples"]
     # two demonstrations (image + "An image of {caption}.") then the query (image + "An image of")
     assert all(len(p) == 6 and p[-1] == "An image of" and p[1].startswith("An image of ") for p in seen)
 

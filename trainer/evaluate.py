@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
-from trainer.inference import ImagePart, Prompter
+from trainer.inference import Prompter
 from trainer.shards import url_to_fs
 
 log = logging.getLogger(__name__)
@@ -205,25 +205,31 @@ class Evaluator:
             out += reader(self.s, path)
         return out[:self.s.limit] if self.s.limit else out
 
-    def _generate(self, prompts: List[List[Any]], beams: int, max_new: int) -> List[str]:
-        ids, images = self.prompter.batch(prompts)
-        out = self.model.generate(ids, images, max_new_tokens=max_new, num_beams=beams)
+    def _generate_encoded(self, encoded, beams: int, max_new: int) -> List[str]:
+        """Text continuations of prompts already encoded: [(ids, images), ...]."""
+        ids = [i for i, _ in encoded]
+        images = [im for _, ims in encoded for im in ims]
+        out = self.model.generate(ids, torch.stack(images) if images else None, max_new_tokens=max_new,
+                                  num_beams=beams)
         return [self.tok.decode(o).strip() for o in out]
 
     def _run_generation(self, examples, build: Callable, post: Callable, beams: int, max_new: int):
-        """Predictions per example; an example whose prompt cannot be built (an image
+        """Predictions per example, a batch at a time (images are read and decoded per
+        batch, never all at once); an example whose prompt cannot be made (an image
         that is missing or undecodable) is reported with its error and left out."""
         preds: Dict[str, str] = {}
         errors: Dict[str, str] = {}
-        ready = []
-        for ex in examples:
-            try:
-                ready.append((ex, build(ex)))
-            except Exception as exc:        # a missing/undecodable image: that example fails, the run goes on
-                errors[ex["id"]] = f"{type(exc).__name__}: {exc}"
-        for batch in _batches(ready, self.s.batch_size):
-            texts = self._generate([p for _, p in batch], beams, max_new)
-            for (ex, _), text in zip(batch, texts):
+        for batch in _batches(examples, self.s.batch_size):
+            ready = []
+            for ex in batch:
+                try:
+                    ready.append((ex, self.prompter.encode(build(ex))))    # (ids, decoded images)
+                except Exception as exc:    # a missing/undecodable image: that example fails, the run goes on
+                    errors[ex["id"]] = f"{type(exc).__name__}: {exc}"
+            if not ready:
+                continue
+            texts = self._generate_encoded([enc for _, enc in ready], beams, max_new)
+            for (ex, _), text in zip(ready, texts):
                 preds[ex["id"]] = post(text)
         return preds, errors
 

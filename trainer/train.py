@@ -265,7 +265,6 @@ class Trainer:
             m["max_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
         return m
 
-
     # -- validation ----------------------------------------------------------------------
     def validate(self) -> Dict[str, Any]:
         """Mean next-token loss on the held-out datasets (``data.val_*``), per source and
