@@ -175,18 +175,21 @@ def test_caption_and_vqa_scores_are_finite_and_deterministic(trained, tmp_path):
     # VQA: the hand-made questions refer to images by content hash; the set here holds some of them
     names = {p.name for p in (ev / "images").iterdir()}
     rows = [json.loads(x) for x in VQA.read_text().splitlines()]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
     rows = [r for r in rows if Path(r["image"]).name in names] + [
-        {"id": "missing", "image": "images/nowhere.jpg", "question": "What?", "answers": ["x"] * 10}]
+        {"id": "missing", "image": "images/nowhere.jpg", "question": "What?", "answers": ["x"] * 10},
+        {"id": "undecodable", "image": str(bad), "question": "What?", "answers": ["x"] * 10}]
     vqa = tmp_path / "vqa.jsonl"
     vqa.write_text("".join(json.dumps(r) + "\n" for r in rows))
     v1 = _eval(trained, tmp_path / "v1", task="vqa", data=[str(vqa)], images_root=str(ev))
     v2 = _eval(trained, tmp_path / "v2", task="vqa", data=[str(vqa)], images_root=str(ev), batch_size=1)
-    assert v1["examples"] == len(rows) and v1["failed"] == 1          # the missing image is reported, not fatal
+    assert v1["examples"] == len(rows) and v1["failed"] == 2          # reported, not fatal
     assert 0.0 <= v1["scores"]["accuracy"] <= 1.0
     assert v1["scores"] == v2["scores"]                               # batched == one at a time
     errors = [json.loads(x) for x in (tmp_path / "v1" / "predictions.jsonl").read_text().splitlines()
               if "error" in json.loads(x)]
-    assert errors[0]["id"] == "missing" and "nowhere.jpg" in errors[0]["error"]
+    assert [e["id"] for e in errors] == ["missing", "undecodable"] and "nowhere.jpg" in errors[0]["error"]
 
 
 def test_few_shot_prompts_carry_the_demonstrations(trained, tmp_path):
