@@ -23,7 +23,7 @@ SOURCES = ("text", "pairs", "interleaved", "instructions")
 class ModelSection:
     config: str = "kosmos-1"                 # trainer.model.config name: kosmos-1 | tiny
     vision_pretrained: Optional[str] = None  # open_clip tag ("openai") or a local checkpoint path
-    vision_quick_gelu: Optional[bool] = None # None: the weights' own (QuickGELU for OpenAI's); true | false
+    vision_quick_gelu: Optional[bool] = None  # None: the weights' own (QuickGELU for OpenAI's); true | false
     dropout: Optional[float] = None          # None: the model config's (kosmos-1: 0.1)
     activation_checkpointing: bool = False   # recompute each decoder layer in the backward pass
     compile: bool = False                    # torch.compile each decoder layer

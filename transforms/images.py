@@ -128,7 +128,6 @@ class JudgeEachImageOnce(beam.DoFn):
         if not rec.oversize:
             yield from decode_events(url, refs)
 
-
     def _read_back(self, rec):
         """The image's bytes from its archive, or None when they cannot be read there
         any more (the file moved or changed since the job read it)."""
