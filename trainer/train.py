@@ -108,15 +108,25 @@ class MetricsWriter:
             from tqdm import tqdm
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 
-    def write(self, m: Dict[str, Any], line: bool) -> None:
-        if not self.enabled:
-            return
+    def _record(self, m: Dict[str, Any]) -> None:
+        """One line of ``metrics.jsonl`` and its numbers in TensorBoard."""
         self.fh.write(json.dumps(m, sort_keys=True) + "\n")
         self.fh.flush()
         if self.tb is not None:
             for k, v in m.items():
                 if isinstance(v, (int, float)) and k != "step":
                     self.tb.add_scalar(k.replace(".", "/"), v, m["step"])
+
+    def _say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def write(self, m: Dict[str, Any], line: bool) -> None:
+        if not self.enabled:
+            return
+        self._record(m)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}", refresh=False)
@@ -124,29 +134,16 @@ class MetricsWriter:
             per = " ".join(f"{k[5:]} {v:.4f}" for k, v in sorted(m.items()) if k.startswith("loss.")
                            and isinstance(v, float))
             mfu = f" mfu {m['mfu']:.1%}" if "mfu" in m else ""
-            text = (f"step {m['step']:>6d}  loss {m['loss']:.4f}  [{per}]  lr {m['lr']:.3e}  "
-                    f"grad norm {m['grad_norm']:.3f}  {m['tokens_per_s']:,.0f} tok/s{mfu}")
-            if self.bar is not None:
-                self.bar.write(text)
-            else:
-                print(text, flush=True)
+            self._say(f"step {m['step']:>6d}  loss {m['loss']:.4f}  [{per}]  lr {m['lr']:.3e}  "
+                      f"grad norm {m['grad_norm']:.3f}  {m['tokens_per_s']:,.0f} tok/s{mfu}")
 
     def write_validation(self, m: Dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self.fh.write(json.dumps(m, sort_keys=True) + "\n")
-        self.fh.flush()
-        if self.tb is not None:
-            for k, v in m.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(k.replace(".", "/"), v, m["step"])
+        self._record(m)
         per = " ".join(f"{k[9:]} {v:.4f}" for k, v in sorted(m.items()) if k.startswith("val_loss."))
-        text = f"validation at step {m['step']}: loss {m['val_loss']:.4f}  [{per}]" + (
-            "  (best so far)" if m.get("best") else "")
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            print(text, flush=True)
+        self._say(f"validation at step {m['step']}: loss {m['val_loss']:.4f}  [{per}]"
+                  + ("  (best so far)" if m.get("best") else ""))
 
     def close(self) -> None:
         for x in (self.bar, self.tb, self.fh):
