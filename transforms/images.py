@@ -83,9 +83,9 @@ class JudgeEachImageOnce(beam.DoFn):
     """(url, {refs, records}) -> (doc_id, ImageResult) for every reference. Records
     carry where their bytes are; the chosen one is read back by offset."""
 
-    def __init__(self, cfg: ImageConfig, max_bytes: int = 20 * 1024 * 1024):
+    def __init__(self, cfg: ImageConfig, max_bytes: int):
         self.cfg = cfg
-        self.max_bytes = max_bytes
+        self.max_bytes = max_bytes          # records.max_image_bytes
         self.decoded = Metrics.counter("kosmos", "images.decoded")
         self.shared = Metrics.counter("kosmos", "images.results_shared")
 
@@ -144,7 +144,7 @@ class InArchiveImages(beam.PTransform):
     """Image source: the image records of the input archives, joined on URL (their
     locations, not their bytes: see ``ImageRecord.left_in_archive``)."""
 
-    def __init__(self, image_records, cfg: ImageConfig, max_bytes: int = 20 * 1024 * 1024):
+    def __init__(self, image_records, cfg: ImageConfig, max_bytes: int):
         super().__init__()
         self.image_records = image_records
         self.cfg = cfg

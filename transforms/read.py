@@ -170,7 +170,6 @@ class ReadArchives(AccountedDoFn, beam.transforms.core.RestrictionProvider):
     def process(self, path: str, tracker=beam.DoFn.RestrictionParam()):
         cfg = self.cfg
         r = tracker.current_restriction()
-        whole = r.start == 0 and (r.stop == UNKNOWN_SIZE or r.stop >= file_size(path))
         try:
             layout = archive_layout(lambda offset: open_input(path, offset))
         except Exception as exc:  # missing file, permissions, bad URL
@@ -214,8 +213,10 @@ class ReadArchives(AccountedDoFn, beam.transforms.core.RestrictionProvider):
             if not refused[0]:
                 tracker.try_claim(tracker.current_restriction().stop)     # the range is done
             if r.start == 0:
+                # read whole: this range reached the end of the file without being cut,
+                # and the file ends inside it (not read past its end to a boundary)
                 from_start = [c for off, c in counting if off == 0]
-                if whole and not refused[0] and from_start:
+                if not refused[0] and from_start and from_start[0].eof and from_start[0].bytes <= r.stop:
                     sha = from_start[0].finish()
                     yield pvalue.TaggedOutput(INPUTS, {"path": path, "bytes": from_start[0].bytes, "sha256": sha})
                 else:        # read in ranges: no one pass sees every byte

@@ -428,9 +428,8 @@ class ArchiveReader:
         self.stream = _Stream(raw, name, base)
         self.base = base
         self._line_start = True
-        # The last WARC record read began where a range's reader could start (a line
-        # start, a whole header with WARC-Type and Content-Length): see ``sync_point``.
-        self.last_header_sync = False
+        # The last WARC header read: (at a line start, its bytes), for ``last_header_sync``.
+        self._last_header: Tuple[bool, bytes] = (False, b"")
         self.name = name
         self.max_payload = max_payload_bytes
         self.keep_types = set(keep_payload_types)
@@ -479,6 +478,12 @@ class ArchiveReader:
         yield from self._drain_errors(final=True)
         if bad_at is not None:
             yield self._bad(bad_at)
+
+    def last_header_sync(self) -> bool:
+        """Did the last WARC record read begin where a range's reader could start (a
+        line start, a whole header with WARC-Type and Content-Length; see ``sync_point``)?"""
+        line_start, header = self._last_header
+        return line_start and _is_warc_start(header, full_header=True)
 
     @staticmethod
     def _arc_match(line: bytes):
@@ -622,8 +627,7 @@ class ArchiveReader:
                 return ReadError(self.name, off, inner, "truncated_record",
                                  f"WARC header at offset {off}+{inner} ends before its blank line")
             if line in (b"\r\n", b"\n"):
-                self.last_header_sync = self._line_start and _is_warc_start(
-                    version_line + b"".join(lines) + line, full_header=True)
+                self._last_header = (self._line_start, version_line + b"".join(lines) + line)
                 break
             size += len(line)
             if size > MAX_HEADER_BYTES:
@@ -863,7 +867,7 @@ def _at_sync_point(item: Item, layout: str, reader: "ArchiveReader", opener) -> 
             return False
         if layout == "gzip":
             return True      # it was read from the start of a member that begins with its header
-        return reader.last_header_sync
+        return reader.last_header_sync()
     return sync_point(opener, layout, item.offset, item.offset + 1) == item.offset      # rare: errors
 
 
