@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "filters", "filters.*",
+    packages=find_packages(include=["contract", "contract.*", "pipeline", "pipeline.*", "transforms", "transforms.*", "filters", "filters.*",
                                     "trainer", "trainer.*"]),
     package_data={"trainer": ["configs/*.json", "model/configs/*.json"]},
     install_requires=[

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-from transforms.read import classify  # noqa: E402
+from filters.records import classify  # noqa: E402
 from transforms.warc import ArchiveRecord, iter_archive, warc_response_record  # noqa: E402
 
 HOSTS = 32
@@ -59,7 +59,7 @@ def base_pages():
     out = []
     with open(SHARED / "pages-eval" / "trafilatura-eval-dev-00.warc.gz", "rb") as fh:
         for item in iter_archive(fh, "eval"):
-            if isinstance(item, ArchiveRecord) and classify(item) == "page":
+            if isinstance(item, ArchiveRecord) and classify(item).kind.value == "page":
                 out.append((item.target_uri, item.payload))
     for path in sorted((SHARED / "html").glob("*.html")):
         out.append((f"https://{path.stem.split('__', 1)[-1]}/", path.read_bytes()))
@@ -84,7 +84,7 @@ def image_images():
     for path in sorted((SHARED / "warc").glob("*")):
         with open(path, "rb") as fh:
             for item in iter_archive(fh, str(path)):
-                if (isinstance(item, ArchiveRecord) and classify(item) == "image" and len(item.payload) > 2000
+                if (isinstance(item, ArchiveRecord) and classify(item).kind.value == "image" and len(item.payload) > 2000
                         and item.mime in ("image/jpeg", "image/png", "image/gif", "image/webp")):
                     out.append((item.mime or "image/jpeg", item.payload))
     return out

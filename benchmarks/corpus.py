@@ -17,7 +17,7 @@ def corpus(out: Path = ROOT / "out" / "bench-corpus"):
     docs, tok = out / "run" / "documents", out / "tokenizer.model"
     if not (docs / "_manifest.json").exists():
         from filters.config import CurationConfig
-        from pipeline.curate import run_curation
+        from pipeline.run import run_curation
         warcs = sorted(str(p) for p in (ROOT / "data" / "sample" / "warc").iterdir() if not p.name.endswith(".md"))
         run_curation(warcs, str(out / "run"), CurationConfig(), ["--runner=DirectRunner"], num_workers=2,
                      worker_log=os.devnull, overwrite=True)

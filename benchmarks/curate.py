@@ -33,7 +33,7 @@ from filters.html import decode_html, extract_content, has_img_tag, rough_text  
 from filters.images import judge_image  # noqa: E402
 from filters.language import LanguageIdentifier, language_filter  # noqa: E402
 from filters.text_quality import filter_document_text, filter_paragraphs  # noqa: E402
-from transforms.read import classify  # noqa: E402
+from filters.records import classify  # noqa: E402
 from transforms.warc import ArchiveRecord, iter_archive  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def stage_costs(files, cfg: CurationConfig):
         for rec in records:
             if not isinstance(rec, ArchiveRecord) or rec.rec_type not in ("response", "resource"):
                 continue
-            kind = classify(rec)
+            kind = classify(rec).kind.value
             if kind == "image":
                 t0 = time.perf_counter()
                 judge_image(rec.payload, cfg.images)
@@ -89,7 +89,7 @@ def stage_costs(files, cfg: CurationConfig):
 
 
 def end_to_end(files, workers: int, mode: str, cfg: CurationConfig = None):
-    from pipeline.curate import run_curation
+    from pipeline.run import run_curation
     out = tempfile.mkdtemp(prefix="kosmos-bench-")
     try:
         args = ["--runner=DirectRunner", f"--direct_num_workers={workers}", f"--direct_running_mode={mode}"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def serve(image: bytes, latency: float):
@@ -52,10 +52,10 @@ def main():
     ap.add_argument("--seconds", type=float, default=4.0, help="rough duration of each measurement")
     args = ap.parse_args()
     from filters.config import FetchConfig, ImageConfig
-    from test_fetch import book_covers
+    from cc_images import image_images
     from transforms.http_images import FetchBatch
 
-    image = book_covers(1)[0]
+    image = next(data for mime, data in image_images() if mime == "image/jpeg")
     httpd = serve(image, args.latency)
     port = httpd.server_address[1]
     print(f"one worker, one host (127.0.0.1), {args.latency * 1000:.0f} ms added per request, "

@@ -60,13 +60,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def decoder_flops_per_token() -> float:
-    """The trainer's own count (used for MFU) on the real kosmos-1 model, built on the meta device."""
+    """The model's own count (the trainer's MFU uses it) on the real kosmos-1 model, built on the meta device."""
     sys.path.insert(0, str(ROOT))
     from trainer.model.config import kosmos_1
     from trainer.model.kosmos import build_on_meta
-    from trainer.train import decoder_flops_per_token as count
     cfg = kosmos_1()
-    return count(build_on_meta(cfg), cfg.decoder.max_seq_len)
+    return build_on_meta(cfg).decoder_flops_per_token(cfg.decoder.max_seq_len)
 
 
 def tables(a) -> str:

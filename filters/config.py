@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from pipeline.settings import SectionedConfig
+from contract.settings import SectionedConfig
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,9 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class CurationConfig(SectionedConfig):
+    """Every threshold and switch of the curation job, one section per step; its
+    JSON is recorded in ``run.json`` and its sha256 in ``stats.json``."""
+
     records: RecordConfig = field(default_factory=RecordConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
     text: TextQualityConfig = field(default_factory=TextQualityConfig)

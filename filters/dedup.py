@@ -17,7 +17,6 @@ import struct
 import unicodedata
 from datetime import datetime, timezone
 from typing import Iterable, List, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -28,22 +27,6 @@ _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
 
 # -- URLs and captures -------------------------------------------------------------
-def url_key(url: str) -> str:
-    """The URL a document is deduplicated on: scheme and host lower-cased, default
-    port and fragment removed, an empty path made '/'."""
-    try:
-        parts = urlsplit(url.strip())
-    except ValueError:
-        return url.strip()
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    port = parts.port if parts.port not in (None, 80 if scheme == "http" else 443 if scheme == "https" else -1) else None
-    netloc = host + (f":{port}" if port else "")
-    if parts.username:
-        netloc = parts.username + "@" + netloc
-    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
-
-
 def capture_time(date: str) -> str:
     """A WARC-Date (or ARC date) as a sortable UTC timestamp; unparsable dates sort first."""
     text = (date or "").strip()

@@ -12,7 +12,9 @@ import html as html_lib
 import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
-from urllib.parse import quote, urljoin, urldefrag, urlsplit
+from urllib.parse import urljoin
+
+from filters.urls import normalize_url
 
 _CHARSET_HTTP = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9_\-:.]+)", re.IGNORECASE)
 _CHARSET_META = re.compile(
@@ -174,39 +176,6 @@ def resolve_url(src: str, page_url: str, base: Optional[str]) -> Optional[str]:
 
 # Characters left as they are when a URL is put in its percent-encoded form: the
 # reserved and unreserved sets of RFC 3986, and "%" itself (already-encoded stays so).
-_URL_SAFE = "/:@!$&'()*+,;=-._~%?#[]"
-
-
-def _encode_host(host: str) -> str:
-    try:
-        return host.encode("idna").decode("ascii") if not host.isascii() else host
-    except UnicodeError:
-        return host
-
-
-def normalize_url(url: str) -> str:
-    """Fragment removed, scheme and host lower-cased, and in its percent-encoded
-    ASCII form (an IRI's path and query in UTF-8, a non-ASCII host in IDNA, spaces
-    and controls escaped): the key on which image references meet image records,
-    and a URL an HTTP client can send as it is."""
-    url = url.strip()
-    if url.lower().startswith("data:"):
-        return url
-    try:
-        absolute, _ = urldefrag(url)
-        parts = urlsplit(absolute)
-        netloc = parts.netloc.lower()
-        if not netloc.isascii():
-            userinfo, at, hostport = netloc.rpartition("@")
-            host, colon, port = hostport.partition(":") if not hostport.startswith("[") else (hostport, "", "")
-            netloc = userinfo + at + _encode_host(host) + colon + port
-        return parts._replace(scheme=parts.scheme.lower(), netloc=netloc,
-                              path=quote(parts.path, safe=_URL_SAFE),
-                              query=quote(parts.query, safe=_URL_SAFE)).geturl()
-    except ValueError:
-        return url
-
-
 @dataclass
 class ContentItem:
     kind: str                      # "text" or "image"

@@ -1,5 +1,5 @@
-"""Job assembly, options and the ``kosmos`` command line.
+"""Job assembly, run set-up, statistics, the report and the ``kosmos`` command line.
 
-Importing this package does not import Beam: ``pipeline.schema`` is read by the
-trainer, which must never pull Beam in.
+Nothing below pipeline/ imports it: the contract it shares with the trainer lives in
+contract/.
 """

@@ -30,7 +30,8 @@ def _overrides(items: Optional[List[str]]) -> dict:
 
 def _curate(args, beam_args: List[str]) -> int:
     from filters.config import CurationConfig
-    from pipeline.curate import format_stats, run_curation
+    from pipeline.run import run_curation
+    from pipeline.stats import format_stats
 
     cfg = CurationConfig()
     if args.config:      # a local file or any path Beam can read (gs://, s3://): Flex Templates pass one

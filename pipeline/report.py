@@ -16,23 +16,10 @@ import os
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from pipeline.schema import SUCCESS_MARKER
-
-# Which step of the job removes each record-level reason (the funnel's stages).
-STAGES: List[Tuple[str, Tuple[str, ...]]] = [
-    ("HTML pages (2xx, revisits resolved)", ("warc_type_", "not_http", "http_", "not_html_or_image", "revisit_",
-                                     "too_large", "bad_http", "truncated", "bad_gzip", "bad_record_header",
-                                     "not_an_archive", "empty_file", "open_failed", "reader_failed")),
-    ("pages with an <img>", ("no_img_tag", "undecodable_html")),
-    ("English, clean, images in text", ("non_english", "no_text", "extraction_", "over_time_budget",
-                                                  "too_few_words", "spam_", "special_characters", "gibberish",
-                                                  "no_images_in_content", "no_text_in_content")),
-    ("unique (URL, text, near-dup)", ("duplicate_url", "duplicate_exact", "near_duplicate")),
-    ("documents with usable images", ("images_", "no_usable_images")),
-    ("half of single-image docs dropped", ("single_image_dropped",)),
-]
-IMAGE_FILTER_REASONS = {"too_small", "single_color", "undecodable", "decompression_bomb", "repeated_image",
-                        "too_many_images", "document_dropped", "duplicate_in_document", "over_reference_cap"}
+from contract.manifest import MANIFEST, REJECT_SAMPLES, RUN_RECORD, STATS, SUCCESS_MARKER
+from contract.reasons import (DROPPED, ERROR, FUNNEL_BLOCKS, IMAGE, IMAGE_FILTER_REASONS, IMAGE_SOURCE, RECORD_STAGES,
+                              record_stage)
+from contract.schema import DOCUMENTS
 
 
 # -- reading a run ----------------------------------------------------------------------
@@ -49,21 +36,21 @@ def load_run(run_dir: str, max_docs: int = 100_000, allow_incomplete: bool = Fal
     if not allow_incomplete and not os.path.exists(os.path.join(run_dir, SUCCESS_MARKER)):
         raise IncompleteRun(f"{run_dir}: the run has not finished (no {SUCCESS_MARKER}: killed, failed or still "
                             f"running); its figures would be partial. Pass --allow_incomplete to report anyway.")
-    stats = _read_json(os.path.join(run_dir, "stats.json"))
-    run = _read_json(os.path.join(run_dir, "run.json")) if os.path.exists(os.path.join(run_dir, "run.json")) else {}
+    stats = _read_json(os.path.join(run_dir, STATS))
+    run = _read_json(os.path.join(run_dir, RUN_RECORD)) if os.path.exists(os.path.join(run_dir, RUN_RECORD)) else {}
     samples = []
-    sample_path = os.path.join(run_dir, "rejects", "samples.parquet")
+    sample_path = os.path.join(run_dir, REJECT_SAMPLES)
     if os.path.exists(sample_path):
         import pyarrow.parquet as pq
         samples = pq.read_table(sample_path).to_pylist()
     return {"dir": run_dir, "stats": stats, "run": run, "samples": samples,
-            "distributions": document_distributions(os.path.join(run_dir, "documents"), max_docs)}
+            "distributions": document_distributions(os.path.join(run_dir, DOCUMENTS.directory), max_docs)}
 
 
 def document_distributions(documents_dir: str, max_docs: int) -> Dict[str, List[float]]:
     """Per-document figures of the kept documents (the first ``max_docs`` in shard order)."""
     out = {"images_per_document": [], "image_width": [], "image_height": [], "language_score": [], "words": []}
-    manifest = os.path.join(documents_dir, "_manifest.json")
+    manifest = os.path.join(documents_dir, MANIFEST)
     if not os.path.exists(manifest):
         return out
     import pyarrow.parquet as pq
@@ -85,36 +72,32 @@ def document_distributions(documents_dir: str, max_docs: int) -> Dict[str, List[
 
 
 def funnel(stats: Dict) -> List[Tuple[str, int]]:
+    """(stage, records remaining after it) down the record funnel, stages and reasons
+    as contract.reasons names them. A reason the registry does not know (a run made
+    by other code) gets a row of its own, named, after the stages."""
     rec = stats["records"]
-    removed = dict(rec["dropped"])
-    for reason, n in rec["error"].items():
+    removed = dict(rec[DROPPED])
+    for reason, n in rec[ERROR].items():
         removed[reason] = removed.get(reason, 0) + n
-    removed["__image_source"] = rec.get("image_source", 0)
+    gone = {stage: 0 for stage, _ in RECORD_STAGES}
+    gone[RECORD_STAGES[0][0]] += rec.get(IMAGE_SOURCE, 0)      # image records leave with the HTML pages
+    unregistered = {}
+    for reason, n in removed.items():
+        stage = record_stage(reason)
+        if stage is None:
+            unregistered[reason] = n
+        else:
+            gone[stage] += n
     rows = [("records read", rec["in"])]
     remaining = rec["in"]
-    claimed = set()
-    for label, prefixes in STAGES:
-        gone = 0
-        for reason, n in removed.items():
-            if reason in claimed:
-                continue
-            if reason == "__image_source" and label.startswith("HTML pages"):
-                gone += n
-                claimed.add(reason)
-            elif any(reason == p or reason.startswith(p) for p in prefixes):
-                gone += n
-                claimed.add(reason)
-        remaining -= gone
-        rows.append((label, remaining))
-    unclaimed = sum(n for r, n in removed.items() if r not in claimed)
-    if unclaimed:
-        remaining -= unclaimed
-        rows.append(("other filters", remaining))
+    for stage, _ in RECORD_STAGES:
+        remaining -= gone[stage]
+        rows.append((stage, remaining))
+    for reason, n in sorted(unregistered.items()):
+        remaining -= n
+        rows.append((f"unregistered reason {reason}", remaining))
     rows.append(("documents kept", rec["kept"]))
     return rows
-
-
-FUNNEL_BLOCKS = ("records", "images", "text_documents", "pairs")
 
 
 def levels_of(stats: Dict) -> List[str]:
@@ -189,7 +172,7 @@ def histogram(values: Sequence[float], bins: int = 12, integer: bool = False, co
 def _thumbnail(sample: Dict, max_side: int = 96) -> Optional[str]:
     """Re-read the dropped image's record from its archive and shrink it; None when
     the archive is not at hand or the bytes do not decode."""
-    if sample["level"] != "image" or sample["reason"] not in IMAGE_FILTER_REASONS:
+    if sample["level"] != IMAGE or sample["reason"] not in IMAGE_FILTER_REASONS:
         return None
     path, offset = sample["file"], sample["offset"]
     if not path or offset is None or offset < 0 or sample.get("inner_offset") or not os.path.exists(path):
@@ -197,12 +180,12 @@ def _thumbnail(sample: Dict, max_side: int = 96) -> Optional[str]:
     try:
         from PIL import Image
 
-        from transforms.read import classify
+        from filters.records import RecordKind, classify
         from transforms.warc import ArchiveRecord, iter_archive
         with open(path, "rb") as fh:
             fh.seek(offset)
             rec = next(iter(iter_archive(fh, path)), None)
-        if not isinstance(rec, ArchiveRecord) or classify(rec) != "image":
+        if not isinstance(rec, ArchiveRecord) or classify(rec).kind is not RecordKind.IMAGE:
             return None
         img = Image.open(io.BytesIO(rec.payload))
         img.seek(0)

@@ -28,7 +28,7 @@ def all_shared_warcs():
 def run_job(inputs, out_dir, cfg=None, beam_args=None, num_workers=2, overrides=None):
     """Run the curation job in-process; returns stats.json as a dict."""
     from filters.config import CurationConfig
-    from pipeline.curate import run_curation
+    from pipeline.run import run_curation
 
     cfg = cfg or CurationConfig()
     if overrides:

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.distributed import init_distributed  # noqa: E402
-from trainer.tokens import IGNORE_INDEX, SpecialIds  # noqa: E402
+from contract.tokens import IGNORE_INDEX, SpecialIds  # noqa: E402
 
 
 def fixed_batch(n: int, seq_len: int, vocab_pieces: int, num_image_tokens: int):

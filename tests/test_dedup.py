@@ -11,7 +11,8 @@ from PIL import Image
 
 from conftest import IN_MEMORY, SHARED, read_docs, run_job, shared_warc
 from filters.dedup import (MinHasher, band_keys, capture_time, collision_probability, exact_text_hash, jaccard,
-                           url_key, word_ngrams)
+                           word_ngrams)
+from filters.urls import normalize_url, url_key
 from warcgen import http_response, write_warc
 
 
@@ -34,6 +35,9 @@ def test_url_key_and_capture_time():
     assert url_key("HTTP://Example.COM:80/a?b=1#frag") == "http://example.com/a?b=1"
     assert url_key("https://example.com") == "https://example.com/"
     assert url_key("https://example.com:8443/x") == "https://example.com:8443/x"
+    # one normaliser: an IRI and its percent-encoded spelling are one URL, for dedup and the image join alike
+    assert url_key("https://Example.com/caf\u00e9 menu") == url_key("https://example.com:443/caf%C3%A9%20menu")
+    assert url_key("https://example.com/caf\u00e9") == normalize_url("https://example.com/caf\u00e9")
     assert capture_time("2008-04-30T20:48:25Z") == capture_time("20080430204825")
     assert capture_time("2019-08-15T01:02") < capture_time("2019-08-15T01:03:00Z")
     assert capture_time("garbage") == "0" * 20

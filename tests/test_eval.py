@@ -73,7 +73,7 @@ def test_demonstrations_are_seeded_and_never_the_query():
 def trained(shared_run, tmp_path_factory):
     """A tokenizer and a tiny model trained for a few steps on the curated shards of
     ../shared/data, with a held-out half of the text corpus for validation."""
-    from pipeline.schema import TEXT_SCHEMA
+    from contract.schema import TEXT_SCHEMA
     from trainer.data import list_units, read_unit
     from trainer.evaluate import write_caption_set
     from trainer.tokenizer import dataset_texts, train_tokenizer

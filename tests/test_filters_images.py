@@ -8,7 +8,7 @@ from PIL import Image
 from conftest import shared_warc
 from filters.config import ImageConfig
 from filters.images import judge_image, sniff_format
-from transforms.read import classify
+from filters.records import classify
 from transforms.warc import ArchiveRecord, iter_archive
 
 CFG = ImageConfig()
@@ -121,7 +121,7 @@ def test_real_archive_images():
     path = shared_warc("node-warc__books.toscrape.warc")
     seen = 0
     for rec in iter_archive(open(path, "rb"), path):
-        if isinstance(rec, ArchiveRecord) and rec.rec_type == "response" and classify(rec) == "image":
+        if isinstance(rec, ArchiveRecord) and rec.rec_type == "response" and classify(rec).kind.value == "image":
             verdict, stored = judge_image(rec.payload, CFG)
             w, h = Image.open(io.BytesIO(rec.payload)).size
             assert verdict.keep == (min(w, h) >= 64), (rec.target_uri, w, h)

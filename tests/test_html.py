@@ -2,8 +2,9 @@
 
 
 from conftest import SHARED, shared_warc
-from filters.html import base_href, decode_html, extract_content, has_img_tag, normalize_url, resolve_url, rough_text
-from transforms.read import classify
+from filters.html import base_href, decode_html, extract_content, has_img_tag, resolve_url, rough_text
+from filters.urls import normalize_url
+from filters.records import classify
 from transforms.warc import ArchiveRecord, iter_archive
 
 
@@ -41,7 +42,7 @@ def test_rough_text_drops_scripts_and_tags():
 def books_page():
     path = shared_warc("node-warc__books.toscrape.warc")
     for rec in iter_archive(open(path, "rb"), path):
-        if isinstance(rec, ArchiveRecord) and rec.rec_type == "response" and classify(rec) == "page":
+        if isinstance(rec, ArchiveRecord) and rec.rec_type == "response" and classify(rec).kind.value == "page":
             return rec
     raise AssertionError("no page")
 

@@ -129,7 +129,7 @@ def test_curating_over_http_gives_the_local_documents(crawl, tmp_path):
     local = run_job([str(seg / n) for n in FILES], tmp_path / "local", beam_args=IN_MEMORY)
     server = ArchiveServer(root)
     try:
-        from pipeline.curate import run_curation
+        from pipeline.run import run_curation
         from filters.config import CurationConfig
         remote = run_curation([server.url("/crawl-data/CC-TEST/warc.paths.gz")], str(tmp_path / "remote"),
                               CurationConfig(), IN_MEMORY, paths_prefix=server.url("/"),
@@ -147,7 +147,7 @@ def test_progress_lines_while_a_local_run_works(tmp_path):
     """Not a terminal: plain lines, the last one with the run's own totals."""
     import io
     from filters.config import CurationConfig
-    from pipeline.curate import run_curation
+    from pipeline.run import run_curation
     files = [shared_warc(n) for n in FILES]
     out = io.StringIO()
     stats = run_curation(files, str(tmp_path / "run"), CurationConfig(), IN_MEMORY, progress=True, progress_out=out,
@@ -165,7 +165,8 @@ def test_pages_without_image_records_warn_and_name_the_flag(tmp_path, capsys):
     the archive, the run says so at the start and in its table."""
     from conftest import SHARED
     from filters.config import CurationConfig
-    from pipeline.curate import format_stats, probe_for_images, run_curation
+    from pipeline.run import probe_for_images, run_curation
+    from pipeline.stats import format_stats
     warc = str(SHARED / "pages-eval" / "trafilatura-eval-dev-00.warc.gz")
     seen = probe_for_images([warc])
     assert seen["pages"] > 100 and seen["images"] == 0

@@ -9,7 +9,7 @@ from trainer.model.config import get_config
 from trainer.model.decoder import DecoderConfig, MagnetoDecoder
 from trainer.model.kosmos import KosmosModel, build_on_meta
 from trainer.model.xpos import XPos
-from trainer.tokens import IGNORE_INDEX
+from contract.tokens import IGNORE_INDEX
 
 
 def test_kosmos_1_sizes_on_the_meta_device():

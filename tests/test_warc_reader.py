@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED, all_shared_warcs, shared_warc
-from transforms.read import classify
+from filters.records import classify
 from transforms.warc import ArchiveRecord, ReadError, iter_archive
 
 
@@ -30,7 +30,7 @@ def test_every_shared_file_reads_and_matches_its_manifest(path):
     independent count in MANIFEST.json (made with warcio)."""
     entry = manifest()[Path(path).name]
     recs, errors = read_all(Path(path).read_bytes(), path)
-    kinds = Counter(classify(r) for r in recs if r.rec_type in ("response", "resource"))
+    kinds = Counter(classify(r).kind.value for r in recs if r.rec_type in ("response", "resource"))
     expected = entry["analysis"]
     types = Counter(r.rec_type for r in recs)
     if Path(path).name == "warcio__example-bad-non-chunked.warc.gz":
@@ -92,7 +92,7 @@ def test_arc_records_become_responses():
     assert not errors
     assert [r.rec_type for r in recs] == ["warcinfo", "response"]
     page = recs[1]
-    assert page.format == "ARC" and page.http_status == 200 and classify(page) == "page"
+    assert page.format == "ARC" and page.http_status == 200 and classify(page).kind.value == "page"
     assert page.target_uri == "http://example.com/"
     assert page.date.startswith("2014-02-16T05:02:21")
 

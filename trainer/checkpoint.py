@@ -3,10 +3,16 @@ same format for one process, DDP and FSDP2 (each rank writes its shards; a
 checkpoint can be loaded on another number of ranks), plus one small file per
 rank for what differs between ranks (data position, RNG).
 
+What is saved is a set of ``Stateful`` objects (torch.distributed.checkpoint's
+protocol: ``state_dict()`` / ``load_state_dict()``), as torchtitan keeps them:
+the sharded ones (model, optimizer) through DCP, the per-rank ones (train step,
+data position, RNG) in one file per rank. Loading puts the state back into the
+same objects.
+
 Layout::
 
-    OUTPUT/checkpoints/step-00001000/   .metadata, __0_0.distcp, ... (DCP)
-                                        trainer-rank00000.pt (step, data position, RNG)
+    OUTPUT/checkpoints/step-00001000/   .metadata, __0_0.distcp, ... (DCP: model, optim)
+                                        trainer-rank00000.pt (train step, data position, RNG)
                                         config.json
     OUTPUT/checkpoints/latest           "step-00001000"
 
@@ -25,7 +31,6 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import logging
 import os
 import random
@@ -33,14 +38,15 @@ import re
 import shutil
 import sys
 import warnings
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException   # a BaseException, not an Exception
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_state_dict, set_model_state_dict, set_state_dict)
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.stateful import Stateful
 
 from trainer.distributed import Dist
 from trainer.shards import join, url_to_fs
@@ -107,25 +113,53 @@ def _reader(path: str):
     return dcp.FileSystemReader(path)
 
 
-def rng_state() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
+class ModelState(Stateful):
+    """A model's weights, whatever wraps them (DDP, FSDP2, activation checkpointing):
+    fully qualified names as the bare model has them."""
+
+    def __init__(self, model, strict: bool = True):
+        self.model, self.strict = model, strict
+
+    def state_dict(self) -> Dict[str, Any]:
+        return get_model_state_dict(self.model)
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        set_model_state_dict(self.model, state, options=StateDictOptions(strict=self.strict))
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+class OptimizerState(Stateful):
+    def __init__(self, model, optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def state_dict(self) -> Dict[str, Any]:
+        return get_optimizer_state_dict(self.model, self.optimizer)
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        set_optimizer_state_dict(self.model, self.optimizer, state)
 
 
-def save(root: str, step: int, model, optimizer, extra: Dict[str, Any], d: Dist, keep_last: int,
-         config_json: str, name: Optional[str] = None) -> str:
-    """Write a checkpoint of ``step``. ``name`` (``"best"``) writes it under that name
-    instead: it is neither ``latest`` nor counted by ``keep_last``."""
+class RngState(Stateful):
+    """Python's, numpy's, torch's and (when present) CUDA's generators of this process."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
+
+
+def save(root: str, step: int, sharded: Dict[str, Stateful], per_rank: Dict[str, Stateful], d: Dist,
+         keep_last: int, config_json: str, name: Optional[str] = None) -> str:
+    """Write a checkpoint of ``step``: ``sharded`` through DCP, ``per_rank`` in this
+    rank's own file. ``name`` (``"best"``) writes it under that name instead: it is
+    neither ``latest`` nor counted by ``keep_last``."""
     named = name is not None
     name = name or f"step-{step:08d}"
     final, tmp = join(root, name), join(root, name + ".tmp")
@@ -135,10 +169,10 @@ def save(root: str, step: int, model, optimizer, extra: Dict[str, Any], d: Dist,
         if fs.exists(url_to_fs(tmp)[1]):
             fs.rm(url_to_fs(tmp)[1], recursive=True)
     d.barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    states = {key: s.state_dict() for key, s in sharded.items()}
     buf = io.BytesIO()
-    torch.save(extra, buf)
-    need = _state_bytes(model_sd) + _state_bytes(optim_sd) + len(buf.getvalue())
+    torch.save({key: s.state_dict() for key, s in per_rank.items()}, buf)
+    need = _state_bytes(states) + len(buf.getvalue())
     free = _free_bytes(root)
     short = free is not None and need + (1 << 20) > free
     if int(d.all_sum(torch.tensor([float(short)])).item()) > 0:       # every rank stops, or none
@@ -147,7 +181,7 @@ def save(root: str, step: int, model, optimizer, extra: Dict[str, Any], d: Dist,
         raise CheckpointSpaceError(errno.ENOSPC, f"no space left for checkpoint {name} in {root}: {where}; "
                                    f"the previous checkpoints are unchanged")
     try:
-        dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=_writer(tmp))
+        dcp.save(states, storage_writer=_writer(tmp))
         with fs.open(url_to_fs(join(tmp, f"trainer-rank{d.rank:05d}.pt"))[1], "wb") as fh:
             fh.write(buf.getvalue())
     except (Exception, CheckpointException) as exc:
@@ -197,19 +231,20 @@ def complete_checkpoints(root: str):
     return [join(root, name) for _, name in steps]
 
 
-def load_newest_intact(root: str, model, optimizer, d: Dist) -> Tuple[Optional[str], int, Dict[str, Any]]:
+def load_newest_intact(root: str, sharded: Dict[str, Stateful], per_rank: Dict[str, Stateful],
+                       d: Dist) -> Optional[str]:
     """Load the newest checkpoint under ``root`` that loads on every rank; a damaged
-    one is reported and skipped. (None, 0, {}) when there is none; raises when every
+    one is reported and skipped. None when there is none; raises when every
     checkpoint there is damaged."""
     damaged = []
     for path in complete_checkpoints(root):
         try:
-            step, extra = load(path, model, optimizer, d)
+            load(path, sharded, per_rank, d)
             failed = 0.0
         except (Exception, CheckpointException) as exc:   # bad metadata, a short shard, a missing rank file
             failed, why = 1.0, f"{type(exc).__name__}: {exc}"
         if int(d.all_sum(torch.tensor([failed])).item()) == 0:
-            return path, step, extra
+            return path
         if failed:
             log.error("checkpoint %s is damaged (%s); trying the one before it", path, why[:500])
             print(f"rank {d.rank}: checkpoint {path} is damaged ({why[:300]}); trying the one before it",
@@ -217,33 +252,28 @@ def load_newest_intact(root: str, model, optimizer, d: Dist) -> Tuple[Optional[s
         damaged.append(path)
     if damaged:
         raise RuntimeError(f"every checkpoint under {root} is damaged: {', '.join(damaged)}")
-    return None, 0, {}
+    return None
 
 
-def load(path: str, model, optimizer, d: Dist) -> Tuple[int, Dict[str, Any]]:
-    """Model, optimizer and this rank's extra state (its data position, RNG) back."""
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, storage_reader=_reader(path))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+def load(path: str, sharded: Dict[str, Stateful], per_rank: Dict[str, Stateful], d: Dist) -> None:
+    """The checkpoint at ``path`` back into the same objects it was saved from. The
+    per-rank file is read first: a checkpoint of fewer ranks fails before any state
+    has changed."""
     fs, _ = url_to_fs(path)
     extra_path = join(path, f"trainer-rank{d.rank:05d}.pt")
     if not fs.exists(url_to_fs(extra_path)[1]):
         raise FileNotFoundError(f"{extra_path} missing: the checkpoint was written by fewer ranks than "
                                 f"this run has ({d.world_size}); resume with the same number of ranks")
     with fs.open(url_to_fs(extra_path)[1], "rb") as fh:
-        extra = torch.load(io.BytesIO(fh.read()), weights_only=False)
-    return int(extra["step"]), extra
+        rank_state = torch.load(io.BytesIO(fh.read()), weights_only=False)
+    missing = sorted(set(per_rank) - set(rank_state))
+    if missing:
+        raise KeyError(f"{extra_path} holds no {', '.join(missing)} state")
+    dcp.load(dict(sharded), storage_reader=_reader(path))
+    for key, s in per_rank.items():
+        s.load_state_dict(rank_state[key])
 
 
 def load_model_weights(path: str, model) -> None:
     """Only the model's weights (``--init`` for instruction tuning)."""
-    sd = get_model_state_dict(model)
-    dcp.load({"model": sd}, storage_reader=_reader(path))
-    set_model_state_dict(model, sd, options=StateDictOptions(strict=True))
-
-
-def read_config(path: str) -> Dict[str, Any]:
-    fs, _ = url_to_fs(path)
-    with fs.open(url_to_fs(join(path, "config.json"))[1], "r") as fh:
-        return json.load(fh)
+    dcp.load({"model": ModelState(model)}, storage_reader=_reader(path))

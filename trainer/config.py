@@ -10,11 +10,10 @@ changes one.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from pipeline.settings import SectionedConfig
+from contract.settings import SectionedConfig
 
 SOURCES = ("text", "pairs", "interleaved", "instructions")
 
@@ -51,7 +50,7 @@ class DataSection:
     seq_len: int = 2048
     micro_batch_size: int = 4                # sequences per forward pass on one rank
     num_workers: int = 2                     # data-loader processes per rank (0: in the trainer)
-    image_size: int = 224
+    image_size: int = 224                    # pixels a side the loader resizes to; must be the vision tower's input
     seed: int = 0                            # shard order per epoch
     on_bad_shard: str = "skip"               # "skip" (report path, go on) | "stop"
     verify_checksums: bool = False           # sha256 of every shard against its _manifest.json
@@ -95,15 +94,13 @@ class RunSection:
 
 @dataclass(frozen=True)
 class TrainConfig(SectionedConfig):
+    """Every setting of a training run (``kosmos train --print_config`` shows them);
+    recorded in the run's ``config.json`` and in each checkpoint."""
+
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=RunSection)
-
-    @classmethod
-    def load(cls, path: str) -> "TrainConfig":
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
 
     def validate(self) -> None:
         if self.data.on_bad_shard not in ("skip", "stop"):

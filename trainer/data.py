@@ -43,10 +43,11 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from contract.schema import DATASETS, ITEM_IMAGE, ITEM_TEXT
+from contract.tokens import IGNORE_INDEX, SpecialIds
 from trainer.config import TrainConfig
-from trainer.shards import BadShardError, expand_dataset, url_to_fs
 from trainer.model.vision import CLIP_MEAN, CLIP_STD
-from trainer.tokens import IGNORE_INDEX, SpecialIds
+from trainer.shards import BadShardError, expand_dataset, url_to_fs
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +64,16 @@ class Unit:
 def _schema_problem(schema, source: Optional[str]) -> Optional[str]:
     """Why a readable shard cannot feed ``source`` (the columns its chunker reads,
     with the types of the curation contract), or None."""
-    from pipeline.schema import DOCUMENT_SCHEMA, PAIR_SCHEMA, TEXT_SCHEMA
-    contract = {"interleaved": DOCUMENT_SCHEMA, "text": TEXT_SCHEMA, "pairs": PAIR_SCHEMA}.get(source or "")
-    if contract is None:
+    dataset = DATASETS.get(source or "")
+    if dataset is None:
         return None
+    expected = dataset.schema
     problems = []
-    for name in Chunker.COLUMNS[source]:
+    for name in dataset.train_columns:
         if name not in schema.names:
             problems.append(f"no column {name!r}")
-        elif not schema.field(name).type.equals(contract.field(name).type):
-            problems.append(f"column {name!r} is {schema.field(name).type}, not {contract.field(name).type}")
+        elif not schema.field(name).type.equals(expected.field(name).type):
+            problems.append(f"column {name!r} is {schema.field(name).type}, not {expected.field(name).type}")
     return "; ".join(problems) or None
 
 
@@ -183,8 +184,7 @@ class Chunker:
     """Rows of one source kind -> chunks. Deterministic: the same row gives the
     same chunks, which is what lets a reader resume in the middle of a row."""
 
-    COLUMNS = {"interleaved": ["doc_id", "items", "images"], "text": ["doc_id", "text"],
-               "pairs": ["pair_id", "image", "caption"], "instructions": None}
+    COLUMNS = {**{name: list(d.train_columns) for name, d in DATASETS.items()}, "instructions": None}
 
     def __init__(self, kind: str, tokenizer, num_image_tokens: int, seq_len: int, image_size: int):
         self.kind, self.tok, self.seq_len, self.image_size = kind, tokenizer, seq_len, image_size
@@ -233,9 +233,9 @@ class Chunker:
         if self.kind == "interleaved":
             chunks: List[Chunk] = []
             for item in row["items"]:
-                if item["type"] == "text" and item["text"]:
+                if item["type"] == ITEM_TEXT and item["text"]:
                     chunks.extend(self._text(item["text"]))
-                elif item["type"] == "image" and item["image"] is not None:
+                elif item["type"] == ITEM_IMAGE and item["image"] is not None:
                     ch = self._image(row["images"][item["image"]]["data"], where)
                     if ch is not None:
                         chunks.append(ch)
@@ -508,13 +508,18 @@ class MixtureDataset(IterableDataset):
         for s, units in self.units.items():
             if not units:
                 raise RuntimeError(f"source {s!r}: no readable shards in {getattr(cfg.data, s)}")
-        self.state = state or {}
-        if self.state:
-            saved = (self.state.get("world_size"), self.state.get("workers"))
-            if saved != (world_size, self.workers):
-                raise ValueError(f"the checkpoint's data position was saved with world size {saved[0]} and "
-                                 f"{saved[1]} loader workers; this run has {world_size} and {self.workers}. "
-                                 "Resume with the same layout.")
+        self.state = {}
+        if state:
+            self.set_state(state)
+
+    def set_state(self, state: Dict[str, Any]) -> None:
+        """Start at a saved position (before iterating)."""
+        saved = (state.get("world_size"), state.get("workers"))
+        if saved != (self.world, self.workers):
+            raise ValueError(f"the checkpoint's data position was saved with world size {saved[0]} and "
+                             f"{saved[1]} loader workers; this run has {self.world} and {self.workers}. "
+                             "Resume with the same layout.")
+        self.state = state
 
     def initial_state(self) -> Dict[str, Any]:
         return {"next": 0, "world_size": self.world, "workers": self.workers, "roles": {}}
@@ -554,7 +559,9 @@ class MixtureDataset(IterableDataset):
 
 
 class MixtureLoader:
-    """The torch DataLoader over a ``MixtureDataset`` plus the position bookkeeping."""
+    """The torch DataLoader over a ``MixtureDataset`` plus the position bookkeeping;
+    ``Stateful`` (its state is this rank's data position), so a checkpoint saves and
+    restores it like the model."""
 
     def __init__(self, dataset: MixtureDataset, pin_memory: bool = False):
         from torch.utils.data import DataLoader
@@ -588,3 +595,11 @@ class MixtureLoader:
 
     def state_dict(self) -> Dict[str, Any]:
         return json.loads(json.dumps(self.state))
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if self._it is not None:
+            raise RuntimeError("a data position can only be restored before the first step")
+        state = json.loads(json.dumps(state))
+        self.dataset.set_state(state)
+        self.state = dict(state)
+        self.state.setdefault("roles", {})

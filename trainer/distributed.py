@@ -1,4 +1,4 @@
-"""torchrun's environment, DDP and FSDP2. No cluster code of our own: torchrun
+"""torchrun's environment. No cluster code of our own: torchrun
 (or Slurm/Kubernetes launching torchrun) starts the processes and sets RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT; we only read them."""
 
@@ -61,31 +61,6 @@ def init_distributed(device: Optional[str] = None) -> Dist:
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
                                 device_id=dev if dev.type == "cuda" else None)
     return Dist(rank, world, local, dev)
-
-
-def wrap_ddp(model: nn.Module, d: Dist) -> nn.Module:
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    # the model has no buffers that change in training (xPos tables are constants)
-    return DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
-
-
-def wrap_fsdp(model: nn.Module, d: Dist, bf16: bool) -> nn.Module:
-    """FSDP2: each decoder layer and each CLIP block is its own all-gather unit; the
-    rest (embeddings, resampler, final norms) is the root's. Parameters stay fp32;
-    with bf16 they are gathered in bf16 and gradients reduced in fp32."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    mesh = init_device_mesh(d.device.type, (d.world_size,))
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
-        else MixedPrecisionPolicy()
-    for layer in model.decoder.layers:
-        fully_shard(layer, mesh=mesh, mp_policy=mp)
-    if model.vision is not None:
-        for block in model.vision.visual.transformer.resblocks:
-            fully_shard(block, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
-    return model
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -97,6 +97,13 @@ def _image_path(root: str, *parts: str) -> str:
     return root.rstrip("/") + "/" + path
 
 
+def _from_lines(data, path: str, formats: str, example) -> List[Dict[str, Any]]:
+    """``example(n, row)`` for each JSON line; a file of none of ``formats`` is refused."""
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: not a {formats} file")
+    return [example(n, row) for n, row in enumerate(data)]
+
+
 def caption_examples(s: EvalSettings, path: str) -> List[Dict[str, Any]]:
     """[{"id", "image", "references"}] from Karpathy, COCO-captions or JSONL files."""
     data = _read_json_or_jsonl(path)
@@ -117,13 +124,10 @@ def caption_examples(s: EvalSettings, path: str) -> List[Dict[str, Any]]:
             if im["id"] in refs:
                 out.append({"id": str(im["id"]), "image": _image_path(s.images_root, im["file_name"]),
                             "references": refs[im["id"]]})
-    elif isinstance(data, list):
-        for n, row in enumerate(data):
-            caps = row.get("captions") or ([row["caption"]] if "caption" in row else [])
-            out.append({"id": str(row.get("id", n)), "image": _image_path(s.images_root, row["image"]),
-                        "references": caps})
     else:
-        raise ValueError(f"{path}: not a Karpathy, COCO-captions or JSONL captioning file")
+        out = _from_lines(data, path, "Karpathy, COCO-captions or JSONL captioning", lambda n, row: {
+            "id": str(row.get("id", n)), "image": _image_path(s.images_root, row["image"]),
+            "references": row.get("captions") or ([row["caption"]] if "caption" in row else [])})
     return out
 
 
@@ -143,14 +147,11 @@ def vqa_examples(s: EvalSettings, path: str) -> List[Dict[str, Any]]:
             name = f"COCO_{subtype}_{int(q['image_id']):012d}.jpg"
             out.append({"id": str(q["question_id"]), "image": _image_path(s.images_root, name),
                         "question": q["question"], "answers": [x["answer"] for x in a["answers"]]})
-    elif isinstance(data, list):
-        for n, row in enumerate(data):
-            answers = [x["answer"] if isinstance(x, dict) else x for x in row.get("answers", [])]
-            out.append({"id": str(row.get("question_id", row.get("id", row.get("image", n)))),
-                        "image": _image_path(s.images_root, row["image"]), "question": row["question"],
-                        "answers": answers})
     else:
-        raise ValueError(f"{path}: not a VQAv2, VizWiz or JSONL VQA file")
+        out = _from_lines(data, path, "VQAv2, VizWiz or JSONL VQA", lambda n, row: {
+            "id": str(row.get("question_id", row.get("id", row.get("image", n)))),
+            "image": _image_path(s.images_root, row["image"]), "question": row["question"],
+            "answers": [x["answer"] if isinstance(x, dict) else x for x in row.get("answers", [])]})
     return out
 
 

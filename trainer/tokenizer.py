@@ -1,4 +1,4 @@
-"""SentencePiece, laid out on the model's ids (trainer/tokens.py).
+"""SentencePiece, laid out on the model's ids (contract/tokens.py).
 
 The SentencePiece model holds one special piece, ``<unk>`` at id 0, then the
 learned pieces; bos/eos/pad are not SentencePiece pieces. Our id of a piece is
@@ -13,7 +13,8 @@ import json
 import os
 from typing import Iterable, Iterator, List, Optional
 
-from trainer.tokens import SpecialIds
+from contract.schema import dataset_of_row
+from contract.tokens import SpecialIds
 
 SP_OFFSET = 3
 
@@ -99,14 +100,11 @@ def dataset_texts(paths, limit_rows: Optional[int] = None) -> Iterator[str]:
     n = 0
     for unit in list_units(list(paths), on_bad="skip"):
         for row in read_unit(unit):
-            if "items" in row:
-                text = "\n".join(i["text"] for i in row["items"] if i["type"] == "text" and i["text"])
-            elif "caption" in row:
-                text = row["caption"] or ""
-            elif "instruction" in row:
+            if "instruction" in row:
                 text = "\n".join(x for x in (row["instruction"], row.get("input"), row["output"]) if x)
             else:
-                text = row.get("text") or ""
+                dataset = dataset_of_row(row)
+                text = dataset.text_of(row) if dataset else ""
             if text:
                 yield text
             n += 1

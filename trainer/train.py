@@ -20,12 +20,13 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
+from contract.tokens import IGNORE_INDEX
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig
-from trainer.distributed import Dist, init_distributed, unwrap, wrap_ddp, wrap_fsdp
+from trainer.distributed import Dist, init_distributed, unwrap
 from trainer.model.config import get_config
 from trainer.model.kosmos import KosmosModel
-from trainer.tokens import IGNORE_INDEX
+from trainer.parallelize import parallelize
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +57,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def decoder_flops_per_token(model: KosmosModel, seq_len: int) -> float:
-    """6N for the decoder's matrices plus causal attention (PaLM's appendix B)."""
-    d = model.cfg.decoder
-    n = sum(p.numel() for n_, p in model.decoder.named_parameters() if "embed_tokens" not in n_)
-    n += d.vocab_size * d.dim      # the (tied) output projection still costs its matmul
-    return 6 * n + 6 * d.layers * d.dim * seq_len
-
-
 def resolve_activation(cfg: TrainConfig) -> TrainConfig:
     """The run records the CLIP activation it decided from the weights, so that its
     checkpoints load with the same one anywhere (``kosmos generate``, ``kosmos eval``)."""
     import dataclasses
+
     from trainer.model.vision import quick_gelu_for
     if cfg.model.vision_quick_gelu is not None:
         return cfg
@@ -83,9 +77,11 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> KosmosModel:
     if cfg.model.dropout is not None:
         dec = dataclasses.replace(dec, dropout=cfg.model.dropout)
     mcfg = dataclasses.replace(mcfg, decoder=dec, vision_pretrained=cfg.model.vision_pretrained or None,
-                               vision_quick_gelu=cfg.model.vision_quick_gelu, image_size=cfg.data.image_size)
+                               vision_quick_gelu=cfg.model.vision_quick_gelu)
     model = KosmosModel(mcfg)
-    model.decoder.activation_checkpointing = cfg.model.activation_checkpointing
+    if model.vision is not None and model.vision.image_size != cfg.data.image_size:
+        raise ValueError(f"data.image_size is {cfg.data.image_size} but the vision tower {mcfg.vision_model} "
+                         f"takes {model.vision.image_size} px images; set data.image_size={model.vision.image_size}")
     return model
 
 
@@ -169,19 +165,12 @@ class Trainer:
         model = build_model(cfg, vocab_size)
         if cfg.run.init:
             ckpt.load_model_weights(cfg.run.init, model)
-        self.flops_per_token = decoder_flops_per_token(model, cfg.data.seq_len)
+        self.flops_per_token = model.decoder_flops_per_token(cfg.data.seq_len)
         self.counts = model.parameter_counts()
         model.to(dev)
-        if cfg.model.compile:
-            for layer in model.decoder.layers:
-                layer.compile()
-        self.parallel = cfg.run.parallel
-        if self.parallel == "auto":
-            self.parallel = "ddp" if self.d.enabled else "none"
-        if self.parallel == "ddp" and self.d.enabled:
-            model = wrap_ddp(model, self.d)
-        elif self.parallel == "fsdp":
-            model = wrap_fsdp(model, self.d, self.bf16)
+        model, self.parallel = parallelize(model, self.d, cfg.run.parallel, bf16=self.bf16,
+                                           activation_checkpointing=cfg.model.activation_checkpointing,
+                                           compile=cfg.model.compile)
         self.model = model
         self.core: KosmosModel = unwrap(model)
         o = cfg.optim
@@ -191,6 +180,13 @@ class Trainer:
                                            fused=True if dev.type == "cuda" else None)
         self.step = 0
         self.image_size = cfg.data.image_size
+
+    # -- Stateful: the train state a checkpoint carries per rank --------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.step = int(state["step"])
 
     # -- one optimizer step --------------------------------------------------------------
     def _autocast(self):
@@ -334,22 +330,19 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
             fh.write(cfg.to_json())
     check_held_out(cfg)
     trainer = Trainer(cfg, d)
-    data_state = None
+    dataset = MixtureDataset(cfg, trainer.tokenizer, trainer.core.cfg.num_image_tokens, d.rank, d.world_size)
+    loader = MixtureLoader(dataset, pin_memory=d.device.type == "cuda")
+    # Everything that survives a restart, as Stateful objects: sharded through DCP, or one file per rank.
+    sharded = {"model": ckpt.ModelState(trainer.model), "optim": ckpt.OptimizerState(trainer.model, trainer.optimizer)}
+    per_rank = {"train": trainer, "data": loader, "rng": ckpt.RngState()}
     if resume == "auto":        # the newest checkpoint that loads; a damaged one is reported and skipped
-        path, step, extra = ckpt.load_newest_intact(ckpt_root, trainer.model, trainer.optimizer, d)
+        path = ckpt.load_newest_intact(ckpt_root, sharded, per_rank, d)
     else:
         path = resume
         if path:
-            step, extra = ckpt.load(path, trainer.model, trainer.optimizer, d)
-    if path:
-        trainer.step = step
-        ckpt.set_rng_state(extra["rng"])
-        data_state = extra["data"]
-        if d.is_main:
-            print(f"resumed from {path} at step {trainer.step}", flush=True)
-    dataset = MixtureDataset(cfg, trainer.tokenizer, trainer.core.cfg.num_image_tokens, d.rank, d.world_size,
-                             data_state)
-    loader = MixtureLoader(dataset, pin_memory=d.device.type == "cuda")
+            ckpt.load(path, sharded, per_rank, d)
+    if path and d.is_main:
+        print(f"resumed from {path} at step {trainer.step}", flush=True)
     total = cfg.run.max_steps or cfg.optim.steps
     if d.is_main:
         c = trainer.counts
@@ -380,7 +373,6 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
                 raise FloatingPointError(f"step {m['step']}: loss {m['loss']} grad norm {m['grad_norm']}")
             history.append(m)
             metrics.write(m, line=m["step"] % max(1, cfg.run.log_every) == 0 or m["step"] == total)
-            extra = None
             if validating and ((cfg.run.eval_every and m["step"] % cfg.run.eval_every == 0) or m["step"] == total):
                 v = trainer.validate()
                 improved = math.isfinite(v["val_loss"]) and (best is None or v["val_loss"] < best)
@@ -389,16 +381,13 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
                 if improved:
                     best = v["val_loss"]
                     if cfg.run.keep_best:
-                        extra = {"step": trainer.step, "data": loader.state_dict(), "rng": ckpt.rng_state()}
-                        saved = ckpt.save(ckpt_root, trainer.step, trainer.model, trainer.optimizer, extra, d,
-                                          cfg.run.keep_last, cfg.to_json(), name="best")
+                        saved = ckpt.save(ckpt_root, trainer.step, sharded, per_rank, d, cfg.run.keep_last,
+                                          cfg.to_json(), name="best")
                         if d.is_main:
                             _write_best(ckpt_root, trainer.step, best)
                             print(f"best checkpoint {saved} (validation loss {best:.4f})", flush=True)
             if m["step"] % cfg.run.save_every == 0 or m["step"] == total:
-                extra = extra or {"step": trainer.step, "data": loader.state_dict(), "rng": ckpt.rng_state()}
-                saved = ckpt.save(ckpt_root, trainer.step, trainer.model, trainer.optimizer, extra, d,
-                                  cfg.run.keep_last, cfg.to_json())
+                saved = ckpt.save(ckpt_root, trainer.step, sharded, per_rank, d, cfg.run.keep_last, cfg.to_json())
                 if d.is_main:
                     print(f"checkpoint {saved}", flush=True)
     finally:

@@ -1,29 +1,32 @@
 """Accounting: every record and image reference ends in exactly one place.
 
-Steps emit :class:`Outcome` events on a tagged output; this module turns them into
-Beam metrics (for the runner's UI) and into exact counts for ``stats.json``
-(computed from the PCollection, so they do not depend on a runner's metrics).
+Steps emit :class:`Outcome` (and :class:`Event`) objects on a tagged output; this
+module turns them into Beam metrics (for the runner's UI) and into exact counts,
+reject samples and error lines (computed from the PCollections, so they do not
+depend on a runner's metrics). pipeline/stats.py makes ``stats.json`` of the counts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Dict
+from typing import Dict, NamedTuple
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from pipeline.schema import REJECT_SCHEMA
-from transforms.records import (DROPPED, ENTERED, ERROR, IMAGE, IMAGE_SOURCE, KEPT, PAIR, READ,
-                                RECORD, TEXT, Outcome)
-
-# level -> (its entry event, its block in stats.json)
-FUNNELS = {RECORD: (READ, "records"), IMAGE: (ENTERED, "images"), TEXT: (ENTERED, "text_documents"),
-           PAIR: (ENTERED, "pairs")}
+from contract.reasons import ERROR
+from contract.schema import REJECT_SCHEMA
+from transforms.records import Outcome
 
 OUTCOMES = "outcomes"
+
+
+class Accounted(NamedTuple):
+    """What an accounted stage hands on: its main output and its outcomes."""
+    output: beam.PCollection
+    outcomes: beam.PCollection
 
 
 class AccountedDoFn(beam.DoFn):
@@ -40,37 +43,6 @@ class AccountedDoFn(beam.DoFn):
     def outcome(self, outcome: Outcome):
         self._counter(outcome).inc()
         return pvalue.TaggedOutput(OUTCOMES, outcome)
-
-
-def summarize(counts: Dict[str, int]) -> Dict:
-    """Nested statistics with the balance check, from ``{"level/status/reason": n}``."""
-    levels = {}
-    for level, (entry, name) in FUNNELS.items():
-        if level in (TEXT, PAIR) and not any(k.startswith(level + "/") for k in counts):
-            continue          # an output that was switched off
-        block = {"in": 0, KEPT: 0, IMAGE_SOURCE: 0, DROPPED: {}, ERROR: {}}
-        for key, n in counts.items():
-            parts = key.split("/", 2)
-            if parts[0] != level:
-                continue
-            status = parts[1]
-            reason = parts[2] if len(parts) > 2 else ""
-            if status == entry:
-                block["in"] += n
-            elif status in (KEPT, IMAGE_SOURCE):
-                block[status] += n
-            elif status in (DROPPED, ERROR):
-                block[status][reason] = block[status].get(reason, 0) + n
-        if level != RECORD:
-            block.pop(IMAGE_SOURCE)
-        out_total = block[KEPT] + block.get(IMAGE_SOURCE, 0) + sum(block[DROPPED].values()) + sum(
-            block[ERROR].values())
-        block[DROPPED] = dict(sorted(block[DROPPED].items()))
-        block[ERROR] = dict(sorted(block[ERROR].items()))
-        block["out"] = out_total
-        block["balanced"] = out_total == block["in"]
-        levels[name] = block
-    return levels
 
 
 class AccountOutcomes(beam.PTransform):
@@ -100,12 +72,12 @@ class AccountOutcomes(beam.PTransform):
                           | f"KeyByOutcome {i}" >> beam.Map(lambda o: (o.key, 1))
                           | f"SumPerOutcome {i}" >> beam.CombinePerKey(sum))
             samples.append(pc
-                           | f"OnlyRejects {i}" >> beam.Filter(lambda o: o.status in (DROPPED, ERROR))
+                           | f"OnlyRejects {i}" >> beam.Filter(lambda o: o.is_reject)
                            | f"KeyByReason {i}" >> beam.Map(lambda o: (o.key, (sample_key(o, seed), o)))
                            | f"SmallestHashes {i}" >> beam.combiners.Top.PerKey(n, key=lambda kv: kv[0],
                                                                                  reverse=True))
             errors.append(pc
-                          | f"OnlyErrors {i}" >> beam.Filter(lambda o: o.status == ERROR)
+                          | f"OnlyErrors {i}" >> beam.Filter(lambda o: o.is_reject and o.status == ERROR)
                           | f"ErrorLines {i}" >> beam.Map(error_line))
         total = (tuple(counts) | "AllStageCounts" >> beam.Flatten()
                  | "SumPerOutcome" >> beam.CombinePerKey(sum)

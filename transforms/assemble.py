@@ -3,22 +3,19 @@ document id) and becomes a row of the interleaved dataset, or is dropped."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Dict, List
 
-
+from contract.reasons import DROPPED, IMAGE, KEPT, RECORD
+from contract.schema import SCORE_FIELDS
 from filters.config import DocumentConfig
-from pipeline.schema import SCORE_FIELDS
 from filters.documents import cap_images, drop_half_of_single_image_docs
 from transforms.accounting import AccountedDoFn
-from transforms.records import (DROPPED, IMAGE, KEPT, RECORD, Candidate, ImageResult, Outcome,
-                                text_snippet)
-
+from transforms.records import Candidate, ImageResult, Outcome, text_snippet
 
 
 def image_row(url: str, alt: str, title: str, res: ImageResult) -> Dict:
-    """A kept image as the ``IMAGE`` struct of pipeline/schema.py (documents and pairs)."""
+    """A kept image as the ``IMAGE`` struct of contract/schema.py (documents and pairs)."""
     st = res.stored
     return {"url": url, "alt": alt, "title": title, "data": st.data, "format": st.format,
             "width": st.width, "height": st.height, "original_width": st.original_width,
@@ -46,15 +43,13 @@ class AssembleDocument(AccountedDoFn):
         def image_out(status, reason, url, res=None):
             # Where the image's bytes are, when it has any; the page otherwise.
             src = res.source if res is not None and res.source is not None else prov
-            scores = json.dumps(res.scores, sort_keys=True, default=str) if res is not None else ""
-            return self.outcome(Outcome(IMAGE, status, reason, file=src.file, offset=src.offset,
-                                        inner_offset=src.inner_offset, url=url, scores=scores))
+            return self.outcome(Outcome.at(IMAGE, status, src, url, reason,
+                                           scores=res.scores if res is not None else None))
 
         def record_out(status, reason="", scores=None):
             snippet = "" if status == KEPT else text_snippet(cand.items)
-            return self.outcome(Outcome(RECORD, status, reason, file=prov.file, offset=prov.offset,
-                                        inner_offset=prov.inner_offset, url=cand.url, snippet=snippet,
-                                        scores=json.dumps(scores or {}, sort_keys=True)))
+            return self.outcome(Outcome.at(RECORD, status, prov, cand.url, reason, snippet=snippet,
+                                           scores=scores or {}))
 
         positions = [i for i, it in enumerate(cand.items) if it["type"] == "image"]
         good: List[int] = []

@@ -5,17 +5,15 @@ the text funnel ends kept or dropped with a reason (levels ``pair`` and ``text``
 
 from __future__ import annotations
 
-import json
-
 import apache_beam as beam
 
+from contract.reasons import DROPPED, KEPT, PAIR, TEXT
+from contract.schema import SCORE_FIELDS
 from filters.captions import normalize_caption, pair_id
-from filters.html import normalize_url
-from pipeline.schema import SCORE_FIELDS
+from filters.urls import normalize_url
+from transforms.accounting import OUTCOMES, Accounted, AccountedDoFn
 from transforms.assemble import image_row
-from transforms.accounting import OUTCOMES, AccountedDoFn
-from transforms.records import DROPPED, KEPT, PAIR, SNIPPET_CHARS, TEXT, Candidate, Outcome, PairCandidate
-
+from transforms.records import Candidate, Outcome, PairCandidate
 
 
 def pair_rank(c: PairCandidate):
@@ -24,9 +22,7 @@ def pair_rank(c: PairCandidate):
 
 
 def _pair_outcome(c: PairCandidate, status: str, reason: str = "", **kw) -> Outcome:
-    p = c.provenance
-    return Outcome(PAIR, status, reason, file=p.file, offset=p.offset, inner_offset=p.inner_offset, url=c.url,
-                   snippet=c.caption[:SNIPPET_CHARS], **kw)
+    return Outcome.at(PAIR, status, c.provenance, c.url, reason, snippet=c.caption, **kw)
 
 
 class KeepOnePair(AccountedDoFn):
@@ -54,8 +50,7 @@ class JoinPairWithImage(AccountedDoFn):
             if res is None:
                 yield self.outcome(_pair_outcome(c, DROPPED, "no_image_result"))
             elif res.reason is not None:
-                yield self.outcome(_pair_outcome(c, DROPPED, res.reason,
-                                                 scores=json.dumps(res.scores or {}, sort_keys=True, default=str)))
+                yield self.outcome(_pair_outcome(c, DROPPED, res.reason, scores=res.scores or {}))
             else:
                 yield c, res
 
@@ -74,26 +69,26 @@ class PairRow(AccountedDoFn):
 
 
 class PairsBeforeImages(beam.PTransform):
-    """Pair candidates -> (distinct pairs, outcomes): the same image URL with the same
-    caption is one pair (no second fetch for it)."""
+    """Pair candidates -> ``Accounted`` (distinct pairs, outcomes): the same image URL
+    with the same caption is one pair (no second fetch for it)."""
 
-    def expand(self, pairs):
+    def expand(self, pairs) -> Accounted:
         out = (pairs
                | "KeyByUrlAndCaption" >> beam.Map(lambda c: ((normalize_url(c.url), normalize_caption(c.caption)), c))
                | "GroupSamePairs" >> beam.GroupByKey()
                | "KeepOnePerUrlAndCaption" >> beam.ParDo(KeepOnePair()).with_outputs(OUTCOMES, main="pairs"))
-        return out["pairs"], out[OUTCOMES]
+        return Accounted(out["pairs"], out[OUTCOMES])
 
 
 class PairsWithImages(beam.PTransform):
-    """(distinct pairs, image results keyed by pair ref) -> (rows, outcomes); the same
-    image bytes with the same caption under two URLs is one pair too."""
+    """(distinct pairs, image results keyed by ``ImageRef``) -> ``Accounted`` (rows,
+    outcomes); the same image bytes with the same caption under two URLs is one pair too."""
 
     def __init__(self, results):
         super().__init__()
         self.results = results
 
-    def expand(self, pairs):
+    def expand(self, pairs) -> Accounted:
         joined = ({"pair": pairs | "KeyPairsByRef" >> beam.Map(lambda c: (c.ref, c)), "image": self.results}
                   | "JoinPairsWithImages" >> beam.CoGroupByKey()
                   | "JoinPairWithImage" >> beam.ParDo(JoinPairWithImage()).with_outputs(OUTCOMES, main="ok"))
@@ -104,16 +99,15 @@ class PairsWithImages(beam.PTransform):
                     | "KeepOnePerContentAndCaption" >> beam.ParDo(KeepOnePair()).with_outputs(OUTCOMES, main="ok"))
         rows = distinct["ok"] | "PairRows" >> beam.ParDo(PairRow()).with_outputs(OUTCOMES, main="rows")
         outcomes = (joined[OUTCOMES], distinct[OUTCOMES], rows[OUTCOMES]) | "PairOutcomes" >> beam.Flatten()
-        return rows["rows"], outcomes
+        return Accounted(rows["rows"], outcomes)
 
 
 class TextRow(AccountedDoFn):
-    """A deduplicated text candidate -> a row of ``pipeline.schema.TEXT_SCHEMA``."""
+    """A deduplicated text candidate -> a row of ``contract.schema.TEXT_SCHEMA``."""
 
     def process(self, c: Candidate):
-        p = c.provenance
-        yield self.outcome(Outcome(TEXT, KEPT, file=p.file, offset=p.offset, inner_offset=p.inner_offset, url=c.url))
+        yield self.outcome(Outcome.at(TEXT, KEPT, c.provenance, c.url))
         yield {"doc_id": c.doc_id, "url": c.url, "capture_date": c.date, "title": c.title,
                "text": "\n".join(i["text"] for i in c.items if i["type"] == "text"),
-               "source_file": p.file, "source_offset": p.offset,
+               "source_file": c.provenance.file, "source_offset": c.provenance.offset,
                "scores": {k: c.scores.get(k) for k in SCORE_FIELDS}}

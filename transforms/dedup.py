@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import json
 import os
+from typing import NamedTuple, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
 
+from contract.reasons import DEDUP, DROPPED, RECORD, TEXT, TEXT_DEDUP
 from filters.config import DedupConfig
-from filters.dedup import (MinHasher, band_keys, capture_time, exact_text_hash, url_key, word_ngrams)
+from filters.dedup import MinHasher, band_keys, capture_time, exact_text_hash, word_ngrams
+from filters.urls import url_key
 from transforms.accounting import OUTCOMES, AccountedDoFn
-from transforms.records import DROPPED, RECORD, TEXT, Candidate, Outcome, text_snippet
+from transforms.records import Candidate, Event, Outcome, text_snippet
 
 AUDIT = "audit"
 
@@ -56,11 +59,9 @@ class KeepBestOfGroup(AccountedDoFn):
         best = ranked[0]
         yield best
         for other in ranked[1:]:
-            p = other.provenance
-            yield self.outcome(Outcome(self.level, DROPPED, self.reason, file=p.file, offset=p.offset,
-                                       inner_offset=p.inner_offset, url=other.url,
-                                       message=f"survivor {best.doc_id}", snippet=text_snippet(other.items),
-                                       scores=json.dumps({"survivor_doc_id": best.doc_id, "survivor_url": best.url})))
+            yield self.outcome(Outcome.at(self.level, DROPPED, other.provenance, other.url, self.reason,
+                                          message=f"survivor {best.doc_id}", snippet=text_snippet(other.items),
+                                          scores={"survivor_doc_id": best.doc_id, "survivor_url": best.url}))
             yield pvalue.TaggedOutput(AUDIT, audit_line(self.reason, other, best.doc_id, best.url, self.level))
 
 
@@ -90,11 +91,14 @@ def DedupExactText(level: str = RECORD):
 
 
 # -- near duplicates -----------------------------------------------------------------
-def node_id(c: Candidate) -> str:
+Node = Tuple[str, str, str]     # (url, capture time, document id)
+
+
+def node_id(c: Candidate) -> Node:
     """Graph node of a document. Components keep their smallest node, so the survivor
     is chosen by URL, then capture date, then id: content of the capture, not where
     it sits in the input, so the choice does not depend on how the input is split."""
-    return f"{c.url}\t{capture_time(c.date)}\t{c.doc_id}"
+    return (c.url, capture_time(c.date), c.doc_id)
 
 
 class BandKeys(beam.DoFn):
@@ -203,11 +207,11 @@ class DedupNearDuplicates(beam.PTransform):
         unsettled = ({"own": labels, "members": labels | "ByLabel" >> beam.Map(lambda nl: (nl[1], nl[0]))}
                      | "JoinLabels" >> beam.CoGroupByKey()
                      | "FlagUnsettled" >> beam.ParDo(FlagUnsettled())
-                     | "CountUnsettled" >> beam.Map(lambda _, name=unsettled_name(self.level): Outcome(
-                         name, "cc_unsettled_components")))
+                     | "CountUnsettled" >> beam.Map(lambda _, level=unsettled_level(self.level): Event(
+                         level, "cc_unsettled_components")))
         removed = (labels
                    | "OnlyNonSurvivors" >> beam.Filter(lambda nl: nl[0] != nl[1])
-                   | "KeyByDocId" >> beam.Map(lambda nl: (nl[0].rsplit("\t", 1)[1], nl[1])))
+                   | "KeyByDocId" >> beam.Map(lambda nl: (nl[0][2], nl[1])))
         out = ({"doc": candidates | "KeyCandidates" >> beam.Map(lambda c: (c.doc_id, c)), "survivor": removed}
                | "JoinVerdicts" >> beam.CoGroupByKey()
                | "DropNearDuplicates" >> beam.ParDo(DropNearDuplicates(self.level)).with_outputs(OUTCOMES, AUDIT, main="kept"))
@@ -215,8 +219,9 @@ class DedupNearDuplicates(beam.PTransform):
         return out["kept"], outcomes, out[AUDIT]
 
 
-def unsettled_name(level: str) -> str:
-    return "dedup" if level == RECORD else f"{level}_dedup"
+def unsettled_level(level: str) -> str:
+    """The counted level of a funnel's dedup facts (``dedup``, ``text_dedup``)."""
+    return DEDUP if level == RECORD else TEXT_DEDUP
 
 
 class DropNearDuplicates(AccountedDoFn):
@@ -230,17 +235,21 @@ class DropNearDuplicates(AccountedDoFn):
             if not survivors:
                 yield c
                 continue
-            survivor_url, _, survivor_id = survivors[0].rsplit("\t", 2)
-            p = c.provenance
-            yield self.outcome(Outcome(self.level, DROPPED, "near_duplicate", file=p.file, offset=p.offset,
-                                       inner_offset=p.inner_offset, url=c.url, message=f"survivor {survivor_id}",
-                                       snippet=text_snippet(c.items),
-                                       scores=json.dumps({"survivor_doc_id": survivor_id, "survivor_url": survivor_url})))
+            survivor_url, _, survivor_id = survivors[0]
+            yield self.outcome(Outcome.at(self.level, DROPPED, c.provenance, c.url, "near_duplicate",
+                                          message=f"survivor {survivor_id}", snippet=text_snippet(c.items),
+                                          scores={"survivor_doc_id": survivor_id, "survivor_url": survivor_url}))
             yield pvalue.TaggedOutput(AUDIT, audit_line("near_duplicate", c, survivor_id, survivor_url, self.level))
 
 
+class Deduplicated(NamedTuple):
+    kept: beam.PCollection           # the unique candidates
+    outcomes: beam.PCollection       # Outcome for each removal, Event for unsettled components
+    audit: beam.PCollection          # JSON lines: what each removed one was a copy of
+
+
 class Deduplicate(beam.PTransform):
-    """Candidates -> (unique candidates, outcomes, audit lines), stages as configured."""
+    """Candidates -> :class:`Deduplicated`, stages (URL, exact text, near) as configured."""
 
     def __init__(self, cfg: DedupConfig, level: str = RECORD):
         super().__init__()
@@ -262,6 +271,6 @@ class Deduplicate(beam.PTransform):
         p = candidates.pipeline
         if not outcomes:
             empty = p | "NoDedup" >> beam.Create([])
-            return candidates, empty, empty
-        return (candidates, tuple(outcomes) | "DedupOutcomes" >> beam.Flatten(),
-                tuple(audits) | "DedupAudit" >> beam.Flatten())
+            return Deduplicated(candidates, empty, empty)
+        return Deduplicated(candidates, tuple(outcomes) | "DedupOutcomes" >> beam.Flatten(),
+                            tuple(audits) | "DedupAudit" >> beam.Flatten())

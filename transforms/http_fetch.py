@@ -5,7 +5,7 @@ made to that very address (the Host header and TLS SNI carry the name), so a
 name that resolves differently a moment later cannot redirect us (DNS
 rebinding). Redirects are followed by hand, each hop checked again.
 
-Every URL is sent in its percent-encoded form (``filters.html.normalize_url``),
+Every URL is sent in its percent-encoded form (``filters.urls.normalize_url``),
 and a response has a hard deadline (``connect_timeout + 3 * read_timeout``) kept by
 a timer that shuts the socket down: a server that sends one byte a second, in
 the headers or the body, cannot hold a fetch past it.
@@ -25,9 +25,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 from urllib.parse import urljoin, urlsplit
 
 from filters.config import FetchConfig
-from filters.html import normalize_url
 from filters.fetch_policy import (REDIRECT_STATUS, RETRY_STATUS, address_block_reason, backoff_seconds,
                                   retry_after_seconds, robots_opt_out)
+from filters.urls import normalize_url
 
 
 @dataclass

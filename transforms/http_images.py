@@ -24,16 +24,18 @@ from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from contract.reasons import FETCH
 from filters.config import FetchConfig, ImageConfig
-from filters.html import normalize_url
 from filters.images import judge_image
+from filters.urls import normalize_url
 from transforms.http_fetch import ImageFetcher
-from transforms.images import EVENTS, InArchiveImages, decode_events
-from transforms.records import FETCH, ImageResult, Outcome, Provenance
+from transforms.images import EVENTS, ImageResults, InArchiveImages, decode_events
+from transforms.records import Event, ImageResult, Provenance
 from transforms.warc import warc_response_record
 from transforms.write import atomic_write
 
 FETCHED = "fetched"
+HTTP_FAILED = "http_failed"
 NOT_AN_IMAGE = ("undecodable", "empty")
 
 
@@ -68,15 +70,15 @@ class FetchBatch(beam.DoFn):
             prov = Provenance(file=r.final_url or url, offset=-1)
             if r.reason is not None:
                 self.failed.inc()
-                yield pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "http_failed", r.reason, url=url,
-                                                          message=r.message, offset=r.attempts))
+                yield pvalue.TaggedOutput(EVENTS, Event(FETCH, HTTP_FAILED, r.reason, url=url,
+                                                        message=r.message, attempts=r.attempts))
                 for ref, pos in refs:
                     yield ref, ImageResult(pos, r.reason, None, prov, {"attempts": r.attempts}, url=url)
                 continue
             self.fetched.inc()
             verdict, stored = judge_image(r.data, self.image_cfg)
             reason = None if verdict.keep else ("not_an_image" if verdict.reason in NOT_AN_IMAGE else verdict.reason)
-            yield pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "http_fetched", url=url, offset=r.attempts))
+            yield pvalue.TaggedOutput(EVENTS, Event(FETCH, "http_fetched", url=url, attempts=r.attempts))
             yield from decode_events(url, refs)
             if self.fetch_cfg.write_warc:
                 yield pvalue.TaggedOutput(FETCHED, {"url": url, "final_url": r.final_url, "date": _iso_date(r.date),
@@ -94,9 +96,8 @@ class HttpImages(beam.PTransform):
         super().__init__()
         self.fetch_cfg, self.image_cfg, self.max_bytes = fetch_cfg, image_cfg, max_bytes
         self.allowed, self.not_listed_reason = allowed, not_listed_reason
-        self.events = self.fetched = None
 
-    def expand(self, refs):
+    def expand(self, refs) -> ImageResults:
         grouped = (refs
                    | "AsKeyValue" >> beam.Map(lambda kv: (kv[0], kv[1])).with_output_types(Tuple[str, Any])
                    | "GroupByUrl" >> beam.GroupByKey())
@@ -124,10 +125,10 @@ class HttpImages(beam.PTransform):
                    | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.fetch_cfg.batch_size)
                    | "Download" >> beam.ParDo(FetchBatch(self.fetch_cfg, self.image_cfg, self.max_bytes))
                    .with_outputs(EVENTS, FETCHED, main="results"))
-        self.events, self.fetched = fetched[EVENTS], fetched[FETCHED]
-        if settled is None:
-            return fetched["results"]
-        return (fetched["results"], settled) | "WithUnlisted" >> beam.Flatten()
+        results = fetched["results"]
+        if settled is not None:
+            results = (results, settled) | "WithUnlisted" >> beam.Flatten()
+        return ImageResults(results, fetched[EVENTS], fetched[FETCHED])
 
 
 class ArchiveThenHttp(beam.PTransform):
@@ -138,18 +139,17 @@ class ArchiveThenHttp(beam.PTransform):
         super().__init__()
         self.archive = InArchiveImages(image_records, image_cfg, max_bytes)
         self.http = HttpImages(fetch_cfg, image_cfg, max_bytes, allowed, not_listed_reason="not_in_archive")
-        self.events = self.fetched = None
 
-    def expand(self, refs):
-        results = refs | "InArchive" >> self.archive
+    def expand(self, refs) -> ImageResults:
+        archive = refs | "InArchive" >> self.archive
+        results = archive.results
         hits = results | "FoundInArchive" >> beam.Filter(lambda kv: kv[1].reason != "not_in_archive")
         misses = (results
                   | "NotInArchive" >> beam.Filter(lambda kv: kv[1].reason == "not_in_archive")
                   | "RefetchKey" >> beam.Map(lambda kv: (kv[1].url, (kv[0], kv[1].position))))
-        downloaded = misses | "Http" >> self.http
-        self.events = (self.archive.events, self.http.events) | "AllFetchEvents" >> beam.Flatten()
-        self.fetched = self.http.fetched
-        return (hits, downloaded) | "ArchiveAndHttp" >> beam.Flatten()
+        http = misses | "Http" >> self.http
+        return ImageResults((hits, http.results) | "ArchiveAndHttp" >> beam.Flatten(),
+                            (archive.events, http.events) | "AllFetchEvents" >> beam.Flatten(), http.fetched)
 
 
 def read_url_list(p: beam.Pipeline, path: str):
@@ -169,8 +169,8 @@ def read_url_list(p: beam.Pipeline, path: str):
             | "DistinctUrls" >> beam.Distinct())
 
 
-def failure_line(o: Outcome) -> str:
-    return json.dumps({"url": o.url, "reason": o.reason, "attempts": o.offset, "message": o.message},
+def failure_line(e: Event) -> str:
+    return json.dumps({"url": e.url, "reason": e.reason, "attempts": e.attempts, "message": e.message},
                       sort_keys=True, ensure_ascii=False)
 
 

@@ -3,51 +3,55 @@ shuffle, each distinct image is judged once, and the verdict goes back to every
 document that uses it.
 
 An image source is any PTransform from ``(url, (ref, position))`` references to
-``(ref, ImageResult)`` results, one result per reference; after expanding it may
-set ``events``, a PCollection of ``fetch``-level Outcomes counting its work.
-``InArchiveImages`` takes the bytes from the image records of the input archives;
-an HTTP source plugs in beside it with the same contract.
+an :class:`ImageResults`: ``(ref, ImageResult)`` results, one per reference, and the
+``fetch``-level events counting its work. ``InArchiveImages`` takes the bytes from
+the image records of the input archives; the HTTP sources (transforms/http_images.py)
+plug in beside it with the same contract.
 
-A ``ref`` is a document id, or ``pair|page|index`` for the image of an
-image-caption pair: both outputs go through one source, so an image that a
-document and a pair share is decoded once. Repeats across the corpus are
-counted per output (pages of documents, pages of pairs).
+A ``ref`` is a :class:`transforms.records.ImageRef`: a document, or the pair of
+one <img> of a page.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
+from contract.reasons import ENTERED, FETCH, IMAGE
 from filters.config import ImageConfig
-from filters.html import normalize_url
 from filters.images import judge_image
+from filters.urls import normalize_url
 from transforms.accounting import AccountedDoFn
-from transforms.records import ENTERED, FETCH, IMAGE, Candidate, ImageResult, Outcome, is_pair_ref, ref_page
+from transforms.records import Candidate, Event, ImageRef, ImageResult, Outcome
 
 SETTLED = "settled"
 EVENTS = "events"
+
+
+class ImageResults(NamedTuple):
+    """What an image source returns: one result per reference, its work counted, and
+    (a downloading source) the downloaded bytes, for ``fetch.write_warc``."""
+    results: beam.PCollection                     # (ImageRef, ImageResult)
+    events: beam.PCollection                      # Event (level fetch)
+    fetched: Optional[beam.PCollection] = None    # {"url", "final_url", "date", "content_type", "data"}
 
 
 def repeated_kinds(refs, max_repeats: int) -> set:
     """The outputs ("pair" / "doc") in which more than ``max_repeats`` pages use the image."""
     pages = {"pair": set(), "doc": set()}
     for ref in refs:
-        pages["pair" if is_pair_ref(ref) else "doc"].add(ref_page(ref))
+        pages[ref.output].add(ref.page)
     return {k for k, v in pages.items() if max_repeats and len(v) > max_repeats}
-
-
-def kind_of(ref: str) -> str:
-    return "pair" if is_pair_ref(ref) else "doc"
 
 
 def decode_events(url: str, refs) -> list:
     """``fetch``-level events for one decode of the image at ``url`` serving ``refs``."""
-    events = [pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "decoded", url=url))]
-    if len({kind_of(ref) for ref, _ in refs}) > 1:
-        events.append(pvalue.TaggedOutput(EVENTS, Outcome(FETCH, "decoded_once_for_documents_and_pairs", url=url)))
+    events = [pvalue.TaggedOutput(EVENTS, Event(FETCH, "decoded", url=url))]
+    if len({ref.output for ref, _ in refs}) > 1:
+        events.append(pvalue.TaggedOutput(EVENTS, Event(FETCH, "decoded_once_for_documents_and_pairs", url=url)))
     return events
 
 
@@ -66,21 +70,21 @@ class ListImageReferences(AccountedDoFn):
             if item["type"] != "image":
                 continue
             url = item["url"]
-            yield self.outcome(Outcome(IMAGE, ENTERED, url=url, file=cand.provenance.file,
-                                       offset=cand.provenance.offset))
+            yield self.outcome(Outcome.at(IMAGE, ENTERED, cand.provenance, url))
+            ref = ImageRef(cand.doc_id)
             if not url or not url.lower().startswith(("http://", "https://")):
-                yield pvalue.TaggedOutput(SETTLED, (cand.doc_id, ImageResult(pos, "unsupported_url")))
+                yield pvalue.TaggedOutput(SETTLED, (ref, ImageResult(pos, "unsupported_url")))
             elif url in seen:
-                yield pvalue.TaggedOutput(SETTLED, (cand.doc_id, ImageResult(pos, "duplicate_in_document")))
+                yield pvalue.TaggedOutput(SETTLED, (ref, ImageResult(pos, "duplicate_in_document")))
             elif self.max_references and len(seen) >= self.max_references:
-                yield pvalue.TaggedOutput(SETTLED, (cand.doc_id, ImageResult(pos, "over_reference_cap")))
+                yield pvalue.TaggedOutput(SETTLED, (ref, ImageResult(pos, "over_reference_cap")))
             else:
                 seen.add(url)
-                yield url, (cand.doc_id, pos)
+                yield url, (ref, pos)
 
 
 class JudgeEachImageOnce(beam.DoFn):
-    """(url, {refs, records}) -> (doc_id, ImageResult) for every reference. Records
+    """(url, {refs, records}) -> (ImageRef, ImageResult) for every reference. Records
     carry where their bytes are; the chosen one is read back by offset."""
 
     def __init__(self, cfg: ImageConfig, max_bytes: int):
@@ -100,8 +104,8 @@ class JudgeEachImageOnce(beam.DoFn):
         if first is None:
             return  # an image record no kept document asks for: never decoded
         if not records:
-            for doc_id, pos in refs:
-                yield doc_id, ImageResult(pos, "not_in_archive", url=url)
+            for ref, pos in refs:
+                yield ref, ImageResult(pos, "not_in_archive", url=url)
             return
         # The same URL captured more than once: a fixed choice, whatever the order.
         rec = min(records, key=lambda r: (r.oversize, r.provenance.file, r.provenance.offset,
@@ -110,8 +114,8 @@ class JudgeEachImageOnce(beam.DoFn):
         if rec.left_in_archive:
             payload = self._read_back(rec)
             if payload is None:
-                for doc_id, pos in refs:
-                    yield doc_id, ImageResult(pos, "unreadable_in_archive", None, rec.provenance)
+                for ref, pos in refs:
+                    yield ref, ImageResult(pos, "unreadable_in_archive", None, rec.provenance)
                 return
         if rec.oversize:
             verdict, stored = None, None
@@ -121,8 +125,8 @@ class JudgeEachImageOnce(beam.DoFn):
             self.decoded.inc()
             reason, scores = (None if verdict.keep else verdict.reason), verdict.scores
         refs = list(refs)
-        for doc_id, pos in refs:
-            yield doc_id, ImageResult(pos, reason, stored, rec.provenance, scores)
+        for ref, pos in refs:
+            yield ref, ImageResult(pos, reason, stored, rec.provenance, scores)
         if len(refs) > 1:
             self.shared.inc(len(refs) - 1)
         if not rec.oversize:
@@ -157,8 +161,7 @@ class InArchiveImages(beam.PTransform):
                   | "JoinReferencesWithRecords" >> beam.CoGroupByKey()
                   | "JudgeEachImageOnce" >> beam.ParDo(JudgeEachImageOnce(self.cfg, self.max_bytes)).with_outputs(
                       EVENTS, main="results"))
-        self.events = judged[EVENTS]
-        return judged["results"]
+        return ImageResults(judged["results"], judged[EVENTS])
 
 
 class SettleRepeatedUrls(beam.DoFn):
@@ -173,14 +176,14 @@ class SettleRepeatedUrls(beam.DoFn):
     def process(self, element):
         url, refs = element
         refs = list(refs)
-        repeated = repeated_kinds((doc for doc, _ in refs), self.max_repeats)
+        repeated = repeated_kinds((ref for ref, _ in refs), self.max_repeats)
         if repeated:
             self.skipped.inc()
-        for doc_id, pos in refs:
-            if kind_of(doc_id) in repeated:
-                yield pvalue.TaggedOutput(SETTLED, (doc_id, ImageResult(pos, "repeated_image")))
+        for ref, pos in refs:
+            if ref.output in repeated:
+                yield pvalue.TaggedOutput(SETTLED, (ref, ImageResult(pos, "repeated_image")))
             else:
-                yield url, (doc_id, pos)
+                yield url, (ref, pos)
 
 
 class SettleRepeatedContent(beam.DoFn):
@@ -193,12 +196,12 @@ class SettleRepeatedContent(beam.DoFn):
     def process(self, element):
         sha, results = element
         results = list(results)
-        repeated = repeated_kinds((doc for doc, _ in results), self.max_repeats)
-        for doc_id, res in results:
-            if kind_of(doc_id) in repeated and res.reason is None:
-                yield doc_id, ImageResult(res.position, "repeated_image", None, res.source, res.scores)
+        repeated = repeated_kinds((ref for ref, _ in results), self.max_repeats)
+        for ref, res in results:
+            if ref.output in repeated and res.reason is None:
+                yield ref, ImageResult(res.position, "repeated_image", None, res.source, res.scores)
             else:
-                yield doc_id, res
+                yield ref, res
 
 
 class FetchImages(beam.PTransform):
@@ -210,17 +213,15 @@ class FetchImages(beam.PTransform):
         self.source = source
         self.max_repeats = max_repeats
 
-    def expand(self, refs):
+    def expand(self, refs) -> ImageResults:
         n = self.max_repeats
         if not n:
-            out = refs | "FromSource" >> self.source
-            self.events = getattr(self.source, "events", None)
-            return out
+            return refs | "FromSource" >> self.source
         split = (refs
                  | "GroupByUrl" >> beam.GroupByKey()
                  | "SettleRepeatedUrls" >> beam.ParDo(SettleRepeatedUrls(n)).with_outputs(SETTLED, main="fetch"))
-        fetched = split["fetch"] | "FromSource" >> self.source
-        self.events = getattr(self.source, "events", None)
+        source = split["fetch"] | "FromSource" >> self.source
+        fetched = source.results
         # Only images that passed carry bytes to count; failures skip the shuffle
         # (grouped under one key they would make a hot key as large as the failures).
         with_bytes = fetched | "WithBytes" >> beam.Filter(lambda kv: kv[1].stored is not None)
@@ -229,4 +230,4 @@ class FetchImages(beam.PTransform):
                    | "KeyBySha256" >> beam.Map(lambda kv: (kv[1].stored.sha256, kv))
                    | "GroupBySha256" >> beam.GroupByKey()
                    | "SettleRepeatedContent" >> beam.ParDo(SettleRepeatedContent(n)))
-        return (checked, without, split[SETTLED]) | "AllFetchResults" >> beam.Flatten()
+        return source._replace(results=(checked, without, split[SETTLED]) | "AllFetchResults" >> beam.Flatten())

@@ -11,24 +11,23 @@ to ``outcomes``, once per output the page was on its way to:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
 
+from contract.reasons import DROPPED, ENTERED, ERROR, PAIR, RECORD, TEXT
+from filters.captions import find_image_captions, judge_caption
 from filters.config import CurationConfig
 from filters.documents import interspersed
-from filters.captions import find_image_captions, judge_caption
 from filters.html import decode_html, extract_content, has_img_tag, limit_attributes, rough_text
 from filters.language import LanguageIdentifier, language_filter
 from filters.text_quality import filter_document_text, filter_paragraphs
 from transforms.accounting import OUTCOMES, AccountedDoFn
 from transforms.budget import ChildFailed, OverBudget, TimeBoundCalls
 from transforms.progress import ProgressCounters
-from transforms.records import (DROPPED, ENTERED, ERROR, PAIR, RECORD, SNIPPET_CHARS, TEXT, Candidate,
-                                Outcome, Page, PairCandidate)
+from transforms.records import Candidate, Outcome, Page, PairCandidate
 
 TEXT_DOCS = "text_documents"
 PAIRS = "pairs"
@@ -43,10 +42,8 @@ class DecodedPage:
 
 def _drop(page: Page, reason: str, message: str = "", status: str = DROPPED, scores=None,
           snippet: str = "", level: str = RECORD) -> Outcome:
-    p = page.provenance
-    return Outcome(level, status, reason, file=p.file, offset=p.offset, inner_offset=p.inner_offset,
-                   url=page.url, message=message, scores=json.dumps(scores or {}, sort_keys=True),
-                   snippet=snippet[:SNIPPET_CHARS])
+    return Outcome.at(level, status, page.provenance, page.url, reason, scores=scores or {}, snippet=snippet,
+                      message=message)
 
 
 class _WithLanguageId(AccountedDoFn):
@@ -71,9 +68,7 @@ class CheapPageChecks(_WithLanguageId):
 
     def process(self, page: Page):
         if self.cfg.output.text:
-            p = page.provenance
-            yield self.outcome(Outcome(TEXT, ENTERED, file=p.file, offset=p.offset,
-                                       inner_offset=p.inner_offset, url=page.url))
+            yield self.outcome(Outcome.at(TEXT, ENTERED, page.provenance, page.url))
         if len(page.payload) > self.cfg.records.max_html_bytes:
             yield from self.drops(page, "too_large", scores={"bytes": len(page.payload)})
             return
@@ -186,29 +181,28 @@ class ExtractDocuments(_WithLanguageId):
         try:
             images = self.parser.call(find_image_captions, html_text, page.url)
         except (OverBudget, ChildFailed) as exc:
-            where = dict(file=p.file, offset=p.offset, inner_offset=p.inner_offset, url=page.url)
-            yield self.outcome(Outcome(PAIR, ENTERED, **where))
-            yield self.outcome(Outcome(PAIR, DROPPED if isinstance(exc, OverBudget) else ERROR,
-                                       "over_time_budget" if isinstance(exc, OverBudget) else "extraction_failed",
-                                       message=f"<img> scan: {exc}", **where))
+            yield self.outcome(Outcome.at(PAIR, ENTERED, p, page.url))
+            over = isinstance(exc, OverBudget)
+            yield self.outcome(Outcome.at(PAIR, DROPPED if over else ERROR, p, page.url,
+                                          "over_time_budget" if over else "extraction_failed",
+                                          message=f"<img> scan: {exc}"))
             return
         for img in images:
-            where = dict(file=p.file, offset=p.offset, inner_offset=p.inner_offset, url=img.url or img.src)
-            yield self.outcome(Outcome(PAIR, ENTERED, **where))
+            url = img.url or img.src
+            yield self.outcome(Outcome.at(PAIR, ENTERED, p, url))
             if not img.url or not img.url.lower().startswith(("http://", "https://")):
-                yield self.outcome(Outcome(PAIR, DROPPED, "unsupported_url", snippet=img.caption, **where))
+                yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, "unsupported_url", snippet=img.caption))
                 continue
             verdict = judge_caption(img.caption, self.cfg.captions, self.lid, self.cfg.language.language)
             if not verdict.keep:
-                yield self.outcome(Outcome(PAIR, DROPPED, verdict.reason, snippet=img.caption[:SNIPPET_CHARS],
-                                           scores=json.dumps(verdict.scores, sort_keys=True), **where))
+                yield self.outcome(Outcome.of(PAIR, verdict, p, url, snippet=img.caption))
                 continue
             key = (img.url, img.caption.lower())
             if key in seen:
-                yield self.outcome(Outcome(PAIR, DROPPED, "duplicate_in_page", snippet=img.caption, **where))
+                yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, "duplicate_in_page", snippet=img.caption))
                 continue
             if len(seen) >= self.cfg.captions.max_pairs_per_page:
-                yield self.outcome(Outcome(PAIR, DROPPED, "over_page_cap", snippet=img.caption, **where))
+                yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, "over_page_cap", snippet=img.caption))
                 continue
             seen.add(key)
             yield pvalue.TaggedOutput(PAIRS, PairCandidate(
@@ -216,13 +210,24 @@ class ExtractDocuments(_WithLanguageId):
                 float(verdict.scores.get("language_score", 0.0))))
 
 
+class Candidates(NamedTuple):
+    """The pages that passed, per output, and what became of the others."""
+    documents: beam.PCollection              # Candidate: interleaved documents awaiting images
+    texts: beam.PCollection                  # Candidate: text-only documents (output.text)
+    pairs: beam.PCollection                  # PairCandidate (output.pairs)
+    outcomes: Tuple[beam.PCollection, ...]   # Outcome, reduced per stage by AccountOutcomes
+
+
 class PagesToCandidates(beam.PTransform):
+    """Pages -> :class:`Candidates`: the cheap checks, then extraction and the text
+    filters, once per page for all three outputs."""
+
     def __init__(self, cfg: CurationConfig, progress_dir: Optional[str] = None):
         super().__init__()
         self.cfg = cfg
         self.progress_dir = progress_dir
 
-    def expand(self, pages):
+    def expand(self, pages) -> Candidates:
         """``pages``: a PCollection, or a tuple of them (the pages as read, the pages
         of resolved revisits): each part is checked and extracted in the stage that
         made it, so no page waits in a Flatten's buffer; the results are joined."""
@@ -242,6 +247,5 @@ class PagesToCandidates(beam.PTransform):
 
         def joined(pcolls, label):
             return pcolls[0] if len(pcolls) == 1 else tuple(pcolls) | label >> beam.Flatten()
-        self.text_documents = joined(texts, "AllTextDocuments")
-        self.pairs = joined(pairs, "AllPairCandidates")
-        return joined(candidates, "AllCandidates"), tuple(outcomes)     # outcomes: see AccountOutcomes
+        return Candidates(joined(candidates, "AllCandidates"), joined(texts, "AllTextDocuments"),
+                          joined(pairs, "AllPairCandidates"), tuple(outcomes))

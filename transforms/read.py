@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 
+from contract.reasons import DROPPED, ERROR, IMAGE_SOURCE, READ, RECORD
 from filters.config import RecordConfig
-from filters.images import sniff_format
-from transforms.accounting import AccountedDoFn
-from transforms.records import (DROPPED, ERROR, IMAGE_SOURCE, READ, RECORD, ImageRecord, Outcome,
-                                Page, Provenance)
+from filters.records import RecordClass, RecordKind, classify
+from transforms.accounting import OUTCOMES, AccountedDoFn
 from transforms.progress import ProgressCounters
+from transforms.records import ImageRecord, Outcome, Page, Provenance
 from transforms.remote import input_size, is_http, open_input, read_record_at
 from transforms.warc import ArchiveRecord, ReadError, archive_layout, iter_archive_range
 
@@ -25,11 +25,6 @@ PAGES = "pages"
 IMAGES = "images"
 REVISITS = "revisits"
 ORIGINALS = "originals"
-
-HTML_TYPES = {"text/html", "application/xhtml+xml"}
-VAGUE_TYPES = {"", "text/plain", "application/octet-stream", "unk", "no-type", "unknown", "text/x-unknown"}
-SKIPPED_TYPES = {"warcinfo", "request", "metadata", "conversion", "continuation"}
-
 
 @dataclass
 class Revisit:
@@ -42,40 +37,9 @@ class Revisit:
 class Original:
     """Where a record that revisit records may point at lies, and what it is: no
     payload crosses the digest join; the few needed are read back by offset."""
-    kind: str            # "page" | "image" | the reason such records are skipped
+    cls: RecordClass
     content_type: str
     provenance: Provenance
-
-
-def looks_like_html(payload: bytes) -> bool:
-    head = payload[:1024].lstrip().lower()
-    return head.startswith((b"<!doctype html", b"<html", b"<head", b"<!--")) and b"<html" in payload[:4096].lower()
-
-
-def classify(rec: ArchiveRecord) -> str:
-    """'page', 'image', or the reason the record is skipped."""
-    if rec.rec_type in SKIPPED_TYPES:
-        return f"warc_type_{rec.rec_type}"
-    if rec.rec_type not in ("response", "resource"):
-        return "warc_type_other"
-    uri = rec.target_uri.lower()
-    if not uri.startswith(("http://", "https://")):
-        return "not_http"
-    if rec.http_status is None and rec.rec_type == "response":
-        return "error:bad_http"
-    if rec.http_status is not None and not 200 <= rec.http_status < 300:
-        return f"http_{rec.http_status // 100}xx"
-    mime = rec.mime
-    if mime in HTML_TYPES:
-        return "page"
-    if mime.startswith("image/"):
-        return "image"
-    if mime in VAGUE_TYPES:
-        if looks_like_html(rec.payload):
-            return "page"
-        if sniff_format(rec.payload) in ("jpeg", "png", "gif", "webp", "bmp", "tiff"):
-            return "image"
-    return "not_html_or_image"
 
 
 class HashingReader:
@@ -243,8 +207,7 @@ class ReadArchives(AccountedDoFn, beam.transforms.core.RestrictionProvider):
         prov = Provenance(rec.file, rec.offset, rec.inner_offset, rec.record_id)
 
         def dropped(reason):
-            return self.outcome(Outcome(RECORD, DROPPED, reason, file=rec.file, offset=rec.offset,
-                                        inner_offset=rec.inner_offset, url=rec.target_uri))
+            return self.outcome(Outcome.at(RECORD, DROPPED, prov, rec.target_uri, reason))
 
         if rec.rec_type == "revisit":
             if not rec.target_uri.lower().startswith(("http://", "https://")):
@@ -256,38 +219,37 @@ class ReadArchives(AccountedDoFn, beam.transforms.core.RestrictionProvider):
             else:
                 yield pvalue.TaggedOutput(REVISITS, (rec.payload_digest, Revisit(rec.target_uri, rec.date, prov)))
             return
-        kind = classify(rec)
+        cls = classify(rec)
         ctype = rec.http_header("content-type") or rec.block_content_type
-        if kind == "page":
+        if cls.kind is RecordKind.PAGE:
             self.progress.add("pages")
             if rec.oversize or len(rec.payload) > cfg.max_html_bytes:
                 yield dropped("too_large")
                 return
             if cfg.resolve_revisits and rec.payload_digest:
-                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original("page", ctype, prov)))
+                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original(cls, ctype, prov)))
             yield Page(rec.target_uri, rec.date, ctype, rec.payload, prov, truncated=rec.truncated)
-        elif kind == "image":
+        elif cls.kind is RecordKind.IMAGE:
             oversize = rec.oversize or len(rec.payload) > cfg.max_image_bytes
             if cfg.resolve_revisits and rec.payload_digest and not oversize:
-                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original("image", ctype, prov)))
-            yield self.outcome(Outcome(RECORD, IMAGE_SOURCE, file=rec.file, offset=rec.offset, url=rec.target_uri))
+                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original(cls, ctype, prov)))
+            yield self.outcome(Outcome.at(RECORD, IMAGE_SOURCE, prov, rec.target_uri))
             # A record that starts its own gzip member (or an uncompressed file) is cheap
             # to read again by offset: only its location crosses the URL join.
             left = not oversize and rec.inner_offset == 0
             yield pvalue.TaggedOutput(IMAGES, ImageRecord(rec.target_uri, rec.date, ctype,
                                                           b"" if oversize or left else rec.payload, prov, oversize,
                                                           left_in_archive=left))
-        elif kind.startswith("error:"):
+        elif cls.kind is RecordKind.BROKEN:
             if cfg.resolve_revisits and rec.payload_digest:
-                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original(kind[6:], ctype, prov)))
-            yield self.outcome(Outcome(RECORD, ERROR, kind[6:], file=rec.file, offset=rec.offset,
-                                       inner_offset=rec.inner_offset, url=rec.target_uri,
-                                       message="; ".join(rec.notes) or "response block is not an HTTP response"))
+                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original(cls, ctype, prov)))
+            yield self.outcome(Outcome.at(RECORD, ERROR, prov, rec.target_uri, cls.reason,
+                                          message="; ".join(rec.notes) or "response block is not an HTTP response"))
         else:
             if cfg.resolve_revisits and rec.payload_digest and rec.rec_type in ("response", "resource"):
                 # Revisits of this payload get the same verdict, without its bytes.
-                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original(kind, ctype, prov)))
-            yield dropped(kind)
+                yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original(cls, ctype, prov)))
+            yield dropped(cls.reason)
 
 
 class ResolveRevisit(AccountedDoFn):
@@ -309,10 +271,10 @@ class ResolveRevisit(AccountedDoFn):
         # Same digest, same payload: prefer a usable original, then a fixed position.
         chosen: Optional[Original] = min(
             originals, default=None,
-            key=lambda o: (o.kind not in ("page", "image"), o.provenance.file, o.provenance.offset,
+            key=lambda o: (not o.cls.usable, o.provenance.file, o.provenance.offset,
                            o.provenance.inner_offset))
         payload = b""
-        if chosen is not None and chosen.kind in ("page", "image"):
+        if chosen is not None and chosen.cls.usable:
             where = chosen.provenance
             try:
                 rec = read_record_at(where.file, where.offset, where.inner_offset, self.max_payload_bytes)
@@ -321,27 +283,23 @@ class ResolveRevisit(AccountedDoFn):
             else:
                 why = "no record there"
             if rec is None:
+                message = f"original at {where.file}@{where.offset}+{where.inner_offset}: {why}"[:500]
                 for rev in revisits:
-                    p = rev.provenance
-                    yield self.outcome(Outcome(RECORD, ERROR, "revisit_original_unreadable", file=p.file,
-                                               offset=p.offset, inner_offset=p.inner_offset, url=rev.url,
-                                               message=f"original at {where.file}@{where.offset}+"
-                                                       f"{where.inner_offset}: {why}"[:500]))
+                    yield self.outcome(Outcome.at(RECORD, ERROR, rev.provenance, rev.url,
+                                                  "revisit_original_unreadable", message=message))
                 return
             payload = rec.payload
         for rev in revisits:
             prov = Provenance(rev.provenance.file, rev.provenance.offset, rev.provenance.inner_offset,
                               rev.provenance.record_id, revisit_of=digest)
             if chosen is None:
-                yield self.outcome(Outcome(RECORD, DROPPED, "revisit_unresolved", file=prov.file,
-                                           offset=prov.offset, inner_offset=prov.inner_offset, url=rev.url))
-            elif chosen.kind == "page":
+                yield self.outcome(Outcome.at(RECORD, DROPPED, prov, rev.url, "revisit_unresolved"))
+            elif chosen.cls.kind is RecordKind.PAGE:
                 yield Page(rev.url, rev.date, chosen.content_type, payload, prov)
-            elif chosen.kind != "image":
-                yield self.outcome(Outcome(RECORD, DROPPED, chosen.kind, file=prov.file, offset=prov.offset,
-                                           inner_offset=prov.inner_offset, url=rev.url))
+            elif not chosen.cls.usable:
+                yield self.outcome(Outcome.at(RECORD, DROPPED, prov, rev.url, chosen.cls.reason))
             else:
-                yield self.outcome(Outcome(RECORD, IMAGE_SOURCE, file=prov.file, offset=prov.offset, url=rev.url))
+                yield self.outcome(Outcome.at(RECORD, IMAGE_SOURCE, prov, rev.url))
                 yield pvalue.TaggedOutput(IMAGES, ImageRecord(rev.url, rev.date, chosen.content_type,
                                                               payload, prov))
 
@@ -357,21 +315,26 @@ class OriginalsNeeded(beam.PTransform):
         return originals | "KeepWanted" >> beam.Filter(lambda kv, wanted: kv[0] in wanted, wanted=wanted)
 
 
+class Read(NamedTuple):
+    """What reading the archives hands on."""
+    pages: Tuple[beam.PCollection, ...]      # Page, one PCollection per producer (see below)
+    image_records: beam.PCollection          # ImageRecord (locations; bytes only where needed)
+    outcomes: Tuple[beam.PCollection, ...]   # Outcome, reduced per stage by AccountOutcomes
+    inputs: beam.PCollection                 # one dict per input file: path, size, sha256
+
+
 class ReadAndResolve(beam.PTransform):
-    """Paths -> (pages, image records, outcomes; pages and outcomes as tuples of
-    PCollections), revisits resolved through a CoGroupByKey on the payload digest
-    when enabled."""
+    """Paths -> :class:`Read`, revisits resolved through a CoGroupByKey on the
+    payload digest when enabled."""
 
     def __init__(self, cfg: RecordConfig, progress_dir: Optional[str] = None):
         super().__init__()
         self.cfg = cfg
         self.progress_dir = progress_dir
 
-    def expand(self, paths):
-        from transforms.accounting import OUTCOMES
+    def expand(self, paths) -> Read:
         read = paths | "ReadRecords" >> beam.ParDo(ReadArchives(self.cfg, self.progress_dir)).with_outputs(
             IMAGES, REVISITS, ORIGINALS, OUTCOMES, INPUTS, main=PAGES)
-        self.inputs = read[INPUTS]
         pages, images, outcomes = [read[PAGES]], [read[IMAGES]], [read[OUTCOMES]]
         if self.cfg.resolve_revisits:
             # Only the originals some revisit points at cross the join: the digests of the
@@ -391,6 +354,5 @@ class ReadAndResolve(beam.PTransform):
         # (measured: all pages of the input at once), and pages are the heaviest thing
         # the job moves. ``PagesToCandidates`` processes each part in the stage that
         # made it and joins only the far smaller results.
-        return (tuple(pages),
-                tuple(images) | "AllImageRecords" >> beam.Flatten(),
-                tuple(outcomes))              # outcomes: reduced per stage by AccountOutcomes
+        return Read(tuple(pages), tuple(images) | "AllImageRecords" >> beam.Flatten(), tuple(outcomes),
+                    read[INPUTS])

@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
-RECORD = "record"      # HTML pages (and other records) on the way to interleaved documents
-IMAGE = "image"        # image references of interleaved documents
-TEXT = "text"          # HTML pages on the way to text-only documents
-PAIR = "pair"          # <img> elements of English pages on the way to image-caption pairs
-FETCH = "fetch"        # image decodes (not a funnel: counts of work done)
-
-# Terminal statuses: every record and every image reference ends in exactly one.
-KEPT = "kept"
-DROPPED = "dropped"
-ERROR = "error"
-IMAGE_SOURCE = "image_source"   # an image record, handed to the image join
-# Entry events that the terminal ones must balance.
-READ = "read"
-ENTERED = "entered"
+from contract.reasons import DROPPED, ERROR, KEPT, count_key
 
 
 @dataclass(frozen=True)
 class Outcome:
-    level: str                  # RECORD or IMAGE
+    """One step of one thing through a funnel (contract.reasons): a record read, a
+    page entering the text funnel, an image reference dropped with its reason."""
+    level: str                  # a funnel level: RECORD, IMAGE, TEXT or PAIR
     status: str                 # READ/ENTERED, or a terminal status
     reason: str = ""
-    file: str = ""
+    file: str = ""              # where the record lies (of the page, for an image reference)
     offset: int = -1
     inner_offset: int = 0
     url: str = ""
@@ -38,7 +28,46 @@ class Outcome:
 
     @property
     def key(self) -> str:
-        return f"{self.level}/{self.status}/{self.reason}" if self.reason else f"{self.level}/{self.status}"
+        return count_key(self.level, self.status, self.reason)
+
+    @property
+    def is_reject(self) -> bool:
+        return self.status in (DROPPED, ERROR)
+
+    @classmethod
+    def at(cls, level: str, status: str, prov: "Provenance", url: str, reason: str = "", *,
+           scores: Optional[Dict[str, Any]] = None, snippet: str = "", message: str = "") -> "Outcome":
+        """The outcome of something at ``prov``: the one adapter every step uses to
+        turn a verdict into what the accounting counts and samples."""
+        return cls(level, status, reason, file=prov.file, offset=prov.offset, inner_offset=prov.inner_offset,
+                   url=url, message=message, scores="" if scores is None else json.dumps(scores, sort_keys=True, default=str),
+                   snippet=snippet[:SNIPPET_CHARS])
+
+    @classmethod
+    def of(cls, level: str, verdict, prov: "Provenance", url: str, **kw) -> "Outcome":
+        """A filter's :class:`filters.base.Verdict` as an outcome (kept or dropped, with its scores)."""
+        if verdict.keep:
+            return cls.at(level, KEPT, prov, url, **kw)
+        return cls.at(level, DROPPED, prov, url, verdict.reason, scores=kw.pop("scores", verdict.scores), **kw)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Work counted beside the funnels (level FETCH, DEDUP or TEXT_DEDUP): an image
+    decoded, a download that failed after ``attempts`` tries, a dedup component
+    left unsettled. Counted under ``level/name[/reason]``; never a record's end."""
+    level: str
+    name: str
+    reason: str = ""
+    url: str = ""
+    attempts: int = 0
+    message: str = ""
+
+    @property
+    def key(self) -> str:
+        return count_key(self.level, self.name, self.reason)
+
+    is_reject = False
 
 
 @dataclass
@@ -51,13 +80,18 @@ class Provenance:
 
 
 @dataclass
-class Page:
+class Capture:
+    """One capture of a URL as the reader found it (what pages and image records share)."""
     url: str
     date: str
     content_type: str
     payload: bytes
     provenance: Provenance
     oversize: bool = False
+
+
+@dataclass
+class Page(Capture):
     truncated: bool = False
 
     @property
@@ -66,13 +100,7 @@ class Page:
 
 
 @dataclass
-class ImageRecord:
-    url: str
-    date: str
-    content_type: str
-    payload: bytes
-    provenance: Provenance
-    oversize: bool = False
+class ImageRecord(Capture):
     # The bytes stayed in the archive (``payload`` empty): the URL join moves only
     # where they are, and the one record chosen for a referenced URL is read back by
     # offset (transforms/images.py). Records inside a whole-file gzip carry them.
@@ -105,22 +133,25 @@ class PairCandidate:
     language_score: float
 
     @property
-    def ref(self) -> str:
-        """The key its image reference travels under (beside document ids)."""
-        return pair_ref(self.doc_id, self.index)
+    def ref(self) -> "ImageRef":
+        """The key its image reference travels under."""
+        return ImageRef(self.doc_id, self.index)
 
 
-def pair_ref(doc_id: str, index: int) -> str:
-    return f"pair|{doc_id}|{index}"
+class ImageRef(NamedTuple):
+    """Who asked for an image: a candidate document, or the pair cut from one <img>
+    of a page. Both go through one image source, so an image a document and a pair
+    share is decoded once; repeats across the corpus are counted per output."""
+    page: str                   # the page's capture id (the document id)
+    pair_index: int = -1        # the <img>'s index in the page for a pair; -1 for the document
 
+    @property
+    def is_pair(self) -> bool:
+        return self.pair_index >= 0
 
-def is_pair_ref(key: str) -> bool:
-    return key.startswith("pair|")
-
-
-def ref_page(key: str) -> str:
-    """The page a reference belongs to: a document id, or the page of a pair."""
-    return key.split("|", 2)[1] if key.startswith("pair|") else key
+    @property
+    def output(self) -> str:
+        return "pair" if self.is_pair else "doc"
 
 
 @dataclass

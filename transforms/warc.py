@@ -47,8 +47,6 @@ class ArchiveRecord:
     date: str = ""
     record_id: str = ""
     payload_digest: str = ""
-    refers_to_uri: str = ""
-    refers_to_date: str = ""
     block_content_type: str = ""
     http_status: Optional[int] = None
     http_headers: List[Tuple[str, str]] = field(default_factory=list)
@@ -657,8 +655,6 @@ class ArchiveReader:
             headers=headers, target_uri=hmap.get("warc-target-uri", "").strip("<> "),
             date=hmap.get("warc-date", ""), record_id=hmap.get("warc-record-id", ""),
             payload_digest=hmap.get("warc-payload-digest", ""),
-            refers_to_uri=hmap.get("warc-refers-to-target-uri", "").strip("<> "),
-            refers_to_date=hmap.get("warc-refers-to-date", ""),
             block_content_type=hmap.get("content-type", ""))
         self._fill_payload(rec, block, length, oversize)
         return rec

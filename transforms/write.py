@@ -1,11 +1,10 @@
-"""Writing results: Parquet shards (deterministic content, atomic rename, a
-manifest with row counts and checksums), error lines, and ``stats.json``."""
+"""Writing results: Parquet shards (deterministic content, atomic rename, the
+manifest of contract.manifest) and sorted or sharded JSON lines."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import uuid
 from typing import Dict, List
 
@@ -15,11 +14,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.schema import DOCUMENT_SCHEMA
-
-
-def shard_of(doc_id: str, num_shards: int) -> int:
-    return int(doc_id[:8], 16) % num_shards
+from contract.manifest import MANIFEST, build_manifest, manifest_bytes, shard_entry, shard_name, shard_of
+from contract.schema import DOCUMENTS, Dataset
 
 
 def _join(*parts: str) -> str:
@@ -39,69 +35,55 @@ def atomic_write(path: str, data: bytes) -> None:
     FileSystems.rename([tmp], [path])
 
 
-def images_in(row: Dict) -> int:
-    """Images a row carries: a document's ``num_images``, a pair's one, a text's none."""
-    if "num_images" in row:
-        return int(row["num_images"])
-    return 1 if "image" in row else 0
-
-
 class WriteShard(beam.DoFn):
     def __init__(self, out_dir: str, num_shards: int, compression: str, row_group_size: int,
-                 schema: pa.Schema = DOCUMENT_SCHEMA, key: str = "doc_id"):
+                 dataset: Dataset = DOCUMENTS):
         self.out_dir = out_dir
         self.num_shards = num_shards
         self.compression = compression
         self.row_group_size = row_group_size
-        self.schema = schema
-        self.key = key
+        self.dataset = dataset
 
     def process(self, element):
         shard, rows = element
-        rows = sorted(rows, key=lambda r: r[self.key])  # same bytes on every runner
-        table = pa.Table.from_pylist(rows, schema=self.schema)
+        key = self.dataset.key
+        rows = sorted(rows, key=lambda r: r[key])  # same bytes on every runner
+        table = pa.Table.from_pylist(rows, schema=self.dataset.schema)
         buf = io.BytesIO()
         pq.write_table(table, buf, compression=self.compression, row_group_size=self.row_group_size)
         data = buf.getvalue()
-        name = f"part-{shard:05d}-of-{self.num_shards:05d}.parquet"
+        name = shard_name(shard, self.num_shards)
         atomic_write(_join(self.out_dir, name), data)
-        yield {"file": name, "rows": len(rows), "bytes": len(data),
-               "sha256": hashlib.sha256(data).hexdigest(),
-               "images": int(sum(images_in(r) for r in rows))}
+        yield shard_entry(name, data, len(rows), sum(self.dataset.images_in(r) for r in rows))
 
 
 class WriteShards(beam.PTransform):
-    """Rows -> ``{out_dir}/part-*.parquet`` and ``{out_dir}/_manifest.json`` (the
-    leading underscore keeps Parquet dataset readers off it). Rows go to shards by
-    their ``key`` (a hex hash) and are sorted by it inside a shard."""
+    """Rows of a dataset -> ``{out_dir}/part-*.parquet`` and ``{out_dir}/_manifest.json``
+    (contract.manifest). Rows go to shards by the dataset's key (a hex hash) and are
+    sorted by it inside a shard. Returns the manifest (a singleton PCollection)."""
 
     def __init__(self, out_dir: str, num_shards: int, compression: str = "zstd", row_group_size: int = 256,
-                 schema: pa.Schema = DOCUMENT_SCHEMA, key: str = "doc_id"):
+                 dataset: Dataset = DOCUMENTS):
         super().__init__()
         self.out_dir = out_dir
         self.num_shards = num_shards
         self.compression = compression
         self.row_group_size = row_group_size
-        self.schema = schema
-        self.key = key
+        self.dataset = dataset
 
     def expand(self, rows):
-        n, key = self.num_shards, self.key
+        n, key = self.num_shards, self.dataset.key
         entries = (rows
                    | "KeyByShard" >> beam.Map(lambda r: (shard_of(r[key], n), r))
                    | "GroupShards" >> beam.GroupByKey()
                    | "WriteParquet" >> beam.ParDo(WriteShard(self.out_dir, n, self.compression,
-                                                             self.row_group_size, self.schema, key)))
+                                                             self.row_group_size, self.dataset)))
         out_dir = self.out_dir
-        schema_name = self.schema.metadata[b"kosmos.schema"].decode()
+        schema_name = self.dataset.schema_name
 
         def write_manifest(entries: List[Dict]):
-            entries = sorted(entries, key=lambda e: e["file"])
-            manifest = {"schema": schema_name, "shards": entries,
-                        "rows": sum(e["rows"] for e in entries),
-                        "images": sum(e["images"] for e in entries)}
-            atomic_write(_join(out_dir, "_manifest.json"),
-                         json.dumps(manifest, indent=2, sort_keys=True).encode())
+            manifest = build_manifest(schema_name, entries)
+            atomic_write(_join(out_dir, MANIFEST), manifest_bytes(manifest))
             return manifest
 
         return (entries

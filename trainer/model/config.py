@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Dict, Optional
 
+from contract.tokens import vocab_size_for
 from trainer.model.decoder import DecoderConfig
-from trainer.tokens import vocab_size_for
 
 
 @dataclass
@@ -18,7 +18,6 @@ class KosmosConfig:
     vision_pretrained: Optional[str] = None     # "openai", a local checkpoint path, or None
     vision_quick_gelu: Optional[bool] = None    # None: as the weights were trained (OpenAI's: QuickGELU)
     vision_trainable_blocks: int = 1            # paper: frozen except the last layer
-    image_size: int = 224
     num_image_tokens: int = 64                  # latents per image
     resampler_depth: int = 1
     resampler_heads: int = 16

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
-import torch.utils.checkpoint
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from trainer.model.xpos import XPos
@@ -136,8 +136,6 @@ class MagnetoDecoder(nn.Module):
         self.layers = nn.ModuleList(MagnetoDecoderLayer(cfg) for _ in range(cfg.layers))
         self.layer_norm = nn.LayerNorm(cfg.dim, eps=cfg.layernorm_eps)
         self.output_projection = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        # Recompute each layer's activations in the backward pass (training only).
-        self.activation_checkpointing = False
         if cfg.tie_embeddings:
             self.output_projection.weight = self.embed_tokens.weight
         self.reset_parameters()
@@ -168,13 +166,8 @@ class MagnetoDecoder(nn.Module):
         presents: KVCache = []
         # Training without a cache returns no keys/values (nothing to keep; FSDP2 warns about views).
         use_cache = cache is not None or not self.training
-        recompute = self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            if recompute:
-                x, present = torch.utils.checkpoint.checkpoint(layer, x, None, key_mask, False, shift,
-                                                               use_reentrant=False)
-            else:
-                x, present = layer(x, None if cache is None else cache[i], key_mask, use_cache, shift)
+            x, present = layer(x, None if cache is None else cache[i], key_mask, use_cache, shift)
             presents.append(present)
         x = self.layer_norm(x)
         return (x if features_only else self.output_projection(x)), presents

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contract.tokens import IGNORE_INDEX, SpecialIds
 from trainer.model.config import KosmosConfig
 from trainer.model.decoder import MagnetoDecoder
 from trainer.model.resampler import PerceiverResampler
 from trainer.model.vision import CLIPVisionEncoder
-from trainer.tokens import IGNORE_INDEX, SpecialIds
 
 
 class KosmosModel(nn.Module):
@@ -21,7 +21,7 @@ class KosmosModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.decoder
-        self.ids = SpecialIds(d.vocab_size - 7)
+        self.ids = SpecialIds.for_vocab_size(d.vocab_size)
         self.decoder = MagnetoDecoder(d)
         self.vision = CLIPVisionEncoder(cfg.vision_model, cfg.vision_pretrained,
                                         cfg.vision_trainable_blocks, cfg.vision_quick_gelu) if build_vision else None
@@ -260,6 +260,14 @@ class KosmosModel(nn.Module):
         counts["total"] = sum(counts.values())
         counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return counts
+
+    def decoder_flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token of the decoder: 6N for its matrices plus causal
+        attention (PaLM's appendix B). Works on the meta device (deploy/sizing.py)."""
+        d = self.cfg.decoder
+        n = sum(p.numel() for name, p in self.decoder.named_parameters() if "embed_tokens" not in name)
+        n += d.vocab_size * d.dim      # the (tied) output projection still costs its matmul
+        return 6 * n + 6 * d.layers * d.dim * seq_len
 
 
 def build_on_meta(cfg: KosmosConfig) -> KosmosModel:

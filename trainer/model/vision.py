@@ -79,6 +79,7 @@ class CLIPVisionEncoder(nn.Module):
         self.visual = clip.visual
         self.visual.output_tokens = True
         self.width = self.visual.transformer.width
+        self.image_size = int(self.visual.image_size[0])     # the input side the tower was built for
         self.name = name
         self.freeze(trainable_blocks)
 

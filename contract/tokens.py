@@ -1,5 +1,5 @@
 """The special tokens and the image layout: one source of truth for the model,
-the tokenizer and the data loader (KOSMOS.md §2).
+the tokenizer and the data loader (KOSMOS.md §2). Pure Python.
 
 Ids: the four fairseq specials first, then the SentencePiece pieces, then the
 image markers. With 64,000 pieces that is 64,007 ids, as the released Kosmos code.
@@ -27,6 +27,15 @@ IGNORE_INDEX = -100
 @dataclass(frozen=True)
 class SpecialIds:
     num_pieces: int
+
+    @classmethod
+    def for_vocab_size(cls, vocab_size: int) -> "SpecialIds":
+        """The layout of a model's vocabulary (its size counts the specials)."""
+        pieces = vocab_size - len(LEADING) - len(TRAILING)
+        if pieces < 1:
+            raise ValueError(f"a vocabulary of {vocab_size} ids has no room for pieces beside "
+                             f"{len(LEADING) + len(TRAILING)} special tokens")
+        return cls(pieces)
 
     @property
     def bos(self) -> int:
@@ -59,9 +68,6 @@ class SpecialIds:
     @property
     def vocab_size(self) -> int:
         return len(LEADING) + self.num_pieces + len(TRAILING)
-
-    def piece_id(self, piece_index: int) -> int:
-        return len(LEADING) + piece_index
 
     def image_block(self, num_slots: int) -> List[int]:
         return [self.image_start] + [self.image_slot] * num_slots + [self.image_end]

@@ -1,5 +1,5 @@
-"""The Parquet schema of interleaved documents: the one contract between curation
-and training. Imports only pyarrow (the trainer reads it without Beam).
+"""The Parquet schemas of a curation run's datasets: what the job writes and the
+trainer reads. Imports only pyarrow (the trainer reads it without Beam).
 
 One row is one document. ``items`` is the document in reading order: each item
 is either a text paragraph (``type == "text"``) or an image (``type == "image"``,
@@ -10,14 +10,18 @@ sha256 of the original bytes.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
 
 import pyarrow as pa
 
 SCHEMA_VERSION = "1"
 
+ITEM_TEXT = "text"
+ITEM_IMAGE = "image"
+
 ITEM = pa.struct([
-    pa.field("type", pa.string(), nullable=False),      # "text" | "image"
+    pa.field("type", pa.string(), nullable=False),      # ITEM_TEXT | ITEM_IMAGE
     pa.field("text", pa.string()),                        # paragraph text (type == "text")
     pa.field("image", pa.int32()),                        # index into ``images`` (type == "image")
 ])
@@ -53,9 +57,6 @@ SCORES = pa.struct([
 ])
 
 SCORE_FIELDS = tuple(f.name for f in SCORES)
-
-# Written last by a curation run, in its output directory: its datasets are complete.
-SUCCESS_MARKER = "_SUCCESS"
 
 DOCUMENT_SCHEMA = pa.schema([
     pa.field("doc_id", pa.string(), nullable=False),      # stable hash of the capture
@@ -115,10 +116,52 @@ REJECT_SCHEMA = pa.schema([
 ], metadata={b"kosmos.schema": b"reject_sample"})
 
 
-def rows_to_table(rows: List[Dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA)
+def document_text(row: Dict[str, Any], sep: str = "\n\n") -> str:
+    """The text of a document row, paragraphs joined by ``sep``."""
+    return sep.join(i["text"] for i in row["items"] if i["type"] == ITEM_TEXT and i["text"])
 
 
-def document_text(row: Dict[str, Any]) -> str:
-    """The text of a document row, paragraphs joined by blank lines."""
-    return "\n\n".join(i["text"] for i in row["items"] if i["type"] == "text" and i["text"])
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset of a run: its directory in the run, its schema, the column rows
+    are sharded and sorted by, and the columns a training reader needs."""
+    name: str                       # the trainer's name for the source ("interleaved", "text", "pairs")
+    directory: str                  # under the run's output directory
+    schema: pa.Schema
+    key: str
+    train_columns: Tuple[str, ...]
+
+    @property
+    def schema_name(self) -> str:
+        return self.schema.metadata[b"kosmos.schema"].decode()
+
+    def images_in(self, row: Dict[str, Any]) -> int:
+        """Images one row carries: a document's ``num_images``, a pair's one, a text's none."""
+        if self.name == "interleaved":
+            return int(row["num_images"])
+        return 1 if self.name == "pairs" else 0
+
+    def text_of(self, row: Dict[str, Any]) -> str:
+        """The row's text, as a tokenizer is trained on it."""
+        if self.name == "interleaved":
+            return document_text(row, "\n")
+        if self.name == "pairs":
+            return row["caption"] or ""
+        return row["text"] or ""
+
+
+DOCUMENTS = Dataset("interleaved", "documents", DOCUMENT_SCHEMA, "doc_id", ("doc_id", "items", "images"))
+TEXTS = Dataset("text", "text", TEXT_SCHEMA, "doc_id", ("doc_id", "text"))
+PAIRS = Dataset("pairs", "pairs", PAIR_SCHEMA, "pair_id", ("pair_id", "image", "caption"))
+DATASETS: Dict[str, Dataset] = {d.name: d for d in (DOCUMENTS, TEXTS, PAIRS)}
+
+
+def dataset_of_row(row: Dict[str, Any]) -> Optional[Dataset]:
+    """The dataset a row read without its schema belongs to (by its distinguishing column)."""
+    if "items" in row:
+        return DOCUMENTS
+    if "caption" in row:
+        return PAIRS
+    if "text" in row:
+        return TEXTS
+    return None

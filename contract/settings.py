@@ -19,6 +19,12 @@ class SectionedConfig:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2)
 
     @classmethod
+    def load(cls, path: str):
+        """The config in a local JSON file."""
+        with open(path, encoding="utf-8") as fh:
+            return cls.from_dict(json.load(fh))
+
+    @classmethod
     def from_dict(cls, data: Dict[str, Any]):
         parts = {}
         for f in dataclasses.fields(cls):
