@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
+from contract.reasons import FUNNEL_BLOCKS  # noqa: E402
 from filters.records import classify  # noqa: E402
 from transforms.warc import ArchiveRecord, iter_archive, warc_response_record  # noqa: E402
 
@@ -239,7 +240,7 @@ def main():
     stats = json.loads((out / "stats.json").read_text())
     fetched = stats["http"]["fetched"]
     fetch_window = (hosts.last - hosts.first) if hosts.first else 0.0
-    balanced = all(stats[k]["balanced"] for k in ("records", "images", "text_documents", "pairs") if k in stats)
+    balanced = all(stats[k]["balanced"] for k in FUNNEL_BLOCKS if k in stats)
     figures = {
         "pages": args.pages, "wall_s": round(wall, 1), "pages_per_s": round(args.pages / wall, 2),
         "images_fetched": fetched, "images_per_s_in_fetch_window": round(fetched / fetch_window, 1) if fetch_window else None,

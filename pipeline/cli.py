@@ -29,6 +29,7 @@ def _overrides(items: Optional[List[str]]) -> dict:
 
 
 def _curate(args, beam_args: List[str]) -> int:
+    from contract.reasons import FUNNEL_BLOCKS
     from filters.config import CurationConfig
     from pipeline.run import run_curation
     from pipeline.stats import format_stats
@@ -75,8 +76,7 @@ def _curate(args, beam_args: List[str]) -> int:
             print(f"{name + ':':<11} {args.output.rstrip('/')}/{name}/ ({stats['outputs'][name]['rows']} rows)")
     print(f"statistics: {args.output.rstrip('/')}/stats.json")
     print(f"errors:     {args.output.rstrip('/')}/errors.jsonl")
-    ok = all(stats[block]["balanced"] for block in ("records", "images", "text_documents", "pairs")
-             if block in stats)
+    ok = all(stats[block]["balanced"] for block in FUNNEL_BLOCKS if block in stats)
     if not ok:
         print("ACCOUNTING DOES NOT BALANCE", file=sys.stderr)
     return 0 if ok else 3

@@ -1,21 +1,28 @@
-"""Pages to candidates for the three outputs: the cheap checks first, then
-extraction, then the text filters. Each step sends its rejects, with the reason,
-to ``outcomes``, once per output the page was on its way to:
+"""Pages to candidates for the three outputs. Two stages every page goes through
+once, whatever output it is on its way to, then one decision per output:
 
-* interleaved documents (level ``record``): pages with an ``<img>`` that pass
-  everything, including "images interspersed with text";
-* text-only documents (level ``text``): English pages with clean text, with or
-  without images;
-* image-caption pairs (level ``pair``): every ``<img>`` of a page whose extracted
-  text is English, whatever becomes of the page otherwise."""
+1. ``CheapPageChecks``: size, decoding, "has any <img>", a crude language check;
+2. ``ExtractPage``: the main content in reading order (trafilatura), spam
+   paragraphs cut, the language of what is left and, for an English page with
+   images, the ``<img>`` elements with their captions;
+3. one DoFn per output, each sending its rejects, with the reason, to ``outcomes``:
+
+   * ``ToDocument`` (level ``record``): pages with an ``<img>`` that pass the text
+     filters and have images interspersed with text -> interleaved ``Candidate``;
+   * ``ToTextDocument`` (level ``text``): English pages with clean text, with or
+     without images -> text ``Candidate``;
+   * ``ToPairs`` (level ``pair``): every ``<img>`` of an English page with a usable
+     caption, whatever becomes of the page otherwise -> ``PairCandidate``.
+
+A page dropped by the first two stages ends once for every output it was on its
+way to."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
-from apache_beam import pvalue
 
 from contract.reasons import DROPPED, ENTERED, ERROR, PAIR, RECORD, TEXT
 from filters.captions import find_image_captions, judge_caption
@@ -25,12 +32,9 @@ from filters.html import decode_html, extract_content, has_img_tag, limit_attrib
 from filters.language import LanguageIdentifier, language_filter
 from filters.text_quality import filter_document_text, filter_paragraphs
 from transforms.accounting import OUTCOMES, AccountedDoFn
-from transforms.budget import ChildFailed, OverBudget, TimeBoundCalls
+from transforms.budget import OverBudget, TimeBoundCalls
 from transforms.progress import ProgressCounters
 from transforms.records import Candidate, Outcome, Page, PairCandidate
-
-TEXT_DOCS = "text_documents"
-PAIRS = "pairs"
 
 
 @dataclass
@@ -38,6 +42,25 @@ class DecodedPage:
     page: Page
     text: str
     has_img: bool = True      # False: on its way to the text output only
+
+
+@dataclass
+class ExtractedPage:
+    """An English page's main content, for the three outputs to decide on."""
+    page: Page
+    title: str
+    items: List[Any]                      # filters.html.ContentItem, in reading order
+    kept: List[bool]                      # per text item: survived the paragraph cut
+    removed: Dict[str, int]               # paragraphs cut, by reason
+    language: Dict[str, Any]              # {"language", "language_score"}
+    has_img: bool
+    images: Optional[List[Any]] = None    # filters.captions.ImageCaption of every <img> (pairs on)
+    scan_failure: Optional[Tuple[str, str, str]] = None   # (status, reason, message) when the <img> scan failed
+    texts: List[str] = field(default_factory=list)        # the kept paragraphs
+
+    @property
+    def joined(self) -> str:
+        return " ".join(self.texts)
 
 
 def _drop(page: Page, reason: str, message: str = "", status: str = DROPPED, scores=None,
@@ -93,18 +116,14 @@ class CheapPageChecks(_WithLanguageId):
         yield DecodedPage(page, text, has_img)
 
 
-class ExtractDocuments(_WithLanguageId):
-    """Main content in reading order (trafilatura), spam paragraphs cut, then the
-    language, spam/gibberish and "images interspersed with text" checks."""
-
-    def __init__(self, cfg: CurationConfig, progress_dir: Optional[str] = None):
-        super().__init__(cfg)
-        self.progress_dir = progress_dir
+class ExtractPage(_WithLanguageId):
+    """Main content in reading order (trafilatura) within the page's time budget,
+    spam paragraphs cut, the language of what is left; for an English page with
+    images (and pairs on), its ``<img>`` elements and their captions too."""
 
     def setup(self):
         super().setup()
         self.parser = TimeBoundCalls(self.cfg.records.page_time_budget_s)
-        self.progress = ProgressCounters(self.progress_dir)
 
     def teardown(self):
         self.parser.close()
@@ -127,9 +146,8 @@ class ExtractDocuments(_WithLanguageId):
             yield from self.drops(page, "extraction_empty", has_img, snippet=rough_text(decoded.text, 20_000))
             return
         texts = [i.text for i in content.items if i.kind == "text"]
-        kept_flags, removed = filter_paragraphs(texts, cfg.text)
-        kept_texts = [t for t, k in zip(texts, kept_flags) if k]
-
+        kept, removed = filter_paragraphs(texts, cfg.text)
+        kept_texts = [t for t, k in zip(texts, kept) if k]
         lang = cfg.language
         joined = " ".join(kept_texts)
         verdict = language_filter(self.lid, joined, lang.language, lang.min_score)
@@ -137,29 +155,47 @@ class ExtractDocuments(_WithLanguageId):
             yield from self.drops(page, verdict.reason, has_img, scores=dict(verdict.scores, stage="extracted"),
                                   snippet=joined)
             return
-        scores = {"language": verdict.scores["language"],
-                  "language_score": verdict.scores[f"{lang.language}_score"]}
+        out = ExtractedPage(page, content.title, content.items, kept, removed,
+                            {"language": verdict.scores["language"],
+                             "language_score": verdict.scores[f"{lang.language}_score"]},
+                            has_img, texts=kept_texts)
         if has_img and cfg.output.pairs:
-            yield from self.pairs(page, decoded.text)
-        text_verdict = filter_document_text(kept_texts, cfg.text)
-        if not text_verdict.keep:
-            yield from self.drops(page, text_verdict.reason, has_img, scores=text_verdict.scores, snippet=joined)
-            return
-        scores.update({k: v for k, v in text_verdict.scores.items()})
-        scores["paragraphs_removed"] = sum(removed.values())
-        if cfg.output.text and scores.get("words", 0) < cfg.text.min_words_text_only:
-            yield self.outcome(_drop(page, "too_few_words_for_text", level=TEXT, snippet=joined,
-                                     scores={"words": scores.get("words", 0)}))
-        elif cfg.output.text:
-            yield pvalue.TaggedOutput(TEXT_DOCS, Candidate(
-                page.doc_id, page.url, page.date, content.title, page.provenance,
-                [{"type": "text", "text": t} for t in kept_texts], dict(scores)))
-        if not has_img:
-            return
+            try:
+                out.images = self.parser.call(find_image_captions, decoded.text, page.url)
+            except OverBudget as exc:
+                out.scan_failure = (DROPPED, "over_time_budget", f"<img> scan: {exc}")
+            except Exception as exc:          # ChildFailed
+                out.scan_failure = (ERROR, "extraction_failed", f"<img> scan: {exc}")
+        yield out
 
+
+def text_scores(ex: ExtractedPage, text_scores: Dict[str, Any]) -> Dict[str, Any]:
+    """The scores a kept page carries (contract.schema.SCORES)."""
+    return {**ex.language, **text_scores, "paragraphs_removed": sum(ex.removed.values())}
+
+
+class ToDocument(AccountedDoFn):
+    """An extracted page with images -> an interleaved ``Candidate``: clean text
+    (spam, gibberish, too few words), then images interspersed with text."""
+
+    def __init__(self, cfg: CurationConfig, progress_dir: Optional[str] = None):
+        self.cfg = cfg
+        self.progress_dir = progress_dir
+
+    def setup(self):
+        self.progress = ProgressCounters(self.progress_dir)
+
+    def process(self, ex: ExtractedPage):
+        if not ex.has_img:
+            return
+        page = ex.page
+        verdict = filter_document_text(ex.texts, self.cfg.text)
+        if not verdict.keep:
+            yield self.outcome(_drop(page, verdict.reason, scores=verdict.scores, snippet=ex.joined))
+            return
         items = []
-        flags = iter(kept_flags)
-        for item in content.items:
+        flags = iter(ex.kept)
+        for item in ex.items:
             if item.kind == "text":
                 if next(flags):
                     items.append({"type": "text", "text": item.text})
@@ -169,25 +205,47 @@ class ExtractDocuments(_WithLanguageId):
         n_images = sum(1 for i in items if i["type"] == "image")
         shape = interspersed(n_images, len(items) - n_images)
         if not shape.keep:
-            yield self.outcome(_drop(page, shape.reason, scores=shape.scores, snippet=joined))
+            yield self.outcome(_drop(page, shape.reason, scores=shape.scores, snippet=ex.joined))
             return
         self.progress.add("candidates")
-        yield Candidate(page.doc_id, page.url, page.date, content.title, page.provenance, items, scores)
+        yield Candidate(page.doc_id, page.url, page.date, ex.title, page.provenance, items,
+                        text_scores(ex, verdict.scores))
 
-    def pairs(self, page: Page, html_text: str):
-        """Every <img> of the (English) page: a pair candidate, or dropped with a reason."""
-        p = page.provenance
-        seen = set()
-        try:
-            images = self.parser.call(find_image_captions, html_text, page.url)
-        except (OverBudget, ChildFailed) as exc:
-            yield self.outcome(Outcome.at(PAIR, ENTERED, p, page.url))
-            over = isinstance(exc, OverBudget)
-            yield self.outcome(Outcome.at(PAIR, DROPPED if over else ERROR, p, page.url,
-                                          "over_time_budget" if over else "extraction_failed",
-                                          message=f"<img> scan: {exc}"))
+
+class ToTextDocument(AccountedDoFn):
+    """An extracted page -> a text-only ``Candidate``: clean text, and more words
+    than ``text.min_words_text_only``."""
+
+    def __init__(self, cfg: CurationConfig):
+        self.cfg = cfg
+
+    def process(self, ex: ExtractedPage):
+        page = ex.page
+        verdict = filter_document_text(ex.texts, self.cfg.text)
+        if not verdict.keep:
+            yield self.outcome(_drop(page, verdict.reason, scores=verdict.scores, snippet=ex.joined, level=TEXT))
             return
-        for img in images:
+        words = verdict.scores.get("words", 0)
+        if words < self.cfg.text.min_words_text_only:
+            yield self.outcome(_drop(page, "too_few_words_for_text", level=TEXT, snippet=ex.joined,
+                                     scores={"words": words}))
+            return
+        yield Candidate(page.doc_id, page.url, page.date, ex.title, page.provenance,
+                        [{"type": "text", "text": t} for t in ex.texts], text_scores(ex, verdict.scores))
+
+
+class ToPairs(_WithLanguageId):
+    """Every <img> of an English page -> a ``PairCandidate``, or dropped with a reason."""
+
+    def process(self, ex: ExtractedPage):
+        page, p = ex.page, ex.page.provenance
+        if ex.scan_failure is not None:
+            status, reason, message = ex.scan_failure
+            yield self.outcome(Outcome.at(PAIR, ENTERED, p, page.url))
+            yield self.outcome(Outcome.at(PAIR, status, p, page.url, reason, message=message))
+            return
+        seen = set()
+        for img in ex.images or ():
             url = img.url or img.src
             yield self.outcome(Outcome.at(PAIR, ENTERED, p, url))
             if not img.url or not img.url.lower().startswith(("http://", "https://")):
@@ -205,22 +263,21 @@ class ExtractDocuments(_WithLanguageId):
                 yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, "over_page_cap", snippet=img.caption))
                 continue
             seen.add(key)
-            yield pvalue.TaggedOutput(PAIRS, PairCandidate(
-                page.doc_id, page.url, page.date, p, img.index, img.url, img.caption, img.source,
-                float(verdict.scores.get("language_score", 0.0))))
+            yield PairCandidate(page.doc_id, page.url, page.date, p, img.index, img.url, img.caption, img.source,
+                                float(verdict.scores.get("language_score", 0.0)))
 
 
 class Candidates(NamedTuple):
     """The pages that passed, per output, and what became of the others."""
     documents: beam.PCollection              # Candidate: interleaved documents awaiting images
-    texts: beam.PCollection                  # Candidate: text-only documents (output.text)
-    pairs: beam.PCollection                  # PairCandidate (output.pairs)
+    texts: Optional[beam.PCollection]        # Candidate: text-only documents (output.text)
+    pairs: Optional[beam.PCollection]        # PairCandidate (output.pairs)
     outcomes: Tuple[beam.PCollection, ...]   # Outcome, reduced per stage by AccountOutcomes
 
 
 class PagesToCandidates(beam.PTransform):
-    """Pages -> :class:`Candidates`: the cheap checks, then extraction and the text
-    filters, once per page for all three outputs."""
+    """Pages -> :class:`Candidates`: the cheap checks, then extraction, once per page
+    for all three outputs, then each output's own decision."""
 
     def __init__(self, cfg: CurationConfig, progress_dir: Optional[str] = None):
         super().__init__()
@@ -231,21 +288,32 @@ class PagesToCandidates(beam.PTransform):
         """``pages``: a PCollection, or a tuple of them (the pages as read, the pages
         of resolved revisits): each part is checked and extracted in the stage that
         made it, so no page waits in a Flatten's buffer; the results are joined."""
+        cfg, out = self.cfg, self.cfg.output
         parts = pages if isinstance(pages, tuple) else (pages,)
-        candidates, outcomes, texts, pairs = [], [], [], []
+        documents, texts, pairs, outcomes = [], [], [], []
+
+        def decide(extracted, label: str, dofn, into: list):
+            result = extracted | label >> beam.ParDo(dofn).with_outputs(OUTCOMES, main="kept")
+            into.append(result["kept"])
+            outcomes.append(result[OUTCOMES])
+
         for n, part in enumerate(parts):
             tag = "" if n == 0 else f" [{n}]"
             cheap = part | f"CheapChecks(size,img,language){tag}" >> beam.ParDo(
-                CheapPageChecks(self.cfg)).with_outputs(OUTCOMES, main="pages")
-            extracted = cheap["pages"] | f"ExtractAndFilterText{tag}" >> beam.ParDo(
-                ExtractDocuments(self.cfg, self.progress_dir)).with_outputs(
-                    OUTCOMES, TEXT_DOCS, PAIRS, main="candidates")
-            candidates.append(extracted["candidates"])
+                CheapPageChecks(cfg)).with_outputs(OUTCOMES, main="pages")
+            extracted = cheap["pages"] | f"ExtractAndCheckLanguage{tag}" >> beam.ParDo(
+                ExtractPage(cfg)).with_outputs(OUTCOMES, main="pages")
             outcomes += [cheap[OUTCOMES], extracted[OUTCOMES]]
-            texts.append(extracted[TEXT_DOCS])
-            pairs.append(extracted[PAIRS])
+            decide(extracted["pages"], f"CleanTextAndImagesInText{tag}", ToDocument(cfg, self.progress_dir),
+                   documents)
+            if out.text:
+                decide(extracted["pages"], f"TextOnlyDocuments{tag}", ToTextDocument(cfg), texts)
+            if out.pairs:
+                decide(extracted["pages"], f"ImageCaptionPairs{tag}", ToPairs(cfg), pairs)
 
         def joined(pcolls, label):
+            if not pcolls:
+                return None
             return pcolls[0] if len(pcolls) == 1 else tuple(pcolls) | label >> beam.Flatten()
-        return Candidates(joined(candidates, "AllCandidates"), joined(texts, "AllTextDocuments"),
+        return Candidates(joined(documents, "AllCandidates"), joined(texts, "AllTextDocuments"),
                           joined(pairs, "AllPairCandidates"), tuple(outcomes))
