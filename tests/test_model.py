@@ -352,3 +352,33 @@ def test_score_with_precomputed_image_embeddings_equals_score_with_pixels():
         emb = model.encode_images(image)
     fast = model.score([ctx] * 3, conts, image_embeds=emb.repeat(3, 1, 1))
     assert fast == pytest.approx(slow, abs=1e-5)
+
+
+def test_parallelize_applies_activation_checkpointing_without_changing_the_model():
+    """Activation checkpointing is applied from outside the model (trainer/parallelize.py):
+    the same loss and gradients, the same parameter names in a checkpoint, and
+    generation (with a cache, no gradients) unchanged."""
+    from trainer.checkpoint import ModelState
+    from trainer.distributed import Dist
+    from trainer.parallelize import parallelize
+
+    def loss_and_grads(model):
+        ids = model.ids
+        seq = torch.tensor([[ids.bos, 10, 11] + ids.image_block(8) + [12, 13, ids.eos]])
+        images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+        out = model(seq, images, labels=model.labels_for(seq))
+        out["loss"].backward()
+        return float(out["loss"].detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = tiny_model().train()
+    wrapped, scheme = parallelize(tiny_model().train(), Dist(), "auto", activation_checkpointing=True)
+    assert scheme == "none" and type(wrapped.decoder.layers[0]).__name__ == "CheckpointWrapper"
+    (l1, g1), (l2, g2) = loss_and_grads(plain), loss_and_grads(wrapped)
+    assert l1 == pytest.approx(l2, rel=1e-6)
+    assert set(g1) == {n.replace("._checkpoint_wrapped_module", "") for n in g2}
+    for name, grad in g2.items():
+        assert torch.allclose(g1[name.replace("._checkpoint_wrapped_module", "")], grad, atol=1e-6), name
+    assert set(ModelState(wrapped).state_dict()) == set(ModelState(plain).state_dict())
+    prompt = torch.tensor([[wrapped.ids.bos, 10, 11]])
+    with torch.no_grad():
+        assert plain.eval().generate(prompt, max_new_tokens=5) == wrapped.eval().generate(prompt, max_new_tokens=5)

@@ -191,7 +191,7 @@ class ToDocument(AccountedDoFn):
         page = ex.page
         verdict = filter_document_text(ex.texts, self.cfg.text)
         if not verdict.keep:
-            yield self.outcome(_drop(page, verdict.reason, scores=verdict.scores, snippet=ex.joined))
+            yield self.outcome(Outcome.of(RECORD, verdict, page.provenance, page.url, snippet=ex.joined))
             return
         items = []
         flags = iter(ex.kept)
@@ -205,7 +205,7 @@ class ToDocument(AccountedDoFn):
         n_images = sum(1 for i in items if i["type"] == "image")
         shape = interspersed(n_images, len(items) - n_images)
         if not shape.keep:
-            yield self.outcome(_drop(page, shape.reason, scores=shape.scores, snippet=ex.joined))
+            yield self.outcome(Outcome.of(RECORD, shape, page.provenance, page.url, snippet=ex.joined))
             return
         self.progress.add("candidates")
         yield Candidate(page.doc_id, page.url, page.date, ex.title, page.provenance, items,
@@ -223,7 +223,7 @@ class ToTextDocument(AccountedDoFn):
         page = ex.page
         verdict = filter_document_text(ex.texts, self.cfg.text)
         if not verdict.keep:
-            yield self.outcome(_drop(page, verdict.reason, scores=verdict.scores, snippet=ex.joined, level=TEXT))
+            yield self.outcome(Outcome.of(TEXT, verdict, page.provenance, page.url, snippet=ex.joined))
             return
         words = verdict.scores.get("words", 0)
         if words < self.cfg.text.min_words_text_only:
