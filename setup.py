@@ -22,6 +22,7 @@ setup(
         "pillow>=10",
         "brotli",
         "numpy",
+        "numba",
         "torch>=2.4",
         "torchvision",
         "open_clip_torch>=2.24",

@@ -11,24 +11,42 @@ from PIL import Image
 
 from conftest import IN_MEMORY, SHARED, read_docs, run_job, shared_warc
 from filters.dedup import (MinHasher, band_keys, capture_time, collision_probability, exact_text_hash, jaccard,
-                           word_ngrams)
+                           shingle_hash32, shingle_hashes, word_ngrams)
 from filters.urls import normalize_url, url_key
 from warcgen import http_response, write_warc
 
 
 # -- pure logic ------------------------------------------------------------------------
 def test_minhash_signatures_equal_datasketch():
+    """Ours equals datasketch's classic MinHash given the same shingles and hash function."""
     datasketch = pytest.importorskip("datasketch")
     text = (SHARED / "html" / "trafilatura__nature.com.telescope.html").read_text(errors="replace")
     shingles = word_ngrams(text[:20000], 5)
-    ours = MinHasher(112, seed=1).signature(shingles)
+    hasher = MinHasher(112, seed=1)
     # datasketch >= 2.0 names the classic scheme "legacy"; before 2.0 it was the only one.
     try:
-        ref = datasketch.MinHash(num_perm=112, seed=1, scheme="legacy")
+        ref = datasketch.MinHash(num_perm=112, seed=1, scheme="legacy", hashfunc=shingle_hash32)
     except TypeError:
-        ref = datasketch.MinHash(num_perm=112, seed=1)
+        ref = datasketch.MinHash(num_perm=112, seed=1, hashfunc=shingle_hash32)
     ref.update_batch(set(shingles))
-    assert np.array_equal(ours, ref.hashvalues)
+    assert np.array_equal(hasher.of_text(text[:20000], 5), ref.hashvalues)
+    assert np.array_equal(hasher.signature(shingles), ref.hashvalues)
+
+
+def test_vectorised_shingle_hashes_equal_hashing_each_shingle():
+    """The n-grams read from the code points in one pass are normalize_text's words,
+    whatever the script, punctuation and spacing: on every page of the shared data."""
+    from filters.html import decode_html, extract_content
+    texts = ["", "   ", "one", "two words", "Ünïcode — «quotes» and  spaces\t\nhere: ça va? 日本語 テキスト",
+             "under_score a_b ½ ² x\u0301y ﬁne ǅungla"]
+    for path in sorted((SHARED / "html").glob("*.html"))[:12]:
+        html, _ = decode_html(path.read_bytes())
+        texts.append(" ".join(i.text for i in extract_content(html, "https://example.org/").items if i.kind == "text"))
+        texts.append(html[:30000])            # markup and scripts: every kind of character
+    for text in texts:
+        for n in (1, 5):
+            expected = [shingle_hash32(s) for s in word_ngrams(text, n)]
+            assert shingle_hashes(text, n).tolist() == expected, (text[:80], n)
 
 
 def test_url_key_and_capture_time():

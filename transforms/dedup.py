@@ -21,7 +21,7 @@ from apache_beam import pvalue
 
 from contract.reasons import DEDUP, DROPPED, RECORD, TEXT, TEXT_DEDUP
 from filters.config import DedupConfig
-from filters.dedup import MinHasher, band_keys, capture_time, exact_text_hash, word_ngrams
+from filters.dedup import MinHasher, band_keys, capture_time, exact_text_hash, shingle_hashes
 from filters.urls import url_key
 from transforms.accounting import OUTCOMES, AccountedDoFn
 from transforms.records import Candidate, Event, Outcome, text_snippet
@@ -110,11 +110,11 @@ class BandKeys(beam.DoFn):
         self.hasher = MinHasher(self.cfg.bands * self.cfg.rows, self.cfg.seed)
 
     def process(self, c: Candidate):
-        shingles = word_ngrams(candidate_text(c), self.cfg.ngram)
-        if not shingles:
+        hashes = shingle_hashes(candidate_text(c), self.cfg.ngram)
+        if not len(hashes):
             return
         node = node_id(c)
-        for key in band_keys(self.hasher.signature(shingles), self.cfg.bands, self.cfg.rows):
+        for key in band_keys(self.hasher.of_hashes(hashes), self.cfg.bands, self.cfg.rows):
             yield key, node
 
 
