@@ -39,9 +39,9 @@ class Outcome:
            scores: Optional[Dict[str, Any]] = None, snippet: str = "", message: str = "") -> "Outcome":
         """The outcome of something at ``prov``: the one adapter every step uses to
         turn a verdict into what the accounting counts and samples."""
+        scores_json = "" if scores is None else json.dumps(scores, sort_keys=True, default=str)
         return cls(level, status, reason, file=prov.file, offset=prov.offset, inner_offset=prov.inner_offset,
-                   url=url, message=message, scores="" if scores is None else json.dumps(scores, sort_keys=True, default=str),
-                   snippet=snippet[:SNIPPET_CHARS])
+                   url=url, message=message, scores=scores_json, snippet=snippet[:SNIPPET_CHARS])
 
     @classmethod
     def of(cls, level: str, verdict, prov: "Provenance", url: str, **kw) -> "Outcome":
