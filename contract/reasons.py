@@ -73,7 +73,8 @@ RECORD_STAGES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
 # What an image (of a document or of a pair) can end as, beside kept.
 IMAGE_REASONS: Tuple[str, ...] = (
     # the bytes (filters/images.py)
-    "empty", "too_small", "single_color", "undecodable", "decompression_bomb", "not_an_image", "too_large",
+    "empty", "too_small", "single_color", "near_uniform", "extreme_aspect_ratio", "undecodable",
+    "decompression_bomb", "not_an_image", "too_large",
     # where they come from
     "not_in_archive", "unreadable_in_archive", "unsupported_url", "not_retried",
     # downloading (transforms/http_fetch.py)
@@ -85,7 +86,8 @@ IMAGE_REASONS: Tuple[str, ...] = (
 )
 # Image reasons decided on the image's own bytes or use: the report shows a
 # thumbnail of such a reject (re-read from its archive) beside the reason.
-IMAGE_FILTER_REASONS = frozenset({"too_small", "single_color", "undecodable", "decompression_bomb",
+IMAGE_FILTER_REASONS = frozenset({"too_small", "single_color", "near_uniform", "extreme_aspect_ratio",
+                                  "undecodable", "decompression_bomb",
                                   "repeated_image", "too_many_images", "document_dropped",
                                   "duplicate_in_document", "over_reference_cap"})
 

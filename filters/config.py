@@ -64,6 +64,14 @@ class ImageConfig:
     min_side: int = 64                      # paper §3.1: discard images smaller than 64 x 64
     # Channel range (max - min) at or below this is "single-coloured"; 0 = exactly one colour.
     single_color_tolerance: int = 0
+    # Layout slices, rules, banners: longest side / shortest above this (0: off). OBELICS drops
+    # elongated images too; 3 keeps book covers (1.5) and wide photos (about 2.5).
+    max_aspect_ratio: float = 3.0
+    # Near-uniform (filters/images.py): this share of pixels within uniform_distance of the
+    # dominant colour, or a mean channel std below min_pixel_std, on a 64 x 64 thumbnail.
+    uniform_max_fraction: float = 0.97
+    uniform_distance: int = 16
+    min_pixel_std: float = 5.0
     max_pixels: int = 50_000_000            # decompression-bomb guard (Pillow's own is 89M)
     store_max_side: int = 512               # stored re-encoded at this longest side
     store_format: str = "JPEG"

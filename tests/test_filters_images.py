@@ -28,7 +28,7 @@ def noisy(size, mode="RGB"):
 @pytest.mark.parametrize("w,h,kept", [(64, 64, True), (63, 64, False), (64, 63, False), (63, 63, False),
                                       (640, 64, True), (1000, 40, False)])
 def test_min_side_boundary(w, h, kept):
-    verdict, stored = judge_image(encode(noisy((w, h))), CFG)
+    verdict, stored = judge_image(encode(noisy((w, h))), ImageConfig(max_aspect_ratio=0))
     assert verdict.keep is kept
     if not kept:
         assert verdict.reason == "too_small"
@@ -51,8 +51,10 @@ def test_tolerance_makes_near_flat_images_single_coloured():
     img = Image.new("L", (100, 100), 100)
     img.putpixel((5, 5), 103)
     data = encode(img)
-    assert judge_image(data, CFG)[0].keep
+    literal = ImageConfig(uniform_max_fraction=1.01, min_pixel_std=0)     # "single colour" taken literally
+    assert judge_image(data, literal)[0].keep
     assert judge_image(data, ImageConfig(single_color_tolerance=4))[0].reason == "single_color"
+    assert judge_image(data, CFG)[0].reason == "near_uniform"           # the default: no content either way
 
 
 def test_fully_transparent_image_is_single_coloured():
@@ -127,3 +129,40 @@ def test_real_archive_images():
             assert verdict.keep == (min(w, h) >= 64), (rec.target_uri, w, h)
             seen += 1
     assert seen == 20
+
+
+def _archive_images(name, marker):
+    path = shared_warc(name)
+    for rec in iter_archive(open(path, "rb"), path):
+        if isinstance(rec, ArchiveRecord) and marker in rec.target_uri and rec.payload:
+            yield rec.target_uri, rec.payload
+
+
+@pytest.mark.parametrize("w,h,kept", [(300, 100, True), (301, 100, False), (100, 301, False), (64, 192, True)])
+def test_aspect_ratio_boundary(w, h, kept):
+    verdict, _ = judge_image(encode(noisy((w, h))), CFG)
+    assert verdict.keep is kept
+    if not kept:
+        assert verdict.reason == "extreme_aspect_ratio" and verdict.scores["aspect_ratio"] > 3
+
+
+def test_real_layout_slice_spacer_and_near_white_images_are_dropped():
+    """The 72 x 499 table-layout slice of netarkivet.dk (35,905 of its 35,928 pixels
+    white) goes as a layout slice; a square of its own pixels as near-uniform; a white
+    image with faint noise as near-uniform; while every real book cover, the palest
+    (a yellow with a title, 0.94 of its pixels near its colour) included, stays."""
+    (_, spacer), = [(u, p) for u, p in _archive_images("netarchivesuite__NAS-20100909163324-00000-mette.kb.dk.warc",
+                                                         "netarkivet_guidelines_19.gif")][:1]
+    verdict, _ = judge_image(spacer, CFG)
+    assert (verdict.reason, verdict.scores["width"], verdict.scores["height"]) == ("extreme_aspect_ratio", 72, 499)
+    square = Image.open(io.BytesIO(spacer)).convert("RGB").crop((0, 0, 72, 72))
+    verdict, _ = judge_image(encode(square), CFG)
+    assert verdict.reason in ("near_uniform", "single_color")
+    faint = Image.new("RGB", (200, 200), (250, 250, 250))
+    faint.paste(Image.effect_noise((200, 200), 3).convert("RGB").point(lambda v: 245 + v % 10), (0, 0))
+    verdict, _ = judge_image(encode(faint, "JPEG"), CFG)
+    assert verdict.reason == "near_uniform" and verdict.scores["dominant_fraction"] >= 0.97
+    covers = [judge_image(p, CFG)[0] for u, p in _archive_images("node-warc__books.toscrape.warc", "/media/cache/")
+              if u.endswith(".jpg")]
+    assert covers and all(v.keep for v in covers if min(v.scores["width"], v.scores["height"]) >= 64)
+    assert max(v.scores["dominant_fraction"] for v in covers if v.keep) > 0.9
