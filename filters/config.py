@@ -52,8 +52,10 @@ class TextQualityConfig:
     max_hashtag_ratio: float = 0.1          # Gopher: '#' tokens per word
     max_url_char_ratio: float = 0.2         # NeMo UrlsFilter: URL characters / text characters
     max_emoji_ratio: float = 0.05           # emoji characters / non-space characters
-    max_special_char_ratio_paragraph: float = 0.3    # OBELICS, per paragraph
-    max_special_char_ratio_document: float = 0.275   # OBELICS, per document
+    # Punctuation and symbols over non-space characters (filters/text_quality.py): a
+    # paragraph above it is cut, a document above it dropped.
+    max_special_char_ratio_paragraph: float = 0.35
+    max_special_char_ratio_document: float = 0.25
     min_alpha_word_ratio: float = 0.5       # Gopher uses 0.8 on prose; product pages carry prices
     min_words: int = 20                     # a document needs some text to be interleaved
     min_words_text_only: int = 50           # Gopher's minimum for a text-only document

@@ -28,6 +28,9 @@ _SPACES = re.compile(r"\s+")
 
 BLOCK_TAGS = {"p", "head", "item", "quote", "code", "cell", "row", "list", "table",
               "main", "doc", "comments", "div"}
+# Elements a paragraph's text lives in: a <code> inside one, on one line, is inline
+# code ("use string.js, or S, ...") and stays in the sentence; elsewhere it is a block.
+_TEXT_BLOCKS = {"p", "head", "item", "quote", "cell"}
 
 
 # The encodings a browser decodes web pages with (the WHATWG Encoding Standard's list,
@@ -200,6 +203,11 @@ class ExtractedContent:
         return sum(1 for i in self.items if i.kind == "text")
 
 
+def _inline_code(el) -> bool:
+    parent = el.getparent()
+    return (parent is not None and parent.tag in _TEXT_BLOCKS and "\n" not in "".join(el.itertext()).strip())
+
+
 def extract_content(text: str, page_url: str) -> ExtractedContent:
     """Main content as an ordered sequence of paragraphs and images.
 
@@ -244,7 +252,7 @@ def extract_content(text: str, page_url: str) -> ExtractedContent:
         if tag == "lb":
             buf.append("\n")
             return
-        block = tag in BLOCK_TAGS
+        block = tag in BLOCK_TAGS and not (tag == "code" and _inline_code(el))
         if block:
             flush()
         if el.text:

@@ -69,3 +69,14 @@ def test_real_article_has_images_between_paragraphs():
     kinds = [i.kind for i in content.items]
     first_img = kinds.index("image")
     assert "text" in kinds[first_img + 1:] and content.n_images == 3
+
+
+def test_inline_code_stays_in_its_sentence_and_code_blocks_stay_blocks():
+    html = ("<html><body><article><p>For JavaScript you can use <code>string.js</code>, or simply <code>S</code>, "
+            "which is a lightweight library with many helper methods for strings in the browser and in Node.</p>"
+            "<pre><code>var S = require('string');\nS('hello').capitalize();</code></pre>"
+            "<p>Another paragraph of ordinary prose explains how the library is installed with one command.</p>"
+            "</article></body></html>")
+    texts = [i.text for i in extract_content(html, "https://example.org/a").items if i.kind == "text"]
+    assert texts[0].startswith("For JavaScript you can use string.js, or simply S, which is a lightweight library")
+    assert texts[1].startswith("var S = require('string');") and len(texts) == 3

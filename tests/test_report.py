@@ -102,7 +102,7 @@ def test_comparing_two_spam_thresholds_shows_that_filter_changing(tmp_path):
     files = [shared_warc(f) for f in ("ipwb__sample-1.warc.gz", "dolma__sample-0000.warc.gz",
                                       "node-warc__books.toscrape.warc")]
     run_job(files, tmp_path / "a", beam_args=IN_MEMORY)
-    run_job(files, tmp_path / "b", beam_args=IN_MEMORY, overrides={"text.max_special_char_ratio_document": 0.22})
+    run_job(files, tmp_path / "b", beam_args=IN_MEMORY, overrides={"text.max_special_char_ratio_document": 0.05})
     html_path, json_path = write_report([str(tmp_path / "a"), str(tmp_path / "b")])
     cmp = json.loads(Path(json_path).read_text())
     records = [r for r in cmp["changed"] if r["level"] == "records"]
@@ -115,7 +115,7 @@ def test_comparing_two_spam_thresholds_shows_that_filter_changing(tmp_path):
     upstream = {"no_img_tag", "non_english", "not_html_or_image", "http_3xx", "http_4xx", "warc_type_request"}
     assert not [r for r in others if r["reason"] in upstream]
     page = Path(html_path).read_text()
-    assert "text.max_special_char_ratio_document: 0.275 -&gt; 0.22" in page
+    assert "text.max_special_char_ratio_document: 0.25 -&gt; 0.05" in page
 
 
 def test_the_report_refuses_a_run_that_never_finished(shared_run, tmp_path):

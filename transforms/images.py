@@ -31,6 +31,24 @@ SETTLED = "settled"
 EVENTS = "events"
 
 
+class ImageRefCoder(beam.coders.Coder):
+    """A deterministic coder for the image join's keys (Beam's fallback for a
+    NamedTuple pickles its type with every key and warns about it)."""
+
+    def encode(self, ref: ImageRef) -> bytes:
+        return f"{ref.pair_index}\t{ref.page}".encode("utf-8")
+
+    def decode(self, data: bytes) -> ImageRef:
+        index, page = data.decode("utf-8").split("\t", 1)
+        return ImageRef(page, int(index))
+
+    def is_deterministic(self) -> bool:
+        return True
+
+
+beam.coders.registry.register_coder(ImageRef, ImageRefCoder)
+
+
 class ImageResults(NamedTuple):
     """What an image source returns: one result per reference, its work counted, and
     (a downloading source) the downloaded bytes, for ``fetch.write_warc``."""
