@@ -16,7 +16,7 @@ from typing import List, Optional
 
 from filters.base import Verdict, drop, keep
 from filters.config import CaptionConfig
-from filters.html import base_href, resolve_url
+from filters.html import base_href, img_source, resolve_url
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def find_image_captions(html_text: str, page_url: str) -> List[ImageCaption]:
     base = base_href(html_text)
     out = []
     for i, img in enumerate(root.iter("img")):
-        src = (img.get("src") or img.get("data-src") or "").strip()
+        src = img_source(img.attrib)
         caption, source = _clean(img.get("alt")), "alt"
         if not caption:
             fig = next((a for a in img.iterancestors("figure")), None)

@@ -11,7 +11,7 @@ import codecs
 import html as html_lib
 import re
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 from urllib.parse import urljoin
 
 from filters.urls import normalize_url
@@ -162,6 +162,76 @@ def limit_attributes(text: str, max_attributes: int = 256) -> str:
     return _LONG_TAG.sub(cap, text)
 
 
+# Where lazy-loading scripts keep the real image while ``src`` holds a placeholder.
+_LAZY_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy", "data-url", "data-hi-res-src")
+_SRCSET_ATTRS = ("srcset", "data-srcset", "data-lazy-srcset")
+_IMG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
+_ATTR = re.compile(r"""([^\s=/>"']+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s>]+))?""")
+_IMAGE_EXTENSION = re.compile(r"\.(avif|bmp|gif|hei[cf]|jpe?g|png|webp)(\b|$)", re.IGNORECASE)
+
+
+def largest_srcset_candidate(srcset: Optional[str]) -> str:
+    """The candidate of a ``srcset`` with the largest width (``800w``) or density (``2x``)."""
+    best, best_size = "", -1.0
+    for part in (srcset or "").split(","):
+        fields = part.split()
+        if not fields:
+            continue
+        size = 1.0
+        if len(fields) > 1 and fields[1][:-1].replace(".", "", 1).isdigit() and fields[1][-1] in "wx":
+            size = float(fields[1][:-1])
+        if size > best_size:
+            best, best_size = fields[0], size
+    return best
+
+
+def img_source(attrs: Mapping[str, str]) -> str:
+    """The image an ``<img>`` shows once loaded: a lazy-loading attribute, else its
+    ``src`` unless that is a ``data:`` placeholder, else the largest candidate of its
+    ``srcset``; the ``data:`` URI or "" when there is nothing else."""
+    for name in _LAZY_ATTRS:
+        value = (attrs.get(name) or "").strip()
+        if value and not value.lower().startswith("data:"):
+            return value
+    src = (attrs.get("src") or "").strip()
+    if src and not src.lower().startswith("data:"):
+        return src
+    for name in _SRCSET_ATTRS:
+        best = largest_srcset_candidate(attrs.get(name))
+        if best and not best.lower().startswith("data:"):
+            return best
+    return src
+
+
+def resolve_images(text: str, page_url: str) -> str:
+    """Each ``<img>`` tag rewritten to one absolute ``src`` (``img_source``, resolved
+    against ``<base href>`` and the page's own scheme), its ``alt`` and ``title`` kept,
+    before trafilatura reads the page. trafilatura alone takes a ``data:`` placeholder's
+    ``data-src`` only in some cases, resolves ``//cdn/a.jpg`` to ``http:`` whatever the
+    page's scheme, ignores ``srcset``, and drops any image whose URL has no image file
+    extension (gravatars, CDN and resizer URLs: 373 of 3,227 image sources on the English
+    pages of pages-eval); such a URL gets a fragment that looks like one, which
+    ``normalize_url`` removes again afterwards. The rest of the page is left byte for byte."""
+    base = base_href(text)
+
+    def rewrite(m: "re.Match") -> str:
+        attrs = {}
+        for name, value in _ATTR.findall(m.group(0)[4:-1]):
+            name = name.lower()
+            if name not in attrs:
+                attrs[name] = html_lib.unescape(value[1:-1] if value[:1] in "\"'" else value)
+        url = resolve_url(img_source(attrs), page_url, base)
+        if not url or url.lower().startswith("data:"):
+            return m.group(0)
+        if not _IMAGE_EXTENSION.search(url.split("?", 1)[0]):
+            url += "#kosmos-image.jpg"
+        kept = "".join(f' {name}="{html_lib.escape(attrs[name], quote=True)}"' for name in ("alt", "title")
+                       if name in attrs)
+        return f'<img src="{html_lib.escape(url, quote=True)}"{kept}>'
+
+    return _IMG.sub(rewrite, text)
+
+
 def resolve_url(src: str, page_url: str, base: Optional[str]) -> Optional[str]:
     """Absolute URL of an image source, fragment removed; None if it cannot be."""
     src = (src or "").strip()
@@ -211,13 +281,13 @@ def _inline_code(el) -> bool:
 def extract_content(text: str, page_url: str) -> ExtractedContent:
     """Main content as an ordered sequence of paragraphs and images.
 
-    trafilatura is given no URL so image ``src`` stays as written; we resolve it
-    ourselves against ``<base href>`` and the page URL."""
+    The images are resolved before trafilatura reads the page (``resolve_images``);
+    trafilatura is given no URL, so their ``src`` comes back as we wrote it."""
     import trafilatura
     from lxml import etree
 
     xml = trafilatura.extract(
-        text, output_format="xml", include_images=True, include_comments=False,
+        resolve_images(text, page_url) if _IMG_TAG.search(text) else text, output_format="xml", include_images=True, include_comments=False,
         include_tables=True, include_links=False, with_metadata=False, favor_recall=True,
         deduplicate=False)  # metadata extraction (dates, authors) would cost 40% more time
     result = ExtractedContent()

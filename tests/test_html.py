@@ -80,3 +80,27 @@ def test_inline_code_stays_in_its_sentence_and_code_blocks_stay_blocks():
     texts = [i.text for i in extract_content(html, "https://example.org/a").items if i.kind == "text"]
     assert texts[0].startswith("For JavaScript you can use string.js, or simply S, which is a lightweight library")
     assert texts[1].startswith("var S = require('string');") and len(texts) == 3
+
+
+LAZY_PAGE = ("<html><body><article><h1>Title here</h1>" + "<p>{p}</p>"
+             "<img src='//cdn.example.com/photos/garden.jpg' alt='A garden with trees in spring'><p>{p}</p>"
+             "<img src='data:image/gif;base64,R0lGODlhAQABAAAAACw=' data-src='https://cdn.example.com/photos/tree.jpg' "
+             "alt='An old oak tree in a field'><p>{p}</p>"
+             "<img src='https://secure.gravatar.com/avatar/abc123?s=200&amp;d=mm' alt='A portrait of the author'><p>{p}</p>"
+             "<img srcset='https://cdn.example.com/a-320.jpg 320w, https://cdn.example.com/a-1024.jpg 1024w' "
+             "alt='A flower bed full of tulips'><p>{p}</p></article></body></html>").format(
+    p="This is a long paragraph of ordinary English prose about gardens and trees and the weather in spring. " * 3)
+LAZY_URLS = ["https://cdn.example.com/photos/garden.jpg", "https://cdn.example.com/photos/tree.jpg",
+             "https://secure.gravatar.com/avatar/abc123?s=200&d=mm", "https://cdn.example.com/a-1024.jpg"]
+
+
+def test_lazy_extensionless_srcset_and_protocol_relative_images_for_documents_and_pairs():
+    """A data: placeholder loses to data-src, //host takes the page's https, an image URL
+    without a file extension is kept, srcset gives its largest candidate: in the
+    interleaved document and in the pairs alike."""
+    from filters.captions import find_image_captions
+    doc = [i.url for i in extract_content(LAZY_PAGE, "https://www.example.com/post").items if i.kind == "image"]
+    assert doc == LAZY_URLS
+    assert [c.url for c in find_image_captions(LAZY_PAGE, "https://www.example.com/post")] == LAZY_URLS
+    assert extract_content(LAZY_PAGE, "http://www.example.com/post").items[2].url == \
+        "http://cdn.example.com/photos/garden.jpg"
