@@ -40,7 +40,7 @@ def test_unclosed_scripts_and_titles_cost_linear_time():
     from filters.html import page_title, rough_text
     page = unclosed_blocks(200_000)
     t0 = time.monotonic()
-    assert rough_text(page, max_html_chars=len(page)) == "Some words first."
+    assert rough_text(page) == "Some words first."
     assert page_title("<title>" * 100_000) == ""
     assert time.monotonic() - t0 < 2
 

@@ -104,3 +104,26 @@ def test_lazy_extensionless_srcset_and_protocol_relative_images_for_documents_an
     assert [c.url for c in find_image_captions(LAZY_PAGE, "https://www.example.com/post")] == LAZY_URLS
     assert extract_content(LAZY_PAGE, "http://www.example.com/post").items[2].url == \
         "http://cdn.example.com/photos/garden.jpg"
+
+
+def test_cheap_check_reads_the_article_not_a_cut_style_block_or_foreign_chrome():
+    """A page whose head holds 400 KB of inline CSS and fonts, and an English article
+    inside a German theme whose menus come first: the cheap language check reads the
+    article's prose in both."""
+    from filters.html import prose_sample
+    from filters.language import LanguageIdentifier
+    lid = LanguageIdentifier()
+    article = "".join(f"<p>{p}</p>" for p in [
+        "The telescope in southern China has spent three years in testing and is now open to astronomers.",
+        "Researchers from around the world will be able to propose observations of pulsars and radio bursts.",
+        "The dish is five hundred meters across and sits in a natural basin in the mountains of Guizhou."])
+    font = "@font-face{src:url(data:font/woff2;base64," + "d09GMgABAAAAA" * 30_000 + ")}"
+    heavy = f"<html><head><style>{font}</style></head><body>{article}</body></html>"
+    assert len(heavy) > 300_000 and "base64" not in rough_text(heavy)
+    assert lid.score(prose_sample(heavy), "en")[0] == "en"
+    menus = "".join(f"<li><a href='/k{i}'>{w}</a></li>" for i, w in enumerate(
+        ["Startseite", "Über uns", "Kontakt", "Impressum", "Datenschutzerklärung", "Anmelden", "Suche",
+         "Nachrichten", "Veranstaltungen", "Mitgliedschaft", "Häufige Fragen", "Warenkorb"] * 40))
+    themed = f"<html><body><nav><ul>{menus}</ul></nav><main>{article}</main><footer>{menus}</footer></body></html>"
+    assert lid.score(rough_text(themed)[:4000], "en")[0] != "en"      # what the check read before
+    assert lid.score(prose_sample(themed), "en")[0] == "en"

@@ -28,7 +28,7 @@ from contract.reasons import DROPPED, ENTERED, ERROR, PAIR, RECORD, TEXT
 from filters.captions import find_image_captions, judge_caption
 from filters.config import CurationConfig
 from filters.documents import interspersed
-from filters.html import decode_html, extract_content, has_img_tag, limit_attributes, rough_text
+from filters.html import decode_html, extract_content, has_img_tag, limit_attributes, prose_sample, rough_text
 from filters.language import LanguageIdentifier, language_filter
 from filters.text_quality import filter_document_text, filter_paragraphs
 from transforms.accounting import OUTCOMES, AccountedDoFn
@@ -107,7 +107,7 @@ class CheapPageChecks(_WithLanguageId):
             if not self.cfg.output.text:
                 return
         lang = self.cfg.language
-        crude = rough_text(text)
+        crude = prose_sample(text, lang.max_chars)
         verdict = language_filter(self.lid, crude, lang.language, lang.cheap_min_score)
         if not verdict.keep:
             yield from self.drops(page, verdict.reason, has_img, scores=dict(verdict.scores, stage="cheap"),
