@@ -146,6 +146,14 @@ def rough_text(text: str, max_chars: int = 300_000) -> str:
 _PROSE_WORDS = 8          # a run of text between tags with this many words reads as prose, not chrome
 
 
+def language_sample(paragraphs: List[str], min_chars: int = 200) -> str:
+    """The text a page's language is judged on: its prose paragraphs (``_PROSE_WORDS``
+    words or more), so that a run of captions, figure labels or buttons ("Figure 12.")
+    cannot outweigh the article; all of it when there is too little prose."""
+    prose = [p for p in paragraphs if p.count(" ") + 1 >= _PROSE_WORDS]
+    return " ".join(prose) if sum(len(p) for p in prose) >= min_chars else " ".join(paragraphs)
+
+
 def prose_sample(text: str, max_chars: int = 4000) -> str:
     """What the cheap language check reads: the runs of visible text between tags
     that have at least ``_PROSE_WORDS`` words, in page order, up to ``max_chars``.

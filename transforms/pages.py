@@ -28,7 +28,8 @@ from contract.reasons import DROPPED, ENTERED, ERROR, PAIR, RECORD, TEXT
 from filters.captions import find_image_captions, judge_caption
 from filters.config import CurationConfig
 from filters.documents import interspersed
-from filters.html import decode_html, extract_content, has_img_tag, limit_attributes, prose_sample, rough_text
+from filters.html import (decode_html, extract_content, has_img_tag, language_sample, limit_attributes, prose_sample,
+                          rough_text)
 from filters.language import LanguageIdentifier, language_filter
 from filters.text_quality import filter_document_text, filter_paragraphs
 from transforms.accounting import OUTCOMES, AccountedDoFn
@@ -150,7 +151,7 @@ class ExtractPage(_WithLanguageId):
         kept_texts = [t for t, k in zip(texts, kept) if k]
         lang = cfg.language
         joined = " ".join(kept_texts)
-        verdict = language_filter(self.lid, joined, lang.language, lang.min_score)
+        verdict = language_filter(self.lid, language_sample(kept_texts), lang.language, lang.min_score)
         if not verdict.keep:
             yield from self.drops(page, verdict.reason, has_img, scores=dict(verdict.scores, stage="extracted"),
                                   snippet=joined)
