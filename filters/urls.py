@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from urllib.parse import quote, urldefrag, urlsplit, urlunsplit
 
+# Characters left as they are when a URL is put in its percent-encoded form: the
+# reserved and unreserved sets of RFC 3986, and "%" itself (already-encoded stays so).
 _URL_SAFE = "/:@!$&'()*+,;=-._~%?#[]"
 
 
