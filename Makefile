@@ -29,3 +29,5 @@ bench:
 	scripts/in-venv python benchmarks/train.py
 	scripts/in-venv python benchmarks/bitflips.py
 	scripts/in-venv python benchmarks/generate.py
+	scripts/in-venv python benchmarks/dedup.py
+	scripts/in-venv python benchmarks/extraction.py
