@@ -70,6 +70,15 @@ def word_ngrams(text: str, n: int) -> List[bytes]:
     return [" ".join(words[i:i + n]).encode("utf-8") for i in range(len(words) - n + 1)]
 
 
+def _compiled(fn):
+    """numba-compiled, cached on disk beside the module (or in numba's user cache); where
+    neither is writable (a read-only install), compiled once per process instead."""
+    try:
+        return numba.njit(nogil=True, cache=True)(fn)
+    except RuntimeError:
+        return numba.njit(nogil=True)(fn)
+
+
 # -- shingle hashes ----------------------------------------------------------------------
 _M64 = (1 << 64) - 1
 _BASE = 0x9E3779B97F4A7C15                    # odd, so invertible mod 2^64
@@ -116,7 +125,7 @@ class _Powers:
 _POWERS = _Powers()
 
 
-@numba.njit(nogil=True, cache=True)
+@_compiled
 def _ngram_hashes(cp, ascii_word, not_word, n, up, down):
     """One pass over the code points: words (runs of word characters, as ``\\w``
     without "_"), joined by one space, then ``shingle_hash32`` of each n-gram from
@@ -183,7 +192,7 @@ def shingle_hashes(text: str, n: int) -> np.ndarray:
     return _ngram_hashes(cp, _ASCII_WORD, not_word, n, up, down)
 
 
-@numba.njit(nogil=True, cache=True)
+@_compiled
 def _min_permuted(hashes, a, b):
     """min over hashes of ((a * h + b) mod (2^61 - 1)) & (2^32 - 1), per permutation;
     the products wrap at 2^64 as numpy's (and so datasketch's) do."""
