@@ -134,13 +134,22 @@ def strip_blocks(body: str) -> str:
     return "".join(out)
 
 
+def visible_runs(text: str) -> List[str]:
+    """The page's text between tags, scripts, styles and comments removed from the
+    whole page first (a cut inside a ``<style>`` would leave CSS and inline fonts as
+    "text"). An order of magnitude cheaper than a DOM parse; computed once per page
+    for both ``joined_text`` and ``prose_of``."""
+    return _TAG.split(strip_blocks(text))
+
+
+def joined_text(runs: List[str], max_chars: int = 300_000) -> str:
+    """The runs as one text, entities unescaped, spaces collapsed; at most ``max_chars``."""
+    return _SPACES.sub(" ", html_lib.unescape(" ".join(runs))).strip()[:max_chars]
+
+
 def rough_text(text: str, max_chars: int = 300_000) -> str:
-    """Visible text by regex: scripts, styles and comments removed from the whole
-    page first (a cut inside a ``<style>`` would leave CSS and inline fonts as
-    "text"), tags stripped, entities unescaped; at most ``max_chars`` of it. An
-    order of magnitude cheaper than a DOM parse plus boilerplate removal."""
-    body = _TAG.sub(" ", strip_blocks(text))
-    return _SPACES.sub(" ", html_lib.unescape(body)).strip()[:max_chars]
+    """Visible text by regex (``visible_runs`` joined)."""
+    return joined_text(visible_runs(text), max_chars)
 
 
 _PROSE_WORDS = 8          # a run of text between tags with this many words reads as prose, not chrome
@@ -155,21 +164,25 @@ def language_sample(paragraphs: List[str], min_chars: int = 200) -> str:
 
 
 def prose_sample(text: str, max_chars: int = 4000) -> str:
+    """``prose_of`` the page's visible runs."""
+    return prose_of(visible_runs(text), max_chars)
+
+
+def prose_of(runs: List[str], max_chars: int = 4000) -> str:
     """What the cheap language check reads: the runs of visible text between tags
     that have at least ``_PROSE_WORDS`` words, in page order, up to ``max_chars``.
     Menus, buttons and footers are runs of one to a few words, so a theme's chrome
     in another language cannot fill the sample ahead of the article; a page with
     too little prose is judged on its whole visible text."""
-    runs = (_SPACES.sub(" ", html_lib.unescape(run)).strip() for run in _TAG.split(strip_blocks(text)))
     sample, size = [], 0
-    for run in runs:
+    for run in (_SPACES.sub(" ", html_lib.unescape(run)).strip() for run in runs):
         if run.count(" ") + 1 >= _PROSE_WORDS:
             sample.append(run)
             size += len(run) + 1
             if size >= max_chars:
                 break
     joined = " ".join(sample)
-    return joined[:max_chars] if len(joined) >= 200 else rough_text(text, max_chars)
+    return joined[:max_chars] if len(joined) >= 200 else joined_text(runs, max_chars)
 
 
 _LONG_TAG = re.compile(r"<([A-Za-z][A-Za-z0-9:-]{0,63})([^<>]{4096,})>")
@@ -196,7 +209,6 @@ _LAZY_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy", "data-
 _SRCSET_ATTRS = ("srcset", "data-srcset", "data-lazy-srcset")
 _IMG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
 _ATTR = re.compile(r"""([^\s=/>"']+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s>]+))?""")
-_IMAGE_EXTENSION = re.compile(r"\.(avif|bmp|gif|hei[cf]|jpe?g|png|webp)(\b|$)", re.IGNORECASE)
 
 
 def largest_srcset_candidate(srcset: Optional[str]) -> str:
@@ -241,6 +253,7 @@ def resolve_images(text: str, page_url: str) -> str:
     extension (gravatars, CDN and resizer URLs; issue 15 counted 373 of 3,227 image sources
     of English pages so lost); such a URL gets a fragment that looks like one, which
     ``normalize_url`` removes again afterwards. The rest of the page is left byte for byte."""
+    from trafilatura.utils import is_image_file     # the test trafilatura drops images by
     base = base_href(text)
 
     def rewrite(m: "re.Match") -> str:
@@ -252,7 +265,7 @@ def resolve_images(text: str, page_url: str) -> str:
         url = resolve_url(img_source(attrs), page_url, base)
         if not url or url.lower().startswith("data:"):
             return m.group(0)
-        if not _IMAGE_EXTENSION.search(url.split("?", 1)[0]):
+        if not is_image_file(url):
             url += "#kosmos-image.jpg"
         kept = "".join(f' {name}="{html_lib.escape(attrs[name], quote=True)}"' for name in ("alt", "title")
                        if name in attrs)

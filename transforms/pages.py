@@ -28,8 +28,8 @@ from contract.reasons import DROPPED, ENTERED, ERROR, PAIR, RECORD, TEXT
 from filters.captions import find_image_captions, judge_caption
 from filters.config import CurationConfig
 from filters.documents import interspersed
-from filters.html import (decode_html, extract_content, has_img_tag, language_sample, limit_attributes, prose_sample,
-                          rough_text)
+from filters.html import (decode_html, extract_content, has_img_tag, joined_text, language_sample, limit_attributes,
+                          prose_of, rough_text, visible_runs)
 from filters.language import LanguageIdentifier, language_filter
 from filters.text_quality import filter_document_text, filter_paragraphs
 from transforms.accounting import OUTCOMES, AccountedDoFn
@@ -103,12 +103,13 @@ class CheapPageChecks(_WithLanguageId):
             return
         text = limit_attributes(text, self.cfg.records.max_attributes)
         has_img = has_img_tag(text)
+        runs = visible_runs(text)
         if not has_img:
-            yield self.outcome(_drop(page, "no_img_tag", snippet=rough_text(text, 20_000)))
+            yield self.outcome(_drop(page, "no_img_tag", snippet=joined_text(runs, 20_000)))
             if not self.cfg.output.text:
                 return
         lang = self.cfg.language
-        crude = prose_sample(text, lang.max_chars)
+        crude = prose_of(runs, lang.max_chars)
         verdict = language_filter(self.lid, crude, lang.language, lang.cheap_min_score)
         if not verdict.keep:
             yield from self.drops(page, verdict.reason, has_img, scores=dict(verdict.scores, stage="cheap"),
