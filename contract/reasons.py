@@ -64,7 +64,8 @@ RECORD_STAGES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("pages with an <img>", ("no_img_tag", "undecodable_html")),
     ("English, clean, images in text", (
         "non_english", "no_text", "extraction_empty", "extraction_failed", "over_time_budget", "too_few_words",
-        "spam_*", "special_characters", "gibberish", "no_images_in_content", "no_text_in_content")),
+        "spam_*", "special_characters", "gibberish", "repeated_lines", "repeated_ngrams", "no_stop_words",
+        "navigation_heavy", "no_images_in_content", "no_text_in_content")),
     ("unique (URL, text, near-dup)", ("duplicate_url", "duplicate_exact", "near_duplicate")),
     ("documents with usable images", ("images_*", "no_usable_images")),
     ("half of single-image docs dropped", ("single_image_dropped",)),
@@ -94,7 +95,7 @@ IMAGE_FILTER_REASONS = frozenset({"too_small", "single_color", "near_uniform", "
 TEXT_REASONS: Tuple[str, ...] = (
     "too_large", "undecodable_html", "non_english", "no_text", "extraction_empty", "extraction_failed",
     "over_time_budget", "too_few_words", "too_few_words_for_text", "spam_*", "special_characters", "gibberish",
-    "duplicate_url", "duplicate_exact", "near_duplicate")
+    "repeated_lines", "repeated_ngrams", "no_stop_words", "navigation_heavy", "duplicate_url", "duplicate_exact", "near_duplicate")
 
 PAIR_REASONS: Tuple[str, ...] = (
     "too_large", "undecodable_html", "extraction_failed", "over_time_budget", "non_english",

@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"      # 2: boilerplate scores
 
 ITEM_TEXT = "text"
 ITEM_IMAGE = "image"
@@ -52,7 +52,11 @@ SCORES = pa.struct([
     pa.field("url_char_ratio", pa.float32()),
     pa.field("special_char_ratio", pa.float32()),
     pa.field("alpha_word_ratio", pa.float32()),
-    pa.field("paragraphs_removed", pa.int32()),           # spam paragraphs cut from the text
+    pa.field("paragraphs_removed", pa.int32()),           # spam and navigation paragraphs cut from the text
+    pa.field("duplicate_line_fraction", pa.float32()),    # Gopher: paragraphs repeating another
+    pa.field("top_ngram_fraction", pa.float32()),         # Gopher: characters in the top word 2/3/4-gram
+    pa.field("stop_words", pa.int32()),                   # Gopher: distinct stop words present (of 8)
+    pa.field("short_line_fraction", pa.float32()),        # FineWeb: paragraphs under 30 characters
     pa.field("single_image_hash", pa.float32()),          # the seeded draw, for single-image docs
 ])
 

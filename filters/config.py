@@ -59,6 +59,19 @@ class TextQualityConfig:
     min_alpha_word_ratio: float = 0.5       # Gopher uses 0.8 on prose; product pages carry prices
     min_words: int = 20                     # a document needs some text to be interleaved
     min_words_text_only: int = 50           # Gopher's minimum for a text-only document
+    # Boilerplate (filters/boilerplate.py). Paragraphs: menus, form labels, chrome phrases cut.
+    cut_navigation_paragraphs: bool = True
+    # Documents: Gopher's repetition and stop-word rules, FineWeb's line rules.
+    max_duplicate_line_fraction: float = 0.30
+    max_duplicate_line_char_fraction: float = 0.20
+    max_top_2gram_fraction: float = 0.20
+    max_top_3gram_fraction: float = 0.18
+    max_top_4gram_fraction: float = 0.16
+    min_stop_words: int = 2                 # of Gopher's 8 English stop words; 0 for another language
+    max_short_line_fraction: float = 0.67   # FineWeb: paragraphs under 30 characters; or ...
+    min_punctuated_line_fraction: float = 0.12   # ... this few ending in terminal punctuation
+    min_prose_char_fraction: float = 0.2    # listings: less of the text in paragraphs of 20+ words ...
+    listing_max_prose_paragraphs: int = 5   # ... and fewer such paragraphs than this
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import re
 from typing import Dict, List, Sequence, Tuple
 
 from filters.base import Verdict, drop, keep
+from filters.boilerplate import filter_boilerplate, navigation_paragraph
 from filters.config import TextQualityConfig
 
 # Pictographs, dingbats, flags, symbols and the joiners/selectors that build emoji sequences.
@@ -83,9 +84,11 @@ def filter_paragraphs(paragraphs: Sequence[str], cfg: TextQualityConfig
     removed: Dict[str, int] = {}
     for p in paragraphs:
         v = filter_paragraph(p, cfg)
-        kept.append(v.keep)
-        if not v.keep:
-            removed[v.reason] = removed.get(v.reason, 0) + 1
+        reason = v.reason if not v.keep else (
+            "navigation" if cfg.cut_navigation_paragraphs and navigation_paragraph(p) else None)
+        kept.append(reason is None)
+        if reason is not None:
+            removed[reason] = removed.get(reason, 0) + 1
     return kept, removed
 
 
@@ -100,4 +103,5 @@ def filter_document_text(paragraphs: Sequence[str], cfg: TextQualityConfig) -> V
         return drop(reason, **sig)
     if sig["alpha_word_ratio"] < cfg.min_alpha_word_ratio:
         return drop("gibberish", **sig)
-    return keep(**sig)
+    bp = filter_boilerplate(paragraphs, cfg)
+    return Verdict(bp.keep, bp.reason, {**sig, **bp.scores})

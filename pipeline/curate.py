@@ -90,7 +90,8 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
         all_refs.append(pairs.output | "PairImageReferences" >> beam.Map(lambda c: (c.url, (c.ref, 0))))
     images = (tuple(all_refs)
               | "AllImageReferences" >> beam.Flatten()
-              | "FetchImages" >> FetchImages(image_source(p, read.image_records, cfg), cfg.dedup.image_max_repeats))
+              | "FetchImages" >> FetchImages(image_source(p, read.image_records, cfg), cfg.dedup.image_max_repeats,
+                                             candidates.sightings))
     outcomes.append(images.events)
     if images.fetched is not None:
         (images.events

@@ -183,18 +183,23 @@ class InArchiveImages(beam.PTransform):
 
 
 class SettleRepeatedUrls(beam.DoFn):
-    """(url, refs) -> refs to fetch (main), or, for a URL used by more than
+    """(url, {refs, pages}) -> refs to fetch (main), or, for a URL used by more than
     ``max_repeats`` documents (logos, icons, buttons), ``repeated_image`` results
-    settled without any download or decode."""
+    settled without any download or decode. ``pages``: the URLs of every English page
+    whose content shows the image, whatever the text filters and dedup made of it
+    (counting only the documents still standing would let a site's logo through once
+    the rest of its pages are filtered out)."""
 
     def __init__(self, max_repeats: int):
         self.max_repeats = max_repeats
         self.skipped = Metrics.counter("kosmos", "images.repeated_url_not_fetched")
 
     def process(self, element):
-        url, refs = element
-        refs = list(refs)
+        url, groups = element
+        refs = list(groups["refs"])
         repeated = repeated_kinds((ref for ref, _ in refs), self.max_repeats)
+        if self.max_repeats and len(set(groups["pages"])) > self.max_repeats:
+            repeated.add("doc")
         if repeated:
             self.skipped.inc()
         for ref, pos in refs:
@@ -226,17 +231,20 @@ class FetchImages(beam.PTransform):
     """References -> one result per reference: repeated URLs settled first, the
     rest through ``source``, then bytes repeated across the corpus settled."""
 
-    def __init__(self, source: beam.PTransform, max_repeats: int):
+    def __init__(self, source: beam.PTransform, max_repeats: int, sightings=None):
         super().__init__()
         self.source = source
         self.max_repeats = max_repeats
+        self.sightings = sightings        # (image url, page url) of every English page (documents)
 
     def expand(self, refs) -> ImageResults:
         n = self.max_repeats
         if not n:
             return refs | "FromSource" >> self.source
-        split = (refs
-                 | "GroupByUrl" >> beam.GroupByKey()
+        pages = self.sightings if self.sightings is not None else (refs.pipeline | "NoSightings" >> beam.Create([]))
+        split = ({"refs": refs, "pages": pages}
+                 | "GroupByUrl" >> beam.CoGroupByKey()
+                 | "OnlyReferenced" >> beam.Filter(lambda kv: bool(kv[1]["refs"]))
                  | "SettleRepeatedUrls" >> beam.ParDo(SettleRepeatedUrls(n)).with_outputs(SETTLED, main="fetch"))
         source = split["fetch"] | "FromSource" >> self.source
         fetched = source.results

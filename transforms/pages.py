@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
+from apache_beam import pvalue
 
 from contract.reasons import DROPPED, ENTERED, ERROR, PAIR, RECORD, TEXT
 from filters.captions import find_image_captions, judge_caption
@@ -176,9 +177,14 @@ def text_scores(ex: ExtractedPage, text_scores: Dict[str, Any]) -> Dict[str, Any
     return {**ex.language, **text_scores, "paragraphs_removed": sum(ex.removed.values())}
 
 
+SIGHTINGS = "sightings"
+
+
 class ToDocument(AccountedDoFn):
     """An extracted page with images -> an interleaved ``Candidate``: clean text
-    (spam, gibberish, too few words), then images interspersed with text."""
+    (spam, gibberish, too few words), then images interspersed with text. Every
+    image the page's content shows is also reported as ``(image url, page url)`` on
+    ``sightings``, kept or not: how many pages use an image is counted over them."""
 
     def __init__(self, cfg: CurationConfig, progress_dir: Optional[str] = None):
         self.cfg = cfg
@@ -191,6 +197,8 @@ class ToDocument(AccountedDoFn):
         if not ex.has_img:
             return
         page = ex.page
+        for url in {item.url for item in ex.items if item.kind == "image" and item.url}:
+            yield pvalue.TaggedOutput(SIGHTINGS, (url, page.url))
         verdict = filter_document_text(ex.texts, self.cfg.text)
         if not verdict.keep:
             yield self.outcome(Outcome.of(RECORD, verdict, page.provenance, page.url, snippet=ex.joined))
@@ -272,6 +280,7 @@ class ToPairs(_WithLanguageId):
 class Candidates(NamedTuple):
     """The pages that passed, per output, and what became of the others."""
     documents: beam.PCollection              # Candidate: interleaved documents awaiting images
+    sightings: beam.PCollection              # (image url, page url) of every extracted page with images
     texts: Optional[beam.PCollection]        # Candidate: text-only documents (output.text)
     pairs: Optional[beam.PCollection]        # PairCandidate (output.pairs)
     outcomes: Tuple[beam.PCollection, ...]   # Outcome, reduced per stage by AccountOutcomes
@@ -292,12 +301,13 @@ class PagesToCandidates(beam.PTransform):
         made it, so no page waits in a Flatten's buffer; the results are joined."""
         cfg, out = self.cfg, self.cfg.output
         parts = pages if isinstance(pages, tuple) else (pages,)
-        documents, texts, pairs, outcomes = [], [], [], []
+        documents, sightings, texts, pairs, outcomes = [], [], [], [], []
 
         def decide(extracted, label: str, dofn, into: list):
-            result = extracted | label >> beam.ParDo(dofn).with_outputs(OUTCOMES, main="kept")
+            result = extracted | label >> beam.ParDo(dofn).with_outputs(OUTCOMES, SIGHTINGS, main="kept")
             into.append(result["kept"])
             outcomes.append(result[OUTCOMES])
+            return result
 
         for n, part in enumerate(parts):
             tag = "" if n == 0 else f" [{n}]"
@@ -306,8 +316,8 @@ class PagesToCandidates(beam.PTransform):
             extracted = cheap["pages"] | f"ExtractAndCheckLanguage{tag}" >> beam.ParDo(
                 ExtractPage(cfg)).with_outputs(OUTCOMES, main="pages")
             outcomes += [cheap[OUTCOMES], extracted[OUTCOMES]]
-            decide(extracted["pages"], f"CleanTextAndImagesInText{tag}", ToDocument(cfg, self.progress_dir),
-                   documents)
+            sightings.append(decide(extracted["pages"], f"CleanTextAndImagesInText{tag}",
+                                    ToDocument(cfg, self.progress_dir), documents)[SIGHTINGS])
             if out.text:
                 decide(extracted["pages"], f"TextOnlyDocuments{tag}", ToTextDocument(cfg), texts)
             if out.pairs:
@@ -317,5 +327,5 @@ class PagesToCandidates(beam.PTransform):
             if not pcolls:
                 return None
             return pcolls[0] if len(pcolls) == 1 else tuple(pcolls) | label >> beam.Flatten()
-        return Candidates(joined(documents, "AllCandidates"), joined(texts, "AllTextDocuments"),
-                          joined(pairs, "AllPairCandidates"), tuple(outcomes))
+        return Candidates(joined(documents, "AllCandidates"), joined(sightings, "AllImageSightings"),
+                          joined(texts, "AllTextDocuments"), joined(pairs, "AllPairCandidates"), tuple(outcomes))

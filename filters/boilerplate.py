@@ -1,0 +1,124 @@
+"""Boilerplate and low-quality text: the public practice of web-corpus builders,
+as pure functions over a document's paragraphs (no Beam, no I/O).
+
+Per paragraph (cut from the document, counted in ``paragraphs_removed``):
+
+* ``navigation``: a run of short items between separators ("Web | Moving Images |
+  Texts | Audio"), or a form field label ("Your e-mail address *"), or one of the
+  phrases pages repeat around their content ("Skip to main content");
+
+Per document (the document dropped, the score stored):
+
+* ``repeated_lines``: Gopher's repetition rules (Rae et al. 2021, table A1): more
+  than 30% of the paragraphs, or 20% of their characters, are repeats of another
+  paragraph ("In stock" twenty times on a shop's listing);
+* ``repeated_ngrams``: Gopher's share of characters in the most frequent word 2-,
+  3- and 4-gram (20%, 18%, 16%);
+* ``no_stop_words``: Gopher's stop-word presence (at least 2 of "the", "be", "to",
+  "of", "and", "that", "have", "with"): lists of names and links have none;
+* ``navigation_heavy``: FineWeb's line rules: more than 67% of the paragraphs
+  under 30 characters, or fewer than 12% ending in terminal punctuation (menus,
+  link lists, listings of items, buttons), unless the document has 3 paragraphs of
+  prose (20 words or more): an article with a long table of names (pages-eval's
+  Daily Mail page with the 650 MPs' addresses) is not a menu. Also a portal or
+  listing page: under 20% of its characters in prose paragraphs and fewer than 5
+  of them (an archive's collection page of "Band Live at Venue on date, N
+  downloads" lines; a page of 13 one-paragraph jokes stays).
+
+The thresholds are in ``TextQualityConfig``; each verdict carries its scores.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Dict, List, Sequence
+
+from filters.base import Verdict, drop, keep
+
+STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
+_SEPARATORS = re.compile(r"\s+(?:\||·|•|»|›|/|–|-)\s+|\s*\|\s*")
+_WORDS = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
+_TERMINAL = ("." , "!", "?", "\"", "”", "’", "'", ":", ";", ")", "…")
+_FORM_FIELD = re.compile(r"^[\w\s'’()/-]{1,40}\s?\*$")
+_CHROME = re.compile(
+    r"^(home|menu|search|skip to (main )?content|skip to navigation|jump to navigation|toggle navigation|main menu|"
+    r"you are here:?|back to top|all rights reserved\.?|log ?in|sign ?in|sign up|register|subscribe|"
+    r"share this:?|follow us:?|related posts:?|leave a (reply|comment)|cookie settings|accept( all)? cookies)$",
+    re.IGNORECASE)
+
+
+_ACCOUNT = re.compile(r"\b(log ?in|log ?out|sign ?in|sign ?up|join us|register|my account|anonymous user)\b",
+                      re.IGNORECASE)
+
+
+def navigation_paragraph(text: str, min_items: int = 4, max_item_words: float = 3.0) -> bool:
+    """A menu, a form field label or a chrome phrase rather than prose (an account
+    link such as "Anonymous User (login or join us)" among them)."""
+    stripped = text.strip()
+    if _CHROME.match(stripped) or _FORM_FIELD.match(stripped):
+        return True
+    if len(_WORDS.findall(stripped)) <= 6 and _ACCOUNT.search(stripped):
+        return True
+    items = [i for i in _SEPARATORS.split(stripped) if i.strip()]
+    if len(items) < min_items:
+        return False
+    words = [len(_WORDS.findall(i)) for i in items]
+    return sum(words) / len(words) <= max_item_words and not stripped.endswith((".", "!", "?"))
+
+
+def ngram_top_fraction(words: List[str], n: int) -> float:
+    """Characters covered by the most frequent word n-gram over all characters of words."""
+    if len(words) < n:
+        return 0.0
+    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    gram, count = grams.most_common(1)[0]
+    if count < 2:
+        return 0.0
+    total = sum(len(w) for w in words)
+    return count * sum(len(w) for w in gram) / total if total else 0.0
+
+
+def boilerplate_scores(paragraphs: Sequence[str]) -> Dict[str, float]:
+    lines = [p.strip() for p in paragraphs if p.strip()]
+    seen, dup_lines, dup_chars = set(), 0, 0
+    for line in lines:
+        if line in seen:
+            dup_lines += 1
+            dup_chars += len(line)
+        seen.add(line)
+    chars = sum(len(line) for line in lines) or 1
+    words = [w.lower() for w in _WORDS.findall(" ".join(lines))]
+    return {
+        "duplicate_line_fraction": round(dup_lines / len(lines), 4) if lines else 0.0,
+        "duplicate_line_char_fraction": round(dup_chars / chars, 4),
+        "top_ngram_fraction": round(max((ngram_top_fraction(words, n) for n in (2, 3, 4)), default=0.0), 4),
+        "top_2gram_fraction": round(ngram_top_fraction(words, 2), 4),
+        "top_3gram_fraction": round(ngram_top_fraction(words, 3), 4),
+        "top_4gram_fraction": round(ngram_top_fraction(words, 4), 4),
+        "stop_words": sum(1 for w in set(words) if w in STOP_WORDS),
+        "short_line_fraction": round(sum(1 for line in lines if len(line) < 30) / len(lines), 4) if lines else 0.0,
+        "punctuated_line_fraction": round(sum(1 for line in lines if line.endswith(_TERMINAL)) / len(lines), 4)
+        if lines else 0.0,
+        "prose_paragraphs": sum(1 for line in lines if len(_WORDS.findall(line)) >= 20),
+        "prose_char_fraction": round(sum(len(line) for line in lines if len(_WORDS.findall(line)) >= 20) / chars, 4),
+    }
+
+
+def filter_boilerplate(paragraphs: Sequence[str], cfg) -> Verdict:
+    """The document-level rules above on the paragraphs that survived the paragraph cut."""
+    s = boilerplate_scores(paragraphs)
+    if s["duplicate_line_fraction"] > cfg.max_duplicate_line_fraction or \
+            s["duplicate_line_char_fraction"] > cfg.max_duplicate_line_char_fraction:
+        return drop("repeated_lines", **s)
+    if s["top_2gram_fraction"] > cfg.max_top_2gram_fraction or s["top_3gram_fraction"] > cfg.max_top_3gram_fraction \
+            or s["top_4gram_fraction"] > cfg.max_top_4gram_fraction:
+        return drop("repeated_ngrams", **s)
+    if s["stop_words"] < cfg.min_stop_words:
+        return drop("no_stop_words", **s)
+    if s["prose_paragraphs"] < 3 and (s["short_line_fraction"] > cfg.max_short_line_fraction or
+                                      s["punctuated_line_fraction"] < cfg.min_punctuated_line_fraction):
+        return drop("navigation_heavy", **s)
+    if s["prose_char_fraction"] < cfg.min_prose_char_fraction and s["prose_paragraphs"] < cfg.listing_max_prose_paragraphs:
+        return drop("navigation_heavy", **s)
+    return keep(**s)
