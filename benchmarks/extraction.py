@@ -12,9 +12,16 @@ missing a false negative; a ``without`` snippet found is a false positive. Besid
 * interleaved-document text: the same, through the interleaved decision
   (``ToDocument``) up to "images interspersed with text" (pages-eval holds no
   image records, so the image join is left out; a page without an ``<img>`` has no
-  document and is left out of this line).
+  document and is left out of this line). A page the interleaved rules drop (its
+  images outside the main content, say) counts as empty, so its recall measures the
+  rules as much as extraction; the line after it scores extraction alone, on the
+  pages that became documents.
 
-    scripts/in-venv python benchmarks/extraction.py
+    scripts/in-venv python benchmarks/extraction.py [--misses]
+
+``--misses`` lists, for the text corpus, every page where a main-content snippet is
+missing and why: the page dropped (with its reason), the paragraph holding it cut
+(with the cut's reason), or the extraction never had it.
 """
 
 from __future__ import annotations
@@ -68,6 +75,26 @@ def run_dofn(dofn, element):
     return out, outcomes
 
 
+def explain_misses(url: str, truth: dict, text: str, outcomes, extracted) -> list:
+    """Why the text corpus lacks each ``with`` snippet of a page."""
+    from filters.text_quality import paragraph_cuts
+    missing = [s for s in truth.get("with", []) if norm(s) not in norm(text)]
+    if not missing:
+        return []
+    drops = [o.value.reason for o in outcomes if getattr(o.value, "status", "") in ("dropped", "error")]
+    if drops:
+        return [f"{url}: page dropped ({', '.join(sorted(set(drops)))}), {len(missing)} snippets lost"]
+    lines = []
+    paragraphs = [i.text for i in extracted.items if i.kind == "text"] if extracted else []
+    cuts = paragraph_cuts(paragraphs, extracted.cfg_text) if extracted else []
+    for snippet in missing:
+        where = [c for p, c in zip(paragraphs, cuts) if norm(snippet) in norm(p)]
+        why = f"paragraph cut: {where[0]}" if where and where[0] else (
+            "kept paragraph (split across paragraphs?)" if where else "not in the extraction")
+        lines.append(f"{url}: {why}: {snippet[:80]!r}")
+    return lines
+
+
 def main() -> None:
     import trafilatura
     from filters.config import CurationConfig
@@ -84,7 +111,9 @@ def main() -> None:
     for dofn in (cheap, extract, to_doc, to_text):
         dofn.setup()
     ours_text, ours_docs, theirs, theirs_docs = Score(), Score(), Score(), Score()
-    pages = doc_pages = 0
+    ours_kept, theirs_kept = Score(), Score()
+    pages = doc_pages = kept_pages = 0
+    misses = []
     t_ours = t_theirs = 0.0
     path = str(DATA / "trafilatura-eval-dev-00.warc.gz")
     for rec in iter_archive(open(path, "rb"), path):
@@ -101,22 +130,31 @@ def main() -> None:
         t0 = time.perf_counter()
         page = Page(rec.target_uri, rec.date, rec.http_header("content-type"), rec.payload,
                     Provenance(path, rec.offset))
-        text, document = "", None
-        decoded, _ = run_dofn(cheap, page)
+        text, document, outcomes, ex = "", None, [], None
+        decoded, outcomes = run_dofn(cheap, page)
         if decoded:
-            extracted, _ = run_dofn(extract, decoded[0])
+            extracted, outcomes = run_dofn(extract, decoded[0])
             if extracted:
-                rows, _ = run_dofn(to_text, extracted[0])
+                ex = extracted[0]
+                rows, outcomes = run_dofn(to_text, extracted[0])
                 text = "\n".join(i["text"] for i in rows[0].items) if rows else ""
                 if extracted[0].has_img:
                     docs, _ = run_dofn(to_doc, extracted[0])
                     document = "\n".join(i["text"] for i in docs[0].items if i["type"] == "text") if docs else ""
         t_ours += time.perf_counter() - t0
         ours_text.add(text, truth[rec.target_uri])
+        if "--misses" in sys.argv:
+            if ex is not None:
+                ex.cfg_text = cfg.text
+            misses.extend(explain_misses(rec.target_uri, truth[rec.target_uri], text, outcomes, ex))
         if decoded and decoded[0].has_img:
             doc_pages += 1
             ours_docs.add(document or "", truth[rec.target_uri])
             theirs_docs.add(reference, truth[rec.target_uri])
+            if document:
+                kept_pages += 1
+                ours_kept.add(document, truth[rec.target_uri])
+                theirs_kept.add(reference, truth[rec.target_uri])
     extract.teardown()
     print(f"pages-eval, English pages (fastText on trafilatura's full extraction): {pages}")
     print(f"{'':<44} {'pages':>5} {'precision':>9} {'recall':>7} {'F1':>6}")
@@ -124,7 +162,12 @@ def main() -> None:
     print(theirs.row("trafilatura.extract(html), defaults", pages))
     print(ours_docs.row("interleaved-document text (pages with <img>)", doc_pages))
     print(theirs_docs.row("trafilatura.extract(html), same pages", doc_pages))
+    print(ours_kept.row("interleaved, pages that became documents", kept_pages))
+    print(theirs_kept.row("trafilatura.extract(html), same pages", kept_pages))
     print(f"time: ours {t_ours:.1f} s (cheap checks, extraction, filters), trafilatura {t_theirs:.1f} s")
+    if misses:
+        print("\nmain-content snippets missing from the text corpus, and why:")
+        print("\n".join(misses))
 
 
 if __name__ == "__main__":

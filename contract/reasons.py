@@ -78,6 +78,8 @@ IMAGE_REASONS: Tuple[str, ...] = (
     "decompression_bomb", "not_an_image", "too_large",
     # where they come from
     "not_in_archive", "unreadable_in_archive", "unsupported_url", "not_retried",
+    # site furniture by its URL or alt text, before any download (transforms/images.py)
+    "furniture_url", "furniture_alt",
     # downloading (transforms/http_fetch.py)
     "bad_url", "blocked_address", "client_error", "connection_failed", "dns_failed", "opted_out", "timeout",
     "tls_error", "too_many_redirects", "unsupported_scheme", "http_*",
@@ -99,7 +101,8 @@ TEXT_REASONS: Tuple[str, ...] = (
 
 PAIR_REASONS: Tuple[str, ...] = (
     "too_large", "undecodable_html", "extraction_failed", "over_time_budget", "non_english",
-    "no_caption", "caption_filename", "boilerplate_caption", "caption_too_short", "caption_too_long",
+    "no_caption", "caption_filename", "boilerplate_caption", "caption_teaser", "caption_site_name",
+    "caption_keyword_list", "caption_too_short", "caption_too_long",
     "caption_not_*", "duplicate_in_page", "over_page_cap", "duplicate_pair", "no_image_result",
     *IMAGE_REASONS)
 

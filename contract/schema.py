@@ -120,6 +120,30 @@ REJECT_SCHEMA = pa.schema([
 ], metadata={b"kosmos.schema": b"reject_sample"})
 
 
+# The audit trail of a run (``outcomes/``): one row for the end of every record, of
+# every image reference and of every page in the text and pair funnels. A page's
+# record, text and pair rows share its ``file``/``offset``/``inner_offset``; its image
+# rows carry its ``doc_id`` (and where the image's bytes lay). ``kosmos explain`` reads them.
+OUTCOME_SCHEMA = pa.schema([
+    pa.field("outcome_id", pa.string(), nullable=False),  # hash of what it is about; shards and sorts rows
+    pa.field("level", pa.string(), nullable=False),       # record | image | text | pair (contract.reasons)
+    pa.field("status", pa.string(), nullable=False),      # kept | dropped | error | image_source
+    pa.field("reason", pa.string()),
+    pa.field("stage", pa.string()),                       # the record funnel's stage that removed it
+    pa.field("url", pa.string()),                         # the record's URL; the image's for image and pair rows
+    pa.field("file", pa.string()),                        # the record's archive (an image's bytes', if any)
+    pa.field("offset", pa.int64()),
+    pa.field("inner_offset", pa.int64()),
+    pa.field("doc_id", pa.string()),                      # the document id, once the page is a candidate
+    pa.field("scores", pa.string()),                      # JSON of the scores that decided
+    pa.field("message", pa.string()),
+    pa.field("survivor_doc_id", pa.string()),             # duplicates: the copy that was kept instead ...
+    pa.field("survivor_url", pa.string()),
+    pa.field("survivor_status", pa.string()),             # ... and how that copy ended
+    pa.field("survivor_reason", pa.string()),
+], metadata={b"kosmos.schema": b"outcome", b"kosmos.schema_version": SCHEMA_VERSION.encode()})
+
+
 def document_text(row: Dict[str, Any], sep: str = "\n\n") -> str:
     """The text of a document row, paragraphs joined by ``sep``."""
     return sep.join(i["text"] for i in row["items"] if i["type"] == ITEM_TEXT and i["text"])
@@ -158,6 +182,8 @@ DOCUMENTS = Dataset("interleaved", "documents", DOCUMENT_SCHEMA, "doc_id", ("doc
 TEXTS = Dataset("text", "text", TEXT_SCHEMA, "doc_id", ("doc_id", "text"))
 PAIRS = Dataset("pairs", "pairs", PAIR_SCHEMA, "pair_id", ("pair_id", "image", "caption"))
 DATASETS: Dict[str, Dataset] = {d.name: d for d in (DOCUMENTS, TEXTS, PAIRS)}
+# Not a training dataset: the per-record audit trail, written with the same shards and manifest.
+OUTCOME_TRAIL = Dataset("outcomes", "outcomes", OUTCOME_SCHEMA, "outcome_id", ())
 
 
 def dataset_of_row(row: Dict[str, Any]) -> Optional[Dataset]:

@@ -6,12 +6,20 @@ Per paragraph (cut from the document, counted in ``paragraphs_removed``):
 * ``navigation``: a run of short items between separators ("Web | Moving Images |
   Texts | Audio"), or a form field label ("Your e-mail address *"), or one of the
   phrases pages repeat around their content ("Skip to main content");
+* ``tail_section`` (English pages): everything from a closing section's heading
+  ("References", "See also", "External links", "Related posts", "Leave a reply") in
+  the second half of the text: citation lists, link lists and teasers;
+* ``word_list`` (English pages): 30 words or more with under 3% (English) function words and
+  almost no punctuation: names or tags run together (a credits page's 250
+  sponsors), which prose in no language is;
 
 Per document (the document dropped, the score stored):
 
 * ``repeated_lines``: Gopher's repetition rules (Rae et al. 2021, table A1): more
   than 30% of the paragraphs, or 20% of their characters, are repeats of another
-  paragraph ("In stock" twenty times on a shop's listing);
+  paragraph ("In stock" twenty times on a shop's listing). The paragraph share is
+  not applied to a document with 5 prose paragraphs or more: there the repeats are a
+  table's cells (pages-eval's game-settings page, "On"/"Off" down 14 rows);
 * ``repeated_ngrams``: Gopher's share of characters in the most frequent word 2-,
   3- and 4-gram (20%, 18%, 16%);
 * ``no_stop_words``: Gopher's stop-word presence (at least 2 of "the", "be", "to",
@@ -37,6 +45,13 @@ from typing import Dict, List, Sequence
 from filters.base import Verdict, drop, keep
 
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
+# Words that bind a sentence together (English): a long run of words with almost none
+# is a list (names, tags, keywords), not prose.
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at by for from to with into onto over under near about and or but not is are was were "
+    "be has have had do does can will i me my we our you your you're he him his she her it it's its they them "
+    "their this that these those as while during after before behind above below between who which where when "
+    "what why how".split())
 _SEPARATORS = re.compile(r"\s+(?:\||·|•|»|›|/|–|-)\s+|\s*\|\s*")
 _WORDS = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 _TERMINAL = ("." , "!", "?", "\"", "”", "’", "'", ":", ";", ")", "…")
@@ -65,6 +80,30 @@ def navigation_paragraph(text: str, min_items: int = 4, max_item_words: float = 
         return False
     words = [len(_WORDS.findall(i)) for i in items]
     return sum(words) / len(words) <= max_item_words and not stripped.endswith((".", "!", "?"))
+
+
+def word_list_paragraph(text: str, min_words: int = 30, max_function_share: float = 0.03) -> bool:
+    """A long paragraph that is a list of names or tags run together ("Aaron Parkening
+    Aaron Stewart Abagail Thorne-Lyman ..." down a credits page): prose of 30 words
+    carries a function word in every few."""
+    words = [w.lower() for w in _WORDS.findall(text)]
+    if len(words) < min_words:
+        return False
+    if sum(text.count(c) for c in ".,;:!?") > 0.05 * len(words):
+        return False            # sentences (of any language): a list has no punctuation to speak of
+    return sum(1 for w in words if w in FUNCTION_WORDS) / len(words) < max_function_share
+
+
+TAIL_HEADINGS = frozenset({
+    "references", "see also", "external links", "further reading", "bibliography", "footnotes", "citations",
+    "related posts", "related articles", "related stories", "you may also like", "you might also like",
+    "more stories", "leave a reply", "leave a comment", "share this", "share this article", "share this post"})
+
+
+def tail_heading(text: str) -> bool:
+    """A heading that opens the closing sections of a page: references, link lists,
+    related stories, the comment form."""
+    return text.strip().rstrip(":").strip().lower() in TAIL_HEADINGS
 
 
 def ngram_top_fraction(words: List[str], n: int) -> float:
@@ -108,7 +147,10 @@ def boilerplate_scores(paragraphs: Sequence[str]) -> Dict[str, float]:
 def filter_boilerplate(paragraphs: Sequence[str], cfg) -> Verdict:
     """The document-level rules above on the paragraphs that survived the paragraph cut."""
     s = boilerplate_scores(paragraphs)
-    if s["duplicate_line_fraction"] > cfg.max_duplicate_line_fraction or \
+    # Extraction makes a table's cells paragraphs ("On", "Off", "Default" down a column of
+    # settings): the share of repeated paragraphs counts only where prose is scarce.
+    if (s["duplicate_line_fraction"] > cfg.max_duplicate_line_fraction
+            and s["prose_paragraphs"] < cfg.listing_max_prose_paragraphs) or \
             s["duplicate_line_char_fraction"] > cfg.max_duplicate_line_char_fraction:
         return drop("repeated_lines", **s)
     if s["top_2gram_fraction"] > cfg.max_top_2gram_fraction or s["top_3gram_fraction"] > cfg.max_top_3gram_fraction \

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from filters.base import Verdict, drop, keep
+from filters.boilerplate import FUNCTION_WORDS
 from filters.config import CaptionConfig
 from filters.html import base_href, img_source, resolve_url
 
@@ -76,24 +77,96 @@ def caption_words(caption: str) -> List[str]:
     return _WORD.findall(caption)
 
 
-def judge_caption(caption: str, cfg: CaptionConfig, lid=None, language: str = "en") -> Verdict:
+_DOMAIN = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,}/?$", re.IGNORECASE)
+
+# What a site's furniture says, not what a picture shows (checked on the lower-cased caption).
+_TEASER = re.compile(
+    r"^(?:click|tap|subscribe|unsubscribe|download|join|sign up|signup|log ?in|register|buy|shop|order|donate|"
+    r"follow|like us|visit|watch|listen|read more|learn more|find out|see more|view more|get (?:involved|it|the|your)"
+    r"|continue reading)\b"
+    r"|\b(?:click here|read more|learn more|more info|find out more|continue reading|shop now|buy now|"
+    r"sponsored|sponsorship|advertisement|advertising|syndicate content)\b"
+    r"|^\d+(?:\.\d+)? (?:out )?of \d+ stars?\b"        # a rating widget: "4.50 out of 5 stars"
+    r"|(?:\.\.\.|…)$")                                  # a teaser cut short
+def host_label(page_url: str) -> str:
+    """The name part of a page's host: ``medicalxpress`` for https://www.medicalxpress.com/x."""
+    from urllib.parse import urlsplit
+    host = (urlsplit(page_url).hostname or "").lower()
+    labels = [x for x in host.split(".") if x and x not in ("www", "m", "en", "blog", "news")]
+    if len(labels) >= 3 and len(labels[-2]) <= 3:       # example.co.uk, example.com.au
+        return labels[-3]
+    return labels[-2] if len(labels) >= 2 else (labels[0] if labels else "")
+
+
+def caption_shape(words: List[str], text: str) -> dict:
+    """The scores of the site-name and keyword-list rules."""
+    lower = [w.lower() for w in words]
+    counts = {}
+    for w in lower:
+        counts[w] = counts.get(w, 0) + 1
+    items = [i for i in re.split(r"[,;|]", text) if i.strip()]
+    tokens = [t.strip(".,;:!?()[]\"'") for t in text.lower().split()]     # "Maji-Maji-Allee" stays one
+    return {"function_words": sum(1 for w in lower if w in FUNCTION_WORDS),
+            "repeated_words": sum(n - 1 for w, n in counts.items() if n > 1 and w not in FUNCTION_WORDS),
+            "adjacent_repeat": any(a == b and a and a not in FUNCTION_WORDS for a, b in zip(tokens, tokens[1:])),
+            "list_items": len(items),
+            "longest_item_words": max((len(caption_words(i)) for i in items), default=0)}
+
+
+def keyword_list(words: List[str], shape: dict) -> bool:
+    """SEO alt text: "jokes for kids kids laughing happy funny puns", "Name, Company,
+    Product, Product-Brand". A description has function words; a list has none or
+    repeats itself."""
+    n = len(words)
+    if not n:
+        return False
+    sparse = shape["function_words"] / n < 0.15
+    if shape["adjacent_repeat"] and n >= 4 and (sparse or shape["repeated_words"] >= 3):
+        return True         # "kids kids", but not the band "Ra Ra Riot on stage"
+    if shape["list_items"] >= 4 and shape["longest_item_words"] <= 3:
+        return True
+    if n >= 8 and shape["function_words"] == 0:
+        return True
+    return n >= 6 and shape["repeated_words"] >= 2 and sparse
+
+
+def says_site_element(words: List[str], cfg: CaptionConfig) -> bool:
+    """Alt text that names a site element ("logo", "navigation image", "Follow us on
+    Twitter") rather than describing a picture."""
+    norm = " ".join(w.lower() for w in words)
+    return norm in cfg.boilerplate or (len(words) <= cfg.boilerplate_max_words
+                                       and any(w.lower() in cfg.boilerplate_words for w in words))
+
+
+def judge_caption(caption: str, cfg: CaptionConfig, lid=None, language: str = "en", page_url: str = "") -> Verdict:
     """Keep a caption that describes an image in words of the wanted language."""
     text = caption.strip()
     if not text:
         return drop("no_caption")
     if (text.lower().startswith(("http://", "https://", "www.")) or _FILENAME.match(text) or _CAMERA.match(text)
-            or _IDENTIFIER.match(text)):
+            or _IDENTIFIER.match(text) or _DOMAIN.match(text)):
         return drop("caption_filename")
     words = caption_words(text)
     norm = " ".join(w.lower() for w in words)
     scores = {"words": len(words)}
-    if norm in cfg.boilerplate or (len(words) <= cfg.boilerplate_max_words
-                                   and any(w.lower() in cfg.boilerplate_words for w in words)):
+    if says_site_element(words, cfg):
         return drop("boilerplate_caption", **scores)
     if len(words) < cfg.min_words:
         return drop("caption_too_short", **scores)
     if len(words) > cfg.max_words:
         return drop("caption_too_long", **scores)
+    if _TEASER.search(text.lower()):
+        return drop("caption_teaser", **scores)
+    label = host_label(page_url) if page_url else ""
+    joined = "".join(norm.split())
+    if len(label) >= 5 and len(words) <= cfg.site_name_max_words and label in joined and (
+            joined.startswith(label) or len(label) >= 0.6 * len(joined)):
+        # the site's name is what the caption says first, or most of it (not "Michaela
+        # Vais from Elavegan chopping carrots" on elavegan.com)
+        return drop("caption_site_name", site=label, **scores)
+    shape = caption_shape(words, text)
+    if keyword_list(words, shape):
+        return drop("caption_keyword_list", **scores, **shape)
     if lid is not None and cfg.min_language_score > 0:
         # lower case: fastText's lid model misreads Title Case (book titles, headlines)
         top, top_score, wanted = lid.score(text.lower(), language)

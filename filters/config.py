@@ -88,9 +88,17 @@ class ImageConfig:
     uniform_distance: int = 16
     min_pixel_std: float = 5.0
     max_pixels: int = 50_000_000            # decompression-bomb guard (Pillow's own is 89M)
+    # Site furniture by its URL (OBELICS drops image URLs with logo, button, icon, plugin
+    # or widget in them): a word of the URL's path among these (or ending in "logo"),
+    # decided before any download. Whole words, so "silicon-valley.jpg" stays.
+    furniture_url_words: tuple = ("logo", "logos", "button", "buttons", "btn", "icon", "icons", "favicon",
+                                  "plugin", "plugins", "widget", "widgets", "sprite", "sprites", "spacer")
     store_max_side: int = 512               # stored re-encoded at this longest side
     store_format: str = "JPEG"
     store_quality: int = 90
+
+    def __post_init__(self):      # a list from a JSON config becomes a tuple (hashable, frozen)
+        object.__setattr__(self, "furniture_url_words", tuple(self.furniture_url_words))
 
 
 @dataclass(frozen=True)
@@ -168,9 +176,12 @@ class CaptionConfig:
                           "rss", "feed", "facebook", "twitter", "instagram", "linkedin", "youtube", "pinterest",
                           "share", "email", "print", "download", "play", "video", "alt", "alt text", "null",
                           "none", "undefined", "n a", "see caption", "image description", "navigation image",
-                          "navigation", "nav")
+                          "navigation", "nav", "animated gif", "syndicate content")
     # Pair candidates of one page that may reach an image source (the rest: over_page_cap).
     max_pairs_per_page: int = 50
+    # A caption of at most this many words that spells the page's site name ("Medical
+    # Xpress" on medicalxpress.com) is its logo or masthead.
+    site_name_max_words: int = 8
     # A short caption (at most this many words) with one of these words is a site element.
     boilerplate_max_words: int = 4
     boilerplate_words: tuple = ("logo", "icon", "banner", "button", "spacer", "avatar", "thumbnail",
@@ -189,6 +200,9 @@ class AuditConfig:
     # chosen by a seeded hash (DataTrove's exclusion writer, without writing every reject).
     samples_per_reason: int = 20
     seed: int = 0
+    # outcomes/: one compact row for the end of every record, image reference and
+    # page of the text and pair funnels (no text, no bytes), read by `kosmos explain`.
+    outcomes: bool = True
 
 
 @dataclass(frozen=True)

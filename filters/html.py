@@ -328,7 +328,7 @@ def extract_content(text: str, page_url: str) -> ExtractedContent:
 
     xml = trafilatura.extract(
         resolve_images(text, page_url) if _IMG_TAG.search(text) else text, output_format="xml", include_images=True, include_comments=False,
-        include_tables=True, include_links=False, with_metadata=False, favor_recall=True,
+        include_tables=True, include_links=False, with_metadata=False, favor_recall=False,
         deduplicate=False)  # metadata extraction (dates, authors) would cost 40% more time
     result = ExtractedContent()
     if not xml:

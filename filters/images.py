@@ -13,12 +13,15 @@ images that carry no content (the scores are kept on every verdict):
   the pixels within ``uniform_distance`` (per channel) of the dominant colour, or
   a mean channel standard deviation under ``min_pixel_std``. Calibrated on the
   images of ../shared/data: the most uniform real content there is a book cover
-  of a pale yellow with a title (0.94 within 16 of its colour), kept at 0.97."""
+  of a pale yellow with a title (0.94 within 16 of its colour), kept at 0.97;
+* ``furniture_url``: before any download, an image whose URL path names it a
+  logo, button, icon, plugin or widget (OBELICS's URL rule, on whole words)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
@@ -28,6 +31,19 @@ from PIL import Image, UnidentifiedImageError
 
 from filters.base import Verdict, drop, keep
 from filters.config import ImageConfig
+
+
+_PATH_WORDS = re.compile(r"[a-z]+")
+
+
+def furniture_url(url: str, words: Tuple[str, ...]) -> Optional[str]:
+    """The word of ``url``'s path that names the image site furniture, or None."""
+    from urllib.parse import unquote, urlsplit
+    path = unquote(urlsplit(url).path).lower()
+    for word in _PATH_WORDS.findall(path):
+        if word in words or (len(word) > 4 and word.endswith("logo")):
+            return word
+    return None
 
 
 @dataclass(frozen=True)

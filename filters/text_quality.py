@@ -8,10 +8,10 @@ they can be stored beside the document and thresholds re-run later.
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from filters.base import Verdict, drop, keep
-from filters.boilerplate import filter_boilerplate, navigation_paragraph
+from filters.boilerplate import filter_boilerplate, navigation_paragraph, tail_heading, word_list_paragraph
 from filters.config import TextQualityConfig
 
 # Pictographs, dingbats, flags, symbols and the joiners/selectors that build emoji sequences.
@@ -77,19 +77,58 @@ def filter_paragraph(text: str, cfg: TextQualityConfig) -> Verdict:
     return drop(reason, **_rounded(sig)) if reason else keep(**_rounded(sig))
 
 
-def filter_paragraphs(paragraphs: Sequence[str], cfg: TextQualityConfig
-                      ) -> Tuple[List[bool], Dict[str, int]]:
-    """Paragraph-level pass: which paragraphs survive, and removals counted by reason."""
-    kept: List[bool] = []
-    removed: Dict[str, int] = {}
+def paragraph_cuts(paragraphs: Sequence[str], cfg: TextQualityConfig, english: bool = False
+                   ) -> List[Optional[str]]:
+    """Paragraph-level pass: for each paragraph, the reason it is cut (None: it stays).
+    ``english``: the page is known to be English, so the rules that read English words
+    apply too (:func:`english_cuts`); they would cut any other language."""
+    cuts: List[Optional[str]] = []
     for p in paragraphs:
         v = filter_paragraph(p, cfg)
-        reason = v.reason if not v.keep else (
-            "navigation" if cfg.cut_navigation_paragraphs and navigation_paragraph(p) else None)
-        kept.append(reason is None)
+        if not v.keep:
+            cuts.append(v.reason)
+        elif cfg.cut_navigation_paragraphs and navigation_paragraph(p):
+            cuts.append("navigation")
+        else:
+            cuts.append(None)
+    if english:
+        more = english_cuts(paragraphs, [c is None for c in cuts], cfg)
+        cuts = [c or m for c, m in zip(cuts, more)]
+    return cuts
+
+
+def english_cuts(paragraphs: Sequence[str], kept: Sequence[bool], cfg: TextQualityConfig
+                 ) -> List[Optional[str]]:
+    """The cuts of a page known to be English, among the paragraphs still ``kept``:
+    ``word_list`` paragraphs, and ``tail_section``: everything from a closing section's
+    heading ("References", "See also", "Related posts") in the second half of the text."""
+    cuts: List[Optional[str]] = [None] * len(paragraphs)
+    if not cfg.cut_navigation_paragraphs:
+        return cuts
+    total = sum(len(p) for p, k in zip(paragraphs, kept) if k) or 1
+    seen = 0
+    for i, (p, k) in enumerate(zip(paragraphs, kept)):
+        if not k:
+            continue
+        if seen >= 0.5 * total and tail_heading(p):
+            for j in range(i, len(paragraphs)):
+                cuts[j] = "tail_section" if kept[j] else None
+            return cuts
+        seen += len(p)
+        if word_list_paragraph(p):
+            cuts[i] = "word_list"
+    return cuts
+
+
+def filter_paragraphs(paragraphs: Sequence[str], cfg: TextQualityConfig
+                      ) -> Tuple[List[bool], Dict[str, int]]:
+    """Which paragraphs survive, and removals counted by reason."""
+    cuts = paragraph_cuts(paragraphs, cfg)
+    removed: Dict[str, int] = {}
+    for reason in cuts:
         if reason is not None:
             removed[reason] = removed.get(reason, 0) + 1
-    return kept, removed
+    return [c is None for c in cuts], removed
 
 
 def filter_document_text(paragraphs: Sequence[str], cfg: TextQualityConfig) -> Verdict:

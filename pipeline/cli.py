@@ -71,7 +71,7 @@ def _curate(args, beam_args: List[str]) -> int:
         return 0
     print(format_stats(stats))
     print(f"shards:     {args.output.rstrip('/')}/documents/ (_manifest.json lists them)")
-    for name in ("text", "pairs"):
+    for name in ("text", "pairs", "outcomes"):
         if name in stats.get("outputs", {}):
             print(f"{name + ':':<11} {args.output.rstrip('/')}/{name}/ ({stats['outputs'][name]['rows']} rows)")
     print(f"statistics: {args.output.rstrip('/')}/stats.json")
@@ -209,6 +209,28 @@ def _report(args, _beam_args) -> int:
     return 0
 
 
+def _explain(args, _beam_args) -> int:
+    from pipeline.explain import NoTrail, describe, find
+    if (args.url is None) == (args.file is None):
+        raise SystemExit("name the record by URL, or by --file and --offset")
+    if args.file is not None and args.offset is None:
+        raise SystemExit("--file needs --offset")
+    try:
+        rows = find(args.run_dir, url=args.url, file=args.file, offset=args.offset)
+    except NoTrail as e:
+        print(e, file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"nothing in {args.run_dir} read {args.url or f'{args.file} @ {args.offset}'}", file=sys.stderr)
+        return 1
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True, ensure_ascii=False))
+    else:
+        print(describe(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kosmos", description="Kosmos-1 data curation and training")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -338,6 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--allow_incomplete", action="store_true",
                    help="report on a run that never finished (no _SUCCESS): its figures are partial")
     r.set_defaults(func=_report)
+
+    x = sub.add_parser("explain", help="the whole path of one record through a curation run (its outcomes/)")
+    x.add_argument("run_dir", help="a run's output directory")
+    x.add_argument("url", nargs="?", help="the record's URL (a page's or an image's)")
+    x.add_argument("--file", help="the archive the record lies in (as given to the job, or its name)")
+    x.add_argument("--offset", type=int, help="the record's offset in --file")
+    x.add_argument("--json", action="store_true", help="the outcome rows, one JSON line each")
+    x.set_defaults(func=_explain)
     return parser
 
 

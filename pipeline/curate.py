@@ -29,7 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from contract.manifest import (DUPLICATES_DIR, ERRORS, FETCH_FAILURES, FETCHED_DIR, INPUTS, REJECT_SAMPLES, STATS,
                                SUCCESS_MARKER, success_record)
 from contract.reasons import TEXT
-from contract.schema import DOCUMENTS, PAIRS, TEXTS
+from contract.schema import DOCUMENTS, OUTCOME_TRAIL, PAIRS, TEXTS
 from filters.config import CurationConfig
 from pipeline.stats import build_stats, reject_samples_parquet
 from transforms.accounting import OUTCOMES, AccountOutcomes
@@ -81,7 +81,8 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
     # 4. Image references meet their bytes: one source for documents and pairs, each
     #    image judged once, images used by many pages (logos, icons) removed.
     refs = documents.kept | "ListImageReferences" >> beam.ParDo(
-        ListImageReferences(cfg.documents.max_image_references)).with_outputs(SETTLED, OUTCOMES, main="refs")
+        ListImageReferences(cfg.documents.max_image_references, cfg.images.furniture_url_words,
+                            cfg.captions)).with_outputs(SETTLED, OUTCOMES, main="refs")
     outcomes.append(refs[OUTCOMES])
     all_refs = [refs["refs"]]
     if out.pairs:
@@ -130,11 +131,14 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
     # 6. The audit trail and the accounting: every record and reference in one place.
     (tuple(audits) | "AllDuplicateLines" >> beam.Flatten()
      | "WriteDuplicates" >> WriteShardedLines(at(DUPLICATES_DIR), out.num_shards))
-    counts, samples, error_lines = (tuple(outcomes)
-                                    | "AccountOutcomes" >> AccountOutcomes(cfg.audit.samples_per_reason,
-                                                                           cfg.audit.seed))
-    error_lines | "WriteErrors" >> WriteSortedLines(at(ERRORS))
-    (samples
+    accounting = (tuple(outcomes)
+                  | "AccountOutcomes" >> AccountOutcomes(cfg.audit.samples_per_reason, cfg.audit.seed,
+                                                         trail=cfg.audit.outcomes))
+    counts = accounting.counts
+    accounting.errors | "WriteErrors" >> WriteSortedLines(at(ERRORS))
+    if accounting.trail is not None:
+        manifests["outcomes_manifest"] = write_shards(accounting.trail, "WriteOutcomes", OUTCOME_TRAIL)
+    (accounting.samples
      | "CollectSamples" >> beam.combiners.ToList()
      | "WriteSamples" >> beam.Map(lambda rows: atomic_write(at(REJECT_SAMPLES), reject_samples_parquet(rows))))
     config_json = cfg.to_json()

@@ -43,8 +43,34 @@ def load_run(run_dir: str, max_docs: int = 100_000, allow_incomplete: bool = Fal
     if os.path.exists(sample_path):
         import pyarrow.parquet as pq
         samples = pq.read_table(sample_path).to_pylist()
+    documents_dir = os.path.join(run_dir, DOCUMENTS.directory)
     return {"dir": run_dir, "stats": stats, "run": run, "samples": samples,
-            "distributions": document_distributions(os.path.join(run_dir, DOCUMENTS.directory), max_docs)}
+            "distributions": document_distributions(documents_dir, max_docs),
+            "shown": shown_documents(documents_dir)}
+
+
+def shown_documents(documents_dir: str, n: int = 12) -> List[Dict]:
+    """The kept documents the report shows as a reader sees them: ``n`` of them,
+    spread over the shards (the first rows of each, in turn), with their images."""
+    manifest = os.path.join(documents_dir, MANIFEST)
+    if not os.path.exists(manifest):
+        return []
+    import pyarrow.parquet as pq
+    per_shard = []
+    for entry in _read_json(manifest)["shards"]:
+        pf = pq.ParquetFile(os.path.join(documents_dir, entry["file"]))
+        rows = []
+        for batch in pf.iter_batches(columns=["doc_id", "url", "title", "items", "images", "scores"], batch_size=8):
+            rows.extend(batch.to_pylist())
+            if len(rows) >= n:
+                break
+        per_shard.append(rows[:n])
+    shown = []
+    for i in range(n):
+        for rows in per_shard:
+            if i < len(rows) and len(shown) < n:
+                shown.append(rows[i])
+    return shown
 
 
 def document_distributions(documents_dir: str, max_docs: int) -> Dict[str, List[float]]:
@@ -174,26 +200,135 @@ def _thumbnail(sample: Dict, max_side: int = 96) -> Optional[str]:
     the archive is not at hand or the bytes do not decode."""
     if sample["level"] != IMAGE or sample["reason"] not in IMAGE_FILTER_REASONS:
         return None
+    rec = _read_record(sample)
+    if rec is None:
+        return None
+    from filters.records import RecordKind, classify
+    if classify(rec).kind is not RecordKind.IMAGE:
+        return None
+    return _data_uri(rec.payload, max_side, png=True)
+
+
+def _data_uri(data: bytes, max_side: int, png: bool = False) -> Optional[str]:
+    """Image bytes shrunk to an inline data URI (the report never links out): PNG
+    keeps a reject's transparency (a spacer shows as what it is), JPEG keeps kept
+    documents' photographs small. None when the bytes do not decode."""
+    try:
+        from PIL import Image
+        img = Image.open(io.BytesIO(data))
+        img.seek(0)
+        img = img.convert("RGBA" if png else "RGB")
+        img.thumbnail((max_side, max_side))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG") if png else img.save(buf, format="JPEG", quality=80)
+        mime = "png" if png else "jpeg"
+        return f"data:image/{mime};base64," + base64.b64encode(buf.getvalue()).decode()
+    except Exception:
+        return None
+
+
+def _reader_html(paragraphs: Sequence[Tuple[str, object]], max_chars: int = 2500) -> str:
+    """Text and images in reading order. ``paragraphs``: (kind, value) where kind is
+    "text", "cut" (a paragraph the job removed: value (text, reason)), "image" (a data
+    URI or None, and a caption) or "missing" (an image that did not come through)."""
+    out, size = [], 0
+    for kind, value in paragraphs:
+        if size >= max_chars:
+            out.append("<p class='muted'>[...]</p>")
+            break
+        if kind == "text":
+            out.append(f"<p>{_esc(value)}</p>")
+            size += len(value)
+        elif kind == "cut":
+            text, reason = value
+            out.append(f"<p class='cut' title='cut: {_esc(reason)}'><span class='tag'>cut: {_esc(reason)}</span> "
+                       f"{_esc(text)}</p>")
+            size += len(text)
+        elif kind == "image":
+            uri, caption = value
+            out.append(f"<figure><img class='inline' src='{uri}' alt='{_esc(caption)}'>"
+                       f"<figcaption>{_esc(caption[:120])}</figcaption></figure>" if uri else
+                       f"<figure class='noimg'><span>image</span><figcaption>{_esc(caption[:120])}"
+                       f"</figcaption></figure>")
+        elif kind == "missing":
+            out.append(f"<figure class='noimg'><span>image not kept</span><figcaption>{_esc(value[:120])}"
+                       f"</figcaption></figure>")
+    return "<div class='reader'>" + "".join(out) + "</div>"
+
+
+def _kept_documents_html(shown: List[Dict]) -> str:
+    """Kept documents as a trainer reads them: the paragraphs, with each image where it stands."""
+    if not shown:
+        return "<p class='muted'>no document was kept</p>"
+    parts = []
+    for row in shown:
+        seq: List[Tuple[str, object]] = []
+        for item in row["items"]:
+            if item["type"] == "text":
+                seq.append(("text", item["text"]))
+            else:
+                im = row["images"][item["image"]]
+                seq.append(("image", (_data_uri(im["data"], 240), im.get("alt") or im["url"])))
+        words = (row.get("scores") or {}).get("words")
+        parts.append(f"<details class='doc' open data-doc='{_esc(row['doc_id'])}'><summary><b>{_esc(row['title'] or '')}"
+                     f"</b> <a href='{_esc(row['url'])}'>{_esc(row['url'][:100])}</a> <span class='muted'>"
+                     f"{len(row['images'])} images, {words} words</span></summary>{_reader_html(seq)}</details>")
+    return "\n".join(parts)
+
+
+# Stages whose rejects were read as documents: shown as the job extracted them.
+_READ_AS_DOCUMENTS = {stage for stage, _ in RECORD_STAGES[2:]}
+
+
+def reject_reader(sample: Dict, text_cfg=None) -> Optional[str]:
+    """A page rejected after extraction, re-read from its archive and extracted again:
+    its paragraphs in reading order (the ones the job cut marked with their reason) and
+    where its images stand. None when the archive is not at hand or the reason is
+    decided before extraction."""
+    if sample["level"] not in ("record", "text") or record_stage(sample["reason"]) not in _READ_AS_DOCUMENTS:
+        return None
+    rec = _read_record(sample)
+    if rec is None:
+        return None
+    from filters.config import TextQualityConfig
+    from filters.html import decode_html, extract_content
+    from filters.text_quality import paragraph_cuts
+    try:
+        text, _ = decode_html(rec.payload, rec.http_header("content-type"))
+        content = extract_content(text, rec.target_uri)
+    except Exception:
+        return None
+    cuts = iter(paragraph_cuts([i.text for i in content.items if i.kind == "text"], text_cfg or TextQualityConfig(),
+                               english=sample["reason"] != "non_english"))
+    seq: List[Tuple[str, object]] = []
+    for item in content.items:
+        if item.kind == "text":
+            cut = next(cuts)
+            seq.append(("text", item.text) if cut is None else ("cut", (item.text, cut)))
+        else:
+            seq.append(("image", (None, item.alt or item.url or "")))
+    return _reader_html(seq, max_chars=1500)
+
+
+def _text_config(meta: Dict):
+    """The run's own text settings (run.json), for re-reading its rejects; None: defaults."""
+    try:
+        from filters.config import CurationConfig
+        return CurationConfig.from_dict(meta["config"]).text
+    except Exception:
+        return None
+
+
+def _read_record(sample: Dict):
     path, offset = sample["file"], sample["offset"]
     if not path or offset is None or offset < 0 or sample.get("inner_offset") or not os.path.exists(path):
         return None
     try:
-        from PIL import Image
-
-        from filters.records import RecordKind, classify
         from transforms.warc import ArchiveRecord, iter_archive
         with open(path, "rb") as fh:
             fh.seek(offset)
             rec = next(iter(iter_archive(fh, path)), None)
-        if not isinstance(rec, ArchiveRecord) or classify(rec).kind is not RecordKind.IMAGE:
-            return None
-        img = Image.open(io.BytesIO(rec.payload))
-        img.seek(0)
-        img = img.convert("RGBA")
-        img.thumbnail((max_side, max_side))
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        return rec if isinstance(rec, ArchiveRecord) else None
     except Exception:
         return None
 
@@ -207,6 +342,13 @@ td.num,th.num{text-align:right} .muted{color:#777} .ok{background:#e7f5e7;border
 details{margin:4px 0} summary{cursor:pointer} .snippet{max-width:520px;font-size:12px;color:#444}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:8px 24px} img.thumb{border:1px solid #ccc}
 .pos{color:#1b7a1b} .neg{color:#b03a2e}
+.reader{max-width:760px;font-family:Georgia,serif;font-size:15px;line-height:1.45;border-left:3px solid #ddd;
+padding:2px 14px;margin:6px 0 14px} .reader p{margin:6px 0} .reader figure{margin:8px 0}
+.reader img.inline{max-width:240px;max-height:240px;border:1px solid #ccc;display:block}
+.reader figcaption{font-size:12px;color:#666} .reader .noimg span{display:inline-block;width:120px;height:60px;
+background:#eee;border:1px dashed #aaa;color:#888;font-size:12px;text-align:center;line-height:60px}
+.reader .cut{color:#999;text-decoration:line-through} .reader .tag{text-decoration:none;display:inline-block;
+font-size:11px;background:#f3e0c8;color:#7a4a10;padding:0 4px;margin-right:4px}
 """
 
 
@@ -234,13 +376,16 @@ def _drops_table(stats: Dict, level: str) -> str:
             f"{body}</table>")
 
 
-def _samples_html(samples: List[Dict]) -> str:
+def _samples_html(samples: List[Dict], text_cfg=None, readers_per_reason: int = 2) -> str:
+    """The sampled rejects per reason; the first ``readers_per_reason`` pages of a
+    reason decided on extracted text are shown as the job read them."""
     by_reason: Dict[Tuple[str, str, str], List[Dict]] = {}
     for s in samples:
         by_reason.setdefault((s["level"], s["status"], s["reason"]), []).append(s)
     parts = []
     for (level, status, reason), rows in sorted(by_reason.items()):
         trs = []
+        readers = 0
         for s in rows:
             thumb = _thumbnail(s)
             img = f"<img class='thumb' src='{thumb}' alt='thumbnail'>" if thumb else ""
@@ -248,6 +393,11 @@ def _samples_html(samples: List[Dict]) -> str:
                        f"<td>{_esc(os.path.basename(s['file']))}@{s['offset']}</td>"
                        f"<td><code>{_esc(s['scores'][:200])}</code></td>"
                        f"<td class='snippet'>{_esc((s['snippet'] or s['message'])[:300])}</td></tr>")
+            reader = reject_reader(s, text_cfg) if readers < readers_per_reason else None
+            if reader:
+                readers += 1
+                trs.append(f"<tr><td colspan='4'><details class='page'><summary>the page as the job read it"
+                           f"</summary>{reader}</details></td></tr>")
         parts.append(f"<details data-reason='{_esc(reason)}'><summary>{_esc(level)} / {_esc(status)} / "
                      f"<b>{_esc(reason)}</b> ({len(rows)} sampled)</summary><table><tr><th>URL</th>"
                      f"<th>where</th><th>scores</th><th>text</th></tr>{''.join(trs)}</table></details>")
@@ -309,10 +459,15 @@ def render_report(run: Dict) -> str:
 <div><h3>original image width (px)</h3>{histogram(d['image_width'])}</div>
 <div><h3>original image height (px)</h3>{histogram(d['image_height'])}</div>
 </div>
+<h2>Kept documents, as a trainer reads them</h2>
+<p class="muted">{len(run.get('shown', []))} of {stats['documents']['kept']:,}, spread over the shards: the text
+and images of each in reading order, as they are in the shards.</p>
+{_kept_documents_html(run.get('shown', []))}
 <h2>Sampled rejects, per reason</h2>
 <p class="muted">Up to {meta.get('config', {}).get('audit', {}).get('samples_per_reason', '?')} per reason,
-chosen by a seeded hash; image thumbnails are re-read from the archives when they are at hand.</p>
-{_samples_html(run['samples'])}
+chosen by a seeded hash; image thumbnails are re-read from the archives when they are at hand, and the first
+pages of a reason decided on extracted text are shown as the job read them (paragraphs it cut struck through).</p>
+{_samples_html(run['samples'], _text_config(meta))}
 </body></html>
 """
 

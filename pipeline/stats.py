@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 
 from contract.reasons import (DEDUP, DROPPED, ERROR, FETCH, FUNNELS, IMAGE_SOURCE, KEPT, OPTIONAL_LEVELS, RECORD,
                               TEXT_DEDUP, count_key)
-from contract.schema import DOCUMENTS, PAIRS, REJECT_SCHEMA, TEXTS
+from contract.schema import DOCUMENTS, OUTCOME_TRAIL, PAIRS, REJECT_SCHEMA, TEXTS
 
 IMAGES_HINT = ("images come only from the input archives (--images archive), and {what}: Common Crawl "
                "WARCs hold pages, not images, so every document would end as no_usable_images. "
@@ -59,13 +59,14 @@ def no_images_warning(image_source: str, image_records: int, image_references: i
 
 
 def build_stats(counts: Dict[str, int], config_json: str, image_source: str, manifest: Dict,
-                text_manifest: Optional[Dict] = None, pairs_manifest: Optional[Dict] = None) -> Dict:
+                text_manifest: Optional[Dict] = None, pairs_manifest: Optional[Dict] = None,
+                outcomes_manifest: Optional[Dict] = None) -> Dict:
     """``stats.json``: the funnels, what each output holds, the work counted beside them."""
     stats = summarize(counts)
     stats["documents"] = {"kept": manifest["rows"], "images": manifest["images"],
                           "shards": len(manifest["shards"])}
     stats["outputs"] = {DOCUMENTS.directory: {"rows": manifest["rows"], "shards": len(manifest["shards"])}}
-    for dataset, m in ((TEXTS, text_manifest), (PAIRS, pairs_manifest)):
+    for dataset, m in ((TEXTS, text_manifest), (PAIRS, pairs_manifest), (OUTCOME_TRAIL, outcomes_manifest)):
         if m is not None:
             stats["outputs"][dataset.directory] = {"rows": m["rows"], "shards": len(m["shards"])}
     decoded = count_key(FETCH, "decoded")
@@ -82,6 +83,11 @@ def build_stats(counts: Dict[str, int], config_json: str, image_source: str, man
     stats["dedup"] = {unsettled: counts.get(count_key(DEDUP, unsettled), 0)}
     if text_manifest is not None:
         stats["dedup"]["text_" + unsettled] = counts.get(count_key(TEXT_DEDUP, unsettled), 0)
+    if outcomes_manifest is not None:
+        # duplicate clusters whose kept copy was dropped later (transforms/accounting.SurvivorFates)
+        for level, name in ((DEDUP, "clusters_survivor_dropped"), (TEXT_DEDUP, "text_clusters_survivor_dropped")):
+            prefix = count_key(level, "survivor_dropped") + "/"
+            stats["dedup"][name] = {k[len(prefix):]: v for k, v in counts.items() if k.startswith(prefix)}
     warnings = no_images_warning(image_source, stats["records"].get(IMAGE_SOURCE, 0),
                                  stats.get("images", {}).get("in", 0))
     if warnings:

@@ -123,6 +123,48 @@ def test_caption_filter_decisions():
         assert judge_caption(caption, cfg, lid).reason == reason, caption
 
 
+def test_captions_of_site_furniture_are_dropped():
+    """Logos, teasers and keyword lists: alt texts seen on pages-eval and the shared archives."""
+    from filters.captions import judge_caption
+    from filters.config import CaptionConfig
+    cfg = CaptionConfig()
+    cases = [
+        # the site's name: its logo or masthead
+        ("Medical Xpress", "https://medicalxpress.com/news/2019-01-x.html", "caption_site_name"),
+        ("Bitch Magazine", "http://bitchmagazine.org/tag/advice", "caption_site_name"),
+        ("Herz und Blut - Interior | Design | Lifestyle | Travel Blog", "https://www.herzundblut.com/blog-1/k",
+         "caption_site_name"),
+        ("The Times of Israel", "https://www.timesofisrael.com/state-of-washington", "caption_site_name"),
+        ("futurezone.at", "https://futurezone.at/digital-life/x", "caption_filename"),
+        # teasers, calls to action, adverts, rating widgets
+        ("4.50 out of 5 stars", "http://www.archive.org/details/etree", "caption_teaser"),
+        ("Subscribe to New York Magazine", "https://nymag.com/intelligencer/2020/05/x", "caption_teaser"),
+        ("Lunapads: Why ditch the disposables? Click here to watch a video", "http://bitchmagazine.org/t",
+         "caption_teaser"),
+        ('Sponsorship Ad: "Sex and Death"', "http://bitchmagazine.org/tag/school", "caption_teaser"),
+        ("Get it on Google Play", "https://www.landwirt.com/x", "caption_teaser"),
+        ("Related Posts Plugin for WordPress, Blogger...", "https://a.blogspot.com/x", "caption_teaser"),
+        # keyword lists
+        ("jokes for kids kids laughing happy funny puns and jokes for kids", "https://redtri.com/best-jokes/",
+         "caption_keyword_list"),
+        ("Matthias Mehner, Messenger People, MessengerPeople, WhatsApp Business, WhatsApp-Kommunikation",
+         "https://www.basicthinking.de/blog/x", "caption_keyword_list"),
+        ("Russia Putin energy gas oil Gazprom Germany sanctions Robert Habeck", "https://www.telegraph.co.uk/n",
+         "caption_keyword_list"),
+        # descriptions stay, the site's name inside one included
+        ("Michaela Vais from Elavegan chopping carrots in kitchen", "https://elavegan.com/truffles/", None),
+        ("Ra Ra Riot on stage", "http://bitchmagazine.org/category/blogs/", None),
+        ("An illustration of the Maji Maji Rebellion (imago/UIG)", "http://dw.com/colonial", None),
+        ("A new street sign reads Maji-Maji-Allee (Tahir Della)", "http://dw.com/colonial", None),
+        ("Scott Pilgrim's Precious Little Life (Scott Pilgrim #1)", "http://books.toscrape.com/", None),
+        ("How I wear my Hermès TohuBohu pleated scarf", "https://happyface313.com/2018/03/07/x", None),
+        ("Veteran guitarist Mark Rashkow (Courtesy Sharon Shapira)", "https://www.timesofisrael.com/x", None),
+        ("chocolate balls in gray ceramic bowl", "https://elavegan.com/peanut-butter-truffles/", None),
+    ]
+    for caption, page, reason in cases:
+        assert judge_caption(caption, cfg, page_url=page).reason == reason, caption
+
+
 def test_figcaption_is_used_when_alt_is_missing():
     from filters.captions import find_image_captions
     html = ('<html><body><figure><img src="/a.jpg"><figcaption>A heron  standing in the reeds</figcaption></figure>'

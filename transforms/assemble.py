@@ -44,12 +44,12 @@ class AssembleDocument(AccountedDoFn):
             # Where the image's bytes are, when it has any; the page otherwise.
             src = res.source if res is not None and res.source is not None else prov
             return self.outcome(Outcome.at(IMAGE, status, src, url, reason,
-                                           scores=res.scores if res is not None else None))
+                                           scores=res.scores if res is not None else None, doc_id=doc_id))
 
         def record_out(status, reason="", scores=None):
             snippet = "" if status == KEPT else text_snippet(cand.items)
             return self.outcome(Outcome.at(RECORD, status, prov, cand.url, reason, snippet=snippet,
-                                           scores=scores or {}))
+                                           scores=scores or {}, doc_id=doc_id))
 
         positions = [i for i, it in enumerate(cand.items) if it["type"] == "image"]
         good: List[int] = []

@@ -106,7 +106,7 @@ class TextRow(AccountedDoFn):
     """A deduplicated text candidate -> a row of ``contract.schema.TEXT_SCHEMA``."""
 
     def process(self, c: Candidate):
-        yield self.outcome(Outcome.at(TEXT, KEPT, c.provenance, c.url))
+        yield self.outcome(Outcome.at(TEXT, KEPT, c.provenance, c.url, doc_id=c.doc_id))
         yield {"doc_id": c.doc_id, "url": c.url, "capture_date": c.date, "title": c.title,
                "text": "\n".join(i["text"] for i in c.items if i["type"] == "text"),
                "source_file": c.provenance.file, "source_offset": c.provenance.offset,

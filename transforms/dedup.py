@@ -61,6 +61,7 @@ class KeepBestOfGroup(AccountedDoFn):
         for other in ranked[1:]:
             yield self.outcome(Outcome.at(self.level, DROPPED, other.provenance, other.url, self.reason,
                                           message=f"survivor {best.doc_id}", snippet=text_snippet(other.items),
+                                          doc_id=other.doc_id,
                                           scores={"survivor_doc_id": best.doc_id, "survivor_url": best.url}))
             yield pvalue.TaggedOutput(AUDIT, audit_line(self.reason, other, best.doc_id, best.url, self.level))
 
@@ -238,6 +239,7 @@ class DropNearDuplicates(AccountedDoFn):
             survivor_url, _, survivor_id = survivors[0]
             yield self.outcome(Outcome.at(self.level, DROPPED, c.provenance, c.url, "near_duplicate",
                                           message=f"survivor {survivor_id}", snippet=text_snippet(c.items),
+                                          doc_id=c.doc_id,
                                           scores={"survivor_doc_id": survivor_id, "survivor_url": survivor_url}))
             yield pvalue.TaggedOutput(AUDIT, audit_line("near_duplicate", c, survivor_id, survivor_url, self.level))
 

@@ -21,8 +21,9 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from contract.reasons import ENTERED, FETCH, IMAGE
+from filters.captions import caption_words, says_site_element
 from filters.config import ImageConfig
-from filters.images import judge_image
+from filters.images import furniture_url, judge_image
 from filters.urls import normalize_url
 from transforms.accounting import AccountedDoFn
 from transforms.records import Candidate, Event, ImageRef, ImageResult, Outcome
@@ -76,11 +77,13 @@ def decode_events(url: str, refs) -> list:
 class ListImageReferences(AccountedDoFn):
     """Candidate -> one reference per image to fetch (main output); references that
     need no fetch (a repeat of an earlier URL in the same document, a URL no source
-    can serve, one past the first ``max_references`` of the document) are settled
-    at once: a page with 2,000 images sends a handful of requests, not 2,000."""
+    can serve, a logo or button by its URL or alt text, one past the first ``max_references`` of
+    the document) are settled at once: a page with 2,000 images sends a handful of requests, not 2,000."""
 
-    def __init__(self, max_references: int = 0):
+    def __init__(self, max_references: int = 0, furniture_words: tuple = (), captions=None):
         self.max_references = max_references
+        self.furniture_words = furniture_words
+        self.captions = captions            # CaptionConfig: alt texts that name a site element
 
     def process(self, cand: Candidate):
         seen = set()
@@ -94,6 +97,13 @@ class ListImageReferences(AccountedDoFn):
                 yield pvalue.TaggedOutput(SETTLED, (ref, ImageResult(pos, "unsupported_url")))
             elif url in seen:
                 yield pvalue.TaggedOutput(SETTLED, (ref, ImageResult(pos, "duplicate_in_document")))
+            elif self.furniture_words and furniture_url(url, self.furniture_words):
+                word = furniture_url(url, self.furniture_words)
+                yield pvalue.TaggedOutput(SETTLED, (ref, ImageResult(pos, "furniture_url", scores={"word": word})))
+            elif self.captions is not None and item.get("alt") and says_site_element(
+                    caption_words(item["alt"]), self.captions):
+                yield pvalue.TaggedOutput(SETTLED, (ref, ImageResult(pos, "furniture_alt",
+                                                                     scores={"alt": item["alt"][:100]})))
             elif self.max_references and len(seen) >= self.max_references:
                 yield pvalue.TaggedOutput(SETTLED, (ref, ImageResult(pos, "over_reference_cap")))
             else:

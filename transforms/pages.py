@@ -31,8 +31,9 @@ from filters.config import CurationConfig
 from filters.documents import interspersed
 from filters.html import (decode_html, extract_content, has_img_tag, joined_text, language_sample, limit_attributes,
                           prose_of, rough_text, visible_runs)
+from filters.images import furniture_url
 from filters.language import LanguageIdentifier, language_filter
-from filters.text_quality import filter_document_text, filter_paragraphs
+from filters.text_quality import english_cuts, filter_document_text, filter_paragraphs
 from transforms.accounting import OUTCOMES, AccountedDoFn
 from transforms.budget import OverBudget, TimeBoundCalls
 from transforms.progress import ProgressCounters
@@ -158,6 +159,12 @@ class ExtractPage(_WithLanguageId):
             yield from self.drops(page, verdict.reason, has_img, scores=dict(verdict.scores, stage="extracted"),
                                   snippet=joined)
             return
+        if lang.language == "en":      # the cuts that read English words, now that the page is English
+            for i, cut in enumerate(english_cuts(texts, kept, cfg.text)):
+                if cut:
+                    kept[i] = False
+                    removed[cut] = removed.get(cut, 0) + 1
+            kept_texts = [t for t, k in zip(texts, kept) if k]
         out = ExtractedPage(page, content.title, content.items, kept, removed,
                             {"language": verdict.scores["language"],
                              "language_score": verdict.scores[f"{lang.language}_score"]},
@@ -261,7 +268,13 @@ class ToPairs(_WithLanguageId):
             if not img.url or not img.url.lower().startswith(("http://", "https://")):
                 yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, "unsupported_url", snippet=img.caption))
                 continue
-            verdict = judge_caption(img.caption, self.cfg.captions, self.lid, self.cfg.language.language)
+            word = furniture_url(img.url, self.cfg.images.furniture_url_words)
+            if word:
+                yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, "furniture_url", scores={"word": word},
+                                              snippet=img.caption))
+                continue
+            verdict = judge_caption(img.caption, self.cfg.captions, self.lid, self.cfg.language.language,
+                                    page_url=page.url)
             if not verdict.keep:
                 yield self.outcome(Outcome.of(PAIR, verdict, p, url, snippet=img.caption))
                 continue

@@ -25,6 +25,7 @@ class Outcome:
     message: str = ""
     scores: str = ""            # JSON of the scores that decided a drop (for the audit sample)
     snippet: str = ""           # a little of the text, for the audit sample
+    doc_id: str = ""            # the document id, for a page that became a candidate
 
     @property
     def key(self) -> str:
@@ -36,12 +37,13 @@ class Outcome:
 
     @classmethod
     def at(cls, level: str, status: str, prov: "Provenance", url: str, reason: str = "", *,
-           scores: Optional[Dict[str, Any]] = None, snippet: str = "", message: str = "") -> "Outcome":
+           scores: Optional[Dict[str, Any]] = None, snippet: str = "", message: str = "",
+           doc_id: str = "") -> "Outcome":
         """The outcome of something at ``prov``: the one adapter every step uses to
         turn a verdict into what the accounting counts and samples."""
         scores_json = "" if scores is None else json.dumps(scores, sort_keys=True, default=str)
         return cls(level, status, reason, file=prov.file, offset=prov.offset, inner_offset=prov.inner_offset,
-                   url=url, message=message, scores=scores_json, snippet=snippet[:SNIPPET_CHARS])
+                   url=url, message=message, scores=scores_json, snippet=snippet[:SNIPPET_CHARS], doc_id=doc_id)
 
     @classmethod
     def of(cls, level: str, verdict, prov: "Provenance", url: str, **kw) -> "Outcome":
