@@ -83,7 +83,7 @@ DOCUMENT_SCHEMA = pa.schema([
 PAIR_SCHEMA = pa.schema([
     pa.field("pair_id", pa.string(), nullable=False),     # stable hash of (image sha256, caption)
     pa.field("caption", pa.string(), nullable=False),
-    pa.field("caption_source", pa.string()),              # "alt" | "figcaption" | "title"
+    pa.field("caption_source", pa.string()),              # "alt" | "figcaption" | "caption_block"
     pa.field("image", IMAGE, nullable=False),
     pa.field("page_url", pa.string()),
     pa.field("doc_id", pa.string()),                      # the page's capture id

@@ -26,7 +26,7 @@ class ImageCaption:
     src: str                # as written
     url: Optional[str]      # resolved, normalised
     caption: str            # whitespace-collapsed, entities decoded ("" when none)
-    source: str             # "alt" | "figcaption" | ""
+    source: str             # "alt" | "figcaption" | "caption_block" | ""
 
 
 _SPACES = re.compile(r"\s+")
@@ -36,9 +36,27 @@ def _clean(text: Optional[str]) -> str:
     return _SPACES.sub(" ", html_lib.unescape(text or "")).strip()
 
 
+def _caption_block(img, levels: int = 3) -> str:
+    """The text of the caption a CMS writes beside an image instead of a <figure>:
+    an element whose class names a caption (Wikipedia's "thumbcaption", WordPress's
+    "wp-caption-text", "image-caption") inside one of the image's nearest containers,
+    and not itself around the image (an "enlarge" icon inside a caption has none)."""
+    around = set(img.iterancestors())
+    node = img
+    for _ in range(levels):
+        node = node.getparent()
+        if node is None or not isinstance(node.tag, str):
+            return ""
+        for el in node.iterdescendants():
+            if isinstance(el.tag, str) and el not in around and "caption" in (el.get("class") or "").lower():
+                return _clean(el.text_content())
+    return ""
+
+
 def find_image_captions(html_text: str, page_url: str) -> List[ImageCaption]:
     """Every ``<img>`` of the page in document order. The alt text wins; an image
-    without one takes the ``<figcaption>`` of its ``<figure>``."""
+    without one takes the ``<figcaption>`` of its ``<figure>``, else a caption block
+    beside it (:func:`_caption_block`)."""
     import lxml.html
     try:
         root = lxml.html.fromstring(html_text)
@@ -53,6 +71,8 @@ def find_image_captions(html_text: str, page_url: str) -> List[ImageCaption]:
             fig = next((a for a in img.iterancestors("figure")), None)
             cap = fig.find(".//figcaption") if fig is not None else None
             caption, source = (_clean(cap.text_content()), "figcaption") if cap is not None else ("", "")
+        if not caption:
+            caption, source = _caption_block(img), "caption_block"
         out.append(ImageCaption(i, src, resolve_url(src, page_url, base) if src else None, caption,
                                 source if caption else ""))
     return out

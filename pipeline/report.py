@@ -229,30 +229,37 @@ def _data_uri(data: bytes, max_side: int, png: bool = False) -> Optional[str]:
 
 def _reader_html(paragraphs: Sequence[Tuple[str, object]], max_chars: int = 2500) -> str:
     """Text and images in reading order. ``paragraphs``: (kind, value) where kind is
-    "text", "cut" (a paragraph the job removed: value (text, reason)), "image" (a data
-    URI or None, and a caption) or "missing" (an image that did not come through)."""
-    out, size = [], 0
+    "text", "cut" (a paragraph the job removed: value (text, reason)), or "image" (a
+    data URI or None, and a caption). Past ``max_chars`` of text, runs of paragraphs
+    fold into a "[... N paragraphs, W words ...]" line; every image is still shown."""
+    out: List[str] = []
+    size = 0
+    folded = [0, 0]                          # paragraphs and words folded since the last shown item
+
+    def unfold():
+        if folded[0]:
+            out.append(f"<p class='muted'>[... {folded[0]} paragraphs, {folded[1]:,} words ...]</p>")
+            folded[0] = folded[1] = 0
+
     for kind, value in paragraphs:
-        if size >= max_chars:
-            out.append("<p class='muted'>[...]</p>")
-            break
-        if kind == "text":
-            out.append(f"<p>{_esc(value)}</p>")
-            size += len(value)
-        elif kind == "cut":
-            text, reason = value
-            out.append(f"<p class='cut' title='cut: {_esc(reason)}'><span class='tag'>cut: {_esc(reason)}</span> "
-                       f"{_esc(text)}</p>")
+        if kind in ("text", "cut"):
+            text, reason = (value, None) if kind == "text" else value
+            if size >= max_chars:
+                folded[0] += 1
+                folded[1] += len(text.split())
+                continue
             size += len(text)
+            out.append(f"<p>{_esc(text)}</p>" if reason is None else
+                       f"<p class='cut' title='cut: {_esc(reason)}'><span class='tag'>cut: {_esc(reason)}</span> "
+                       f"{_esc(text)}</p>")
         elif kind == "image":
+            unfold()
             uri, caption = value
             out.append(f"<figure><img class='inline' src='{uri}' alt='{_esc(caption)}'>"
                        f"<figcaption>{_esc(caption[:120])}</figcaption></figure>" if uri else
                        f"<figure class='noimg'><span>image</span><figcaption>{_esc(caption[:120])}"
                        f"</figcaption></figure>")
-        elif kind == "missing":
-            out.append(f"<figure class='noimg'><span>image not kept</span><figcaption>{_esc(value[:120])}"
-                       f"</figcaption></figure>")
+    unfold()
     return "<div class='reader'>" + "".join(out) + "</div>"
 
 

@@ -42,16 +42,22 @@ def test_image_of_a_document_and_a_pair_is_decoded_once(shared_run, tmp_path):
     both = doc_urls & pair_urls
     assert both, "no image serves both outputs in ../shared/data"
     assert stats["image_decodes"]["decoded_once_for_documents_and_pairs"] >= len(both)
-    # the same archive without pairs decodes exactly as many images: the pairs' images
-    # there are the documents' images, and none is decoded a second time for them
-    books = shared_warc("node-warc__books.toscrape.warc")
-    with_pairs = run_job([books], tmp_path / "with", beam_args=IN_MEMORY)
-    without = run_job([books], tmp_path / "without", beam_args=IN_MEMORY, overrides={"output.pairs": False})
-    # 20 covers; two one-word titles ("Soumission", "Olio") are too short for a caption
-    assert with_pairs["pairs"]["in"] == 20 and with_pairs["pairs"]["dropped"] == {"caption_too_short": 2}
-    assert with_pairs["outputs"]["pairs"]["rows"] == 18
-    assert with_pairs["image_decodes"]["decoded"] == without["image_decodes"]["decoded"] == 20
-    assert with_pairs["image_decodes"]["decoded_once_for_documents_and_pairs"] == 18
+    # The Mona Lisa article: its pictures' captions (Wikipedia's caption blocks) make
+    # pairs, and the images a document and a pair share are decoded once, not twice.
+    mona = shared_warc("webarchive-discovery__flashfrozen-jwat-recompressed.warc.gz")
+    with_pairs = run_job([mona], tmp_path / "with", beam_args=IN_MEMORY)
+    without = run_job([mona], tmp_path / "without", beam_args=IN_MEMORY, overrides={"output.pairs": False})
+    pairs = rows(tmp_path / "with", "pairs")
+    assert len(pairs) == with_pairs["outputs"]["pairs"]["rows"] == 6
+    assert {p["caption_source"] for p in pairs} == {"caption_block"}
+    assert "Vacant wall in the Salon Carré, Louvre" in {p["caption"] for p in pairs}
+    shared = {im["url"] for d in rows(tmp_path / "with", "documents") for im in d["images"]} & \
+        {p["image"]["url"] for p in pairs}
+    assert len(shared) == 5
+    # the extra decodes are two captioned images outside the article (a padlock icon and
+    # the "Powered by MediaWiki" badge, both too small), which only the pairs ask for
+    assert with_pairs["image_decodes"]["decoded"] == without["image_decodes"]["decoded"] + 2
+    assert with_pairs["image_decodes"]["decoded_once_for_documents_and_pairs"] == 7
     assert "pairs" not in without and "pairs" not in without["outputs"]
     assert with_pairs["documents"] == without["documents"]
 
@@ -174,6 +180,24 @@ def test_figcaption_is_used_when_alt_is_missing():
         ("https://example.org/a.jpg", "A heron standing in the reeds", "figcaption"),
         ("https://example.org/page/b.png", "A red & white lighthouse", "alt"),
         ("https://example.org/page/c.gif", "", "")]
+
+
+def test_caption_blocks_of_wikipedia_and_wordpress():
+    """A CMS's caption beside the image (no <figure>): Wikipedia's thumbcaption on the
+    real Mona Lisa page, WordPress's wp-caption-text; an icon inside a caption gets none."""
+    from filters.captions import find_image_captions
+    from transforms.warc import ArchiveRecord, iter_archive
+    path = shared_warc("webarchive-discovery__flashfrozen-jwat-recompressed.warc.gz")
+    page = next(r for r in iter_archive(open(path, "rb"), path) if isinstance(r, ArchiveRecord)
+                and r.rec_type == "response" and r.target_uri == "http://en.wikipedia.org/wiki/Mona_Lisa")
+    caps = {c.url.rsplit("/", 1)[-1]: c for c in find_image_captions(page.payload.decode("utf-8"), page.target_uri)}
+    stolen = caps["220px-Mona_Lisa_stolen-1911.jpg"]
+    assert (stolen.caption, stolen.source) == ("Vacant wall in the Salon Carré, Louvre", "caption_block")
+    assert caps["magnify-clip.png"].caption == ""                   # the "enlarge" icon inside the caption
+    wp = ('<div id="attachment_7" class="wp-caption aligncenter"><img src="/up/bridge.jpg" alt="">'
+          '<p class="wp-caption-text">The old bridge at dawn, seen from the east bank</p></div>')
+    (cap,) = find_image_captions(wp, "https://blog.example/post/")
+    assert (cap.caption, cap.source) == ("The old bridge at dawn, seen from the east bank", "caption_block")
 
 
 def test_trainer_reads_the_three_datasets(shared_run, tmp_path):

@@ -3,6 +3,7 @@
 import io
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -214,22 +215,21 @@ def png(color_seed: int) -> bytes:
 
 
 def test_images_repeated_across_the_corpus_are_removed(tmp_path):
-    """The same bytes on 12 pages under 12 URLs, and one URL on 12 pages, are logos."""
-    logo = png(0)
+    """The same bytes on 12 pages under 12 URLs, and one URL on 12 pages, are site
+    furniture (named so that no URL or alt-text rule finds them first)."""
+    from warcgen import article_with_images
+    header = png(0)
     records = []
-    prose = ("<p>" + " ".join(f"Paragraph {{}} talks about topic number {i} with plenty of ordinary words "
-                              f"so that the page reads as English prose for the language filter."
-                              for i in range(6)) + "</p>")
     for i in range(12):
-        body = (f"<html><head><title>Page {i}</title></head><body><article><h1>Story {i}</h1>"
-                + prose.format(*[i] * 6)
-                + f"<img src='/logo-{i}.png' alt='logo'><p>{prose.format(*[i + 100] * 6)}</p>"
-                + "<img src='/shared.png' alt='shared'>"
-                + f"<img src='/own-{i}.png' alt='own picture'><p>The end of story {i}.</p></article></body></html>")
-        records.append(http_response(f"http://site.example/story-{i}", body.encode(), "text/html"))
-        records.append(http_response(f"http://site.example/logo-{i}.png", logo, "image/png"))
-        records.append(http_response(f"http://site.example/own-{i}.png", png(i + 1), "image/png"))
-    records.append(http_response("http://site.example/shared.png", png(99), "image/png"))
+        page = article_with_images([f"/art/header-{i}.png", "/art/shared.png", f"/art/own-{i}.png"],
+                                   alt="Illustration number {n} of the story").decode("utf-8")
+        # one sentence of its own in the first paragraph: twelve pages, not twelve copies
+        page = re.sub(r"<p>([^<]{80,})</p>", lambda m: f"<p>Edition {i} for reader group {i * 7 + 3}. "
+                      f"{m.group(1)}</p>", page, count=1)
+        records.append(http_response(f"http://site.example/story-{i}", page.encode(), "text/html"))
+        records.append(http_response(f"http://site.example/art/header-{i}.png", header, "image/png"))
+        records.append(http_response(f"http://site.example/art/own-{i}.png", png(i + 1), "image/png"))
+    records.append(http_response("http://site.example/art/shared.png", png(99), "image/png"))
     src = write_warc(tmp_path / "logos.warc.gz", records)
     stats = run_job([src], tmp_path / "out", beam_args=IN_MEMORY, overrides={"dedup.near": False})
     assert stats["images"]["dropped"]["repeated_image"] == 24  # 12 same-bytes logos + 12 uses of one URL

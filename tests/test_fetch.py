@@ -1,7 +1,6 @@
 """Image acquisition over HTTP: a real server on 127.0.0.1 serving real images taken
 from the shared WARCs, and a real article page that references them."""
 
-import re
 import threading
 import time
 from collections import Counter
@@ -9,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import IN_MEMORY, SHARED, read_docs, run_job, shared_warc
-from warcgen import http_response, write_warc
+from tests.conftest import IN_MEMORY, read_docs, run_job, shared_warc
+from warcgen import article_with_images, http_response, write_warc
 
 
 def book_covers(n):
@@ -117,25 +116,6 @@ def server():
 
 SCENARIOS = ["/ok.jpg", "/missing.jpg", "/flaky.jpg", "/busy.jpg", "/slow.jpg", "/huge.jpg", "/page.jpg",
              "/noai.jpg", "/to-private.jpg"]
-
-
-def article_with_images(srcs):
-    """The real dw.com article with the pictures placed after its first paragraphs (two
-    to a paragraph: the later paragraphs of that page are outside its main content)."""
-    html = (SHARED / "html" / "trafilatura__dw.com.colonial.html").read_text(encoding="utf-8")
-    paras = list(re.finditer(r"<p>[^<]{80,}</p>", html))[:6]
-    groups = [srcs[i::len(paras)] for i in range(len(paras))]
-    out, last, n = [], 0, 0
-    for m, group in zip(paras, groups):
-        out.append(html[last:m.end()])
-        figs = []
-        for src in group:
-            n += 1
-            figs.append(f'<img src="{src}" alt="Picture number {n}"> Figure {n}.')
-        out.append("<p>" + " ".join(figs) + "</p>")
-        last = m.end()
-    out.append(html[last:])
-    return "".join(out).encode("utf-8")
 
 
 FETCH = {"fetch.source": "http", "fetch.read_timeout": 1.0, "fetch.connect_timeout": 1.0, "fetch.retries": 2,

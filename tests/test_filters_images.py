@@ -166,3 +166,18 @@ def test_real_layout_slice_spacer_and_near_white_images_are_dropped():
               if u.endswith(".jpg")]
     assert covers and all(v.keep for v in covers if min(v.scores["width"], v.scores["height"]) >= 64)
     assert max(v.scores["dominant_fraction"] for v in covers if v.keep) > 0.9
+
+
+def test_site_furniture_by_url():
+    from filters.images import furniture_url
+    words = ImageConfig().furniture_url_words
+    assert furniture_url("http://bits.wikimedia.org/images/wikimedia-button.png", words) == "button"
+    assert furniture_url("http://upload.wikimedia.org/wikipedia/en/thumb/4/4a/Commons-logo.svg/9px-Commons-logo"
+                         ".svg.png", words) == "logo"
+    assert furniture_url("https://example.com/static/sitelogo_2020.png", words) == "sitelogo"
+    assert furniture_url("https://example.com/favicon.ico", words) == "favicon"
+    # whole words only, and only the path
+    assert furniture_url("https://example.com/photos/silicon-valley-at-night.jpg", words) is None
+    assert furniture_url("https://icons.example.com/photos/harbour.jpg", words) is None
+    assert furniture_url("http://upload.wikimedia.org/wikipedia/commons/thumb/c/c1/Mona_Lisa_detail_hands.jpg/"
+                         "220px-Mona_Lisa_detail_hands.jpg", words) is None

@@ -65,7 +65,7 @@ class ArchiveServer(LocalServer):
         self.start(Handler)
 
 
-FILES = ["node-warc__books.toscrape.warc", "dolma__sample-0000.warc.gz", "warcio__example.warc.gz"]
+FILES = ["webarchive-discovery__flashfrozen-jwat-recompressed.warc.gz", "dolma__sample-0000.warc.gz", "warcio__example.warc.gz"]
 
 
 @pytest.fixture

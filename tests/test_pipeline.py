@@ -90,28 +90,70 @@ def test_danish_pages_are_dropped_as_non_english(tmp_path):
     assert stats["records"]["dropped"]["no_images_in_content"] == 1
 
 
-def test_books_toscrape_yields_one_document_with_five_large_images(tmp_path):
-    stats = run_job([shared_warc("node-warc__books.toscrape.warc")], tmp_path / "books", beam_args=IN_MEMORY)
-    docs = read_docs(tmp_path / "books")
+MONA_LISA = "webarchive-discovery__flashfrozen-jwat-recompressed.warc.gz"   # two captures of one article
+
+
+def test_mona_lisa_yields_one_document_with_five_large_images(tmp_path):
+    stats = run_job([shared_warc(MONA_LISA)], tmp_path / "mona", beam_args=IN_MEMORY)
+    docs = read_docs(tmp_path / "mona")
     assert len(docs) == 1
     doc = docs[0]
-    assert doc["url"] == "http://books.toscrape.com/" and doc["num_images"] == 5
+    assert doc["url"] == "http://en.wikipedia.org/wiki/Mona_Lisa" and doc["num_images"] == 5
     assert all(min(i["original_width"], i["original_height"]) >= 64 for i in doc["images"])
-    assert [i["alt"] for i in doc["images"]][:2] == ["A Light in the Attic", "Tipping the Velvet"]
-    assert stats["images"]["dropped"]["too_many_images"] == 15
+    assert doc["images"][0]["url"].endswith("170px-Leonardo_da_Vinci_-_Self-Portrait_-_WGA12798.jpg")
+    assert stats["images"]["dropped"]["too_many_images"] == 3       # 8 usable images, the first 5 kept
+    assert stats["records"]["dropped"]["duplicate_url"] == 1         # the older capture
+    # The article ends where its closing sections begin: no citation list, no link list.
+    text = [i["text"] for i in doc["items"] if i["type"] == "text"]
+    assert "See also" not in text and not any(t.startswith("^ ") for t in text)
+
+
+def test_a_shop_listing_is_not_a_document(tmp_path):
+    """books.toscrape's front page: twenty covers, prices and "In stock"; what trafilatura
+    keeps of it is 40 words of prices and stock notes."""
+    stats = run_job([shared_warc("node-warc__books.toscrape.warc")], tmp_path / "books", beam_args=IN_MEMORY)
+    assert read_docs(tmp_path / "books") == []
+    from pipeline.explain import find
+    ends = [r for r in find(str(tmp_path / "books"), url="http://books.toscrape.com/")
+            if r["level"] == "record" and r["reason"] != "warc_type_request"]
+    assert [(r["status"], r["stage"]) for r in ends] == [("dropped", "English, clean, images in text")]
+    assert stats["records"]["balanced"]
+
+
+def _cover_thumbnails(sides):
+    """Real book covers (the books.toscrape archive) shrunk to the given sizes, as JPEGs."""
+    import io
+
+    from PIL import Image
+
+    from transforms.warc import ArchiveRecord, iter_archive
+    with open(shared_warc("node-warc__books.toscrape.warc"), "rb") as fh:
+        covers = [r.payload for r in iter_archive(fh, "books")
+                  if isinstance(r, ArchiveRecord) and "/media/cache/" in r.target_uri and len(r.payload) > 1000]
+    out = []
+    for side, data in zip(sides, covers):
+        img = Image.open(io.BytesIO(data)).convert("RGB").resize((side, side))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
 
 
 def test_page_whose_images_are_all_too_small_is_dropped_with_that_reason(tmp_path):
-    overrides = {"images.min_side": 64}
-    stats = run_job([shared_warc("aut__example.warc.gz")], tmp_path / "aut", beam_args=IN_MEMORY,
-                    overrides=overrides)
-    assert stats["records"]["dropped"].get("images_too_small", 0) >= 1
-    assert stats["images"]["dropped"]["too_small"] >= 1
-    # Lower the bar and the same pages come back.
-    relaxed = run_job([shared_warc("aut__example.warc.gz")], tmp_path / "aut1", beam_args=IN_MEMORY,
-                      overrides={"images.min_side": 1})
-    assert "images_too_small" not in relaxed["records"]["dropped"]
-    assert relaxed["records"]["kept"] > stats["records"]["kept"]
+    """A real article whose two pictures are thumbnails (40 and 48 px)."""
+    from warcgen import article_with_images, http_response, write_warc
+    small = _cover_thumbnails([40, 48])
+    page = article_with_images(["/thumbs/a.jpg", "/thumbs/b.jpg"], alt="A book cover, picture {n}")
+    src = write_warc(tmp_path / "small.warc.gz", [
+        http_response("https://www.dw.com/en/colonial", page, "text/html; charset=utf-8"),
+        http_response("https://www.dw.com/thumbs/a.jpg", small[0], "image/jpeg"),
+        http_response("https://www.dw.com/thumbs/b.jpg", small[1], "image/jpeg")])
+    stats = run_job([src], tmp_path / "strict", beam_args=IN_MEMORY, overrides={"images.min_side": 64})
+    assert stats["records"]["dropped"] == {"images_too_small": 1}
+    assert stats["images"]["dropped"] == {"too_small": 2}
+    # Lower the bar and the same page comes back, with both pictures.
+    relaxed = run_job([src], tmp_path / "relaxed", beam_args=IN_MEMORY, overrides={"images.min_side": 32})
+    assert relaxed["records"]["kept"] == 1 and relaxed["documents"]["images"] == 2
 
 
 def test_rerun_gives_identical_ids_shards_and_stats(shared_run, tmp_path):
@@ -129,11 +171,11 @@ def test_rerun_gives_identical_ids_shards_and_stats(shared_run, tmp_path):
 
 def test_warc_paths_listing_and_missing_files(tmp_path):
     listing = tmp_path / "warc.paths"
-    listing.write_text("node-warc__books.toscrape.warc\nno-such-file.warc.gz\n")
+    listing.write_text(f"{MONA_LISA}\nno-such-file.warc.gz\n")
     from filters.config import CurationConfig
     from pipeline.run import run_curation
     stats = run_curation([str(listing)], str(tmp_path / "out"), CurationConfig(), IN_MEMORY,
-                         paths_prefix=str(Path(shared_warc("node-warc__books.toscrape.warc")).parent) + "/",
+                         paths_prefix=str(Path(shared_warc(MONA_LISA)).parent) + "/",
                          worker_log=str(tmp_path / "log"))
     assert stats["records"]["kept"] == 1
     assert stats["records"]["error"] == {"open_failed": 1}
@@ -184,7 +226,7 @@ def test_revisits_resolve_through_the_digest_join(tmp_path):
 def test_a_second_run_into_the_same_directory_needs_overwrite(tmp_path):
     from filters.config import CurationConfig
     from pipeline.run import run_curation
-    src = [shared_warc("node-warc__books.toscrape.warc")]
+    src = [shared_warc(MONA_LISA)]
     out = tmp_path / "out"
     run_curation(src, str(out), CurationConfig(), IN_MEMORY, worker_log=str(tmp_path / "log"))
     stale = out / "documents" / "part-00099-of-00100.parquet"

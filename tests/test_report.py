@@ -129,3 +129,34 @@ def test_the_report_refuses_a_run_that_never_finished(shared_run, tmp_path):
         write_report([str(killed)])
     html_path, _ = write_report([str(killed)], allow_incomplete=True)
     assert Path(html_path).exists()
+
+
+@pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"), reason="Debian's chromium is not installed")
+def test_kept_documents_and_rejects_are_shown_as_read(shared_run, tmp_path):
+    """The report's reader views in a real browser: the kept documents' text with their
+    pictures where they stand, and rejected pages as the job extracted them, the
+    paragraphs it cut struck through with their reason."""
+    assert CHROMIUM, "CI installs Debian's chromium (scripts/ensure-chromium)"
+    from PIL import Image
+
+    from conftest import read_docs
+    out, stats = shared_run
+    html_path, _ = write_report([str(out)], str(tmp_path / "report.html"))
+    page = Path(html_path).read_text()
+    kept = page[page.index("<h2>Kept documents, as a trainer reads them"):page.index("<h2>Sampled rejects")]
+    docs = read_docs(out)
+    assert kept.count("<details class='doc'") == len(docs) == stats["documents"]["kept"]
+    assert kept.count("<img class='inline' src='data:image/jpeg;base64,") == sum(d["num_images"] for d in docs)
+    first = docs[0]
+    assert first["items"][0]["type"] == "text" or first["items"][0]["type"] == "image"
+    assert "the page as the job read it" in page and "cut: navigation" in page
+    head = page[:page.index("<body>") + len("<body>")]
+    view = tmp_path / "kept.html"
+    view.write_text(head + kept + "</body></html>")
+    shot, dom, requests = render(view, tmp_path, "kept")
+    assert requests == []
+    assert dom.count('class="inline"') == sum(d["num_images"] for d in docs)
+    img = Image.open(shot).convert("RGB")
+    # the Mona Lisa's browns and ochres: the pictures were drawn, not just their frames
+    warm = sum(n for n, (r, g, b) in img.getcolors(1 << 24) if r > g > b and r - b > 40)
+    assert warm > 3000, warm

@@ -1,5 +1,6 @@
 """The trainer on shards made by `kosmos curate` from ../shared/data."""
 
+import io
 import json
 import os
 import shutil
@@ -19,37 +20,80 @@ from contract.tokens import IGNORE_INDEX
 INSTRUCTIONS = ROOT / "data" / "sample" / "instructions" / "self-instruct-seed-tasks.jsonl"
 
 
+def documents_per_image(doc):
+    """A kept document cut at its images: one document per image, with the text around
+    it (more, smaller rows to spread over readers than the shared archives keep whole)."""
+    out, items, images = [], [], []
+    for item in doc["items"]:
+        if item["type"] == "image" and images:
+            out.append((items, images))
+            items, images = [], []
+        if item["type"] == "image":
+            items.append({"type": "image", "text": None, "image": 0})
+            images.append(doc["images"][item["image"]])
+        else:
+            items.append(item)
+    if images:
+        out.append((items, images))
+    return [dict(doc, doc_id=f"{doc['doc_id']}-{k}", items=it, images=im, num_images=len(im))
+            for k, (it, im) in enumerate(out)]
+
+
+def caption_of(doc, image_index):
+    """The image's alt text, else the first words of the paragraph after it."""
+    im = doc["images"][image_index]
+    if im["alt"]:
+        return im["alt"]
+    items = doc["items"]
+    at = next(i for i, it in enumerate(items) if it["type"] == "image" and it["image"] == image_index)
+    after = next((it["text"] for it in items[at + 1:] if it["type"] == "text"), "")
+    return " ".join(after.split()[:16])
+
+
+def write_dataset(directory, rows, schema, name, shards=2):
+    """Rows as a dataset with its manifest, one row per row group (several units)."""
+    from contract.manifest import MANIFEST, build_manifest, manifest_bytes, shard_entry, shard_name
+    directory.mkdir()
+    entries = []
+    for n in range(shards):
+        chunk = rows[n::shards]
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(chunk, schema=schema), buf, row_group_size=1)
+        data = buf.getvalue()
+        (directory / shard_name(n, shards)).write_bytes(data)
+        entries.append(shard_entry(shard_name(n, shards), data, len(chunk),
+                                   sum(r.get("num_images", 0) for r in chunk)))
+    (directory / MANIFEST).write_bytes(manifest_bytes(build_manifest(name, entries)))
+    return str(directory)
+
+
 @pytest.fixture(scope="module")
 def corpus(shared_run, tmp_path_factory):
-    """The curated documents of ../shared/data, plus a text and a pair dataset cut
-    from them (in the shared schemas), and a tokenizer learned from all of it."""
-    from contract.schema import PAIR_SCHEMA, TEXT_SCHEMA, document_text
+    """The curated documents of ../shared/data cut at their images, with a text and a
+    pair dataset made from them (in the shared schemas), and a tokenizer learned from
+    all of it. ``run``: the curation run itself."""
+    from contract.schema import DOCUMENT_SCHEMA, PAIR_SCHEMA, TEXT_SCHEMA, document_text
     from trainer.shards import iter_documents
     from trainer.tokenizer import dataset_texts, train_tokenizer
 
     run, _ = shared_run
-    docs_dir = str(Path(run) / "documents")
-    docs = list(iter_documents(docs_dir))
-    assert len(docs) >= 3
+    kept = list(iter_documents(str(Path(run) / "documents")))
+    assert len(kept) >= 2 and sum(d["num_images"] for d in kept) >= 5
     base = tmp_path_factory.mktemp("corpus")
+    docs = [part for d in kept for part in documents_per_image(d)]
     text_rows = [{"doc_id": d["doc_id"], "url": d["url"], "capture_date": d["capture_date"], "title": d["title"],
                   "text": document_text(d), "source_file": d["source_file"], "source_offset": d["source_offset"],
                   "scores": d["scores"]} for d in docs]
-    pair_rows = [{"pair_id": f"{d['doc_id']}-{i}", "caption": im["alt"], "caption_source": "alt", "image": im,
-                  "page_url": d["url"], "doc_id": d["doc_id"], "capture_date": d["capture_date"],
+    pair_rows = [{"pair_id": f"{d['doc_id']}-{i}", "caption": caption_of(d, i), "caption_source": "alt",
+                  "image": im, "page_url": d["url"], "doc_id": d["doc_id"], "capture_date": d["capture_date"],
                   "language_score": 0.9}
-                 for d in docs for i, im in enumerate(d["images"]) if im["alt"]]
-    assert len(pair_rows) >= 3
-    (base / "text").mkdir()
-    (base / "pairs").mkdir()
-    # two files each, one row per row group: several units to split across readers
-    for name, rows, schema in (("text", text_rows, TEXT_SCHEMA), ("pairs", pair_rows, PAIR_SCHEMA)):
-        half = len(rows) // 2
-        for part, chunk in enumerate((rows[:half], rows[half:])):
-            pq.write_table(pa.Table.from_pylist(chunk, schema=schema), base / name / f"part-{part}.parquet",
-                           row_group_size=1)
-    tok = train_tokenizer(dataset_texts([docs_dir, str(INSTRUCTIONS)]), str(base / "tok"), 400, threads=1)
-    return {"interleaved": docs_dir, "text": str(base / "text"), "pairs": str(base / "pairs"),
+                 for d in kept for i, im in enumerate(d["images"])]
+    assert len(pair_rows) >= 3 and all(p["caption"] for p in pair_rows)
+    interleaved = write_dataset(base / "documents", docs, DOCUMENT_SCHEMA, "interleaved_document")
+    text = write_dataset(base / "text", text_rows, TEXT_SCHEMA, "text_document")
+    pairs = write_dataset(base / "pairs", pair_rows, PAIR_SCHEMA, "image_caption_pair")
+    tok = train_tokenizer(dataset_texts([interleaved, str(INSTRUCTIONS)]), str(base / "tok"), 400, threads=1)
+    return {"interleaved": interleaved, "text": text, "pairs": pairs, "run": str(run),
             "tokenizer": str(base / "tok.model"), "tok": tok, "docs": docs, "base": base}
 
 
@@ -186,7 +230,7 @@ def test_instruction_loss_counts_only_output_tokens(corpus):
     assert not torch.equal(base, diff)
     assert model(ids, labels=labels)["target_tokens"] == len(ch.ids) - prompt_len
     # image slots: a pair chunk's labels ignore <image> and every slot
-    pair = pq.read_table(os.path.join(corpus["pairs"], "part-0.parquet")).to_pylist()[0]
+    pair = pq.read_table(sorted(Path(corpus["pairs"]).glob("part-*.parquet"))[0]).to_pylist()[0]
     pc = Chunker("pairs", corpus["tok"], 8, 256, 224)(pair, "test")[0]
     idsp = corpus["tok"].ids
     for t, lab in zip(pc.ids, pc.labels):
@@ -383,8 +427,7 @@ def test_a_killed_curation_run_is_refused_unless_asked(corpus, tmp_path):
     the run's _SUCCESS marker (written last) is what says they are complete."""
     from trainer.shards import IncompleteRunError, expand_dataset
     run = tmp_path / "run"
-    shutil.copytree(Path(corpus["interleaved"]).parent, run,
-                    ignore=shutil.ignore_patterns("rejects", "duplicates", "fetched"))
+    shutil.copytree(corpus["run"], run, ignore=shutil.ignore_patterns("rejects", "duplicates", "fetched", "outcomes"))
     assert expand_dataset(str(run / "documents"))           # finished: read
     (run / "_SUCCESS").unlink()
     (run / "documents" / "_manifest.json").unlink()         # as after kill -9 before the manifest

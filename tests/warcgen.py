@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import re
 import uuid
 
 
@@ -24,3 +25,23 @@ def write_warc(path, records, gzip_members: bool = True):
         for rec in records:
             fh.write(gzip.compress(rec, mtime=0) if gzip_members else rec)
     return str(path)
+
+
+def article_with_images(srcs, name: str = "trafilatura__dw.com.colonial.html", alt: str = "Picture number {n}"):
+    """The real dw.com article with the pictures placed after its first paragraphs (two
+    to a paragraph: the later paragraphs of that page are outside its main content)."""
+    from conftest import SHARED
+    html = (SHARED / "html" / name).read_text(encoding="utf-8")
+    paras = list(re.finditer(r"<p>[^<]{80,}</p>", html))[:6]
+    groups = [srcs[i::len(paras)] for i in range(len(paras))]
+    out, last, n = [], 0, 0
+    for m, group in zip(paras, groups):
+        out.append(html[last:m.end()])
+        figs = []
+        for src in group:
+            n += 1
+            figs.append(f'<img src="{src}" alt="{alt.format(n=n)}"> Figure {n}.')
+        out.append("<p>" + " ".join(figs) + "</p>")
+        last = m.end()
+    out.append(html[last:])
+    return "".join(out).encode("utf-8")
