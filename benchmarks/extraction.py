@@ -114,6 +114,7 @@ def main() -> None:
     ours_kept, theirs_kept = Score(), Score()
     pages = doc_pages = kept_pages = 0
     misses = []
+    cheap_drops = []                    # English pages the cheap check (before extraction) dropped
     t_ours = t_theirs = 0.0
     path = str(DATA / "trafilatura-eval-dev-00.warc.gz")
     for rec in iter_archive(open(path, "rb"), path):
@@ -132,6 +133,8 @@ def main() -> None:
                     Provenance(path, rec.offset))
         text, document, outcomes, ex = "", None, [], None
         decoded, outcomes = run_dofn(cheap, page)
+        if not decoded:
+            cheap_drops.append(f"{rec.target_uri}: {[o.value.reason for o in outcomes]}")
         if decoded:
             extracted, outcomes = run_dofn(extract, decoded[0])
             if extracted:
@@ -165,6 +168,9 @@ def main() -> None:
     print(ours_kept.row("interleaved, pages that became documents", kept_pages))
     print(theirs_kept.row("trafilatura.extract(html), same pages", kept_pages))
     print(f"time: ours {t_ours:.1f} s (cheap checks, extraction, filters), trafilatura {t_theirs:.1f} s")
+    print(f"English pages dropped by the cheap check: {len(cheap_drops)} of {pages}")
+    for line in cheap_drops:
+        print("  " + line)
     if misses:
         print("\nmain-content snippets missing from the text corpus, and why:")
         print("\n".join(misses))

@@ -75,9 +75,11 @@ def navigation_paragraph(text: str, min_items: int = 4, max_item_words: float = 
         return True
     if len(_WORDS.findall(stripped)) <= 6 and _ACCOUNT.search(stripped):
         return True
-    items = [i for i in _SEPARATORS.split(stripped) if i.strip()]
+    items = [i.strip() for i in _SEPARATORS.split(stripped) if i.strip()]
     if len(items) < min_items:
         return False
+    if sum(1 for i in items if not i[0].isalnum()) > 0.3 * len(items):
+        return False        # a directory tree or ASCII table ("|-- bin/", "<config files>"): not a menu
     words = [len(_WORDS.findall(i)) for i in items]
     return sum(words) / len(words) <= max_item_words and not stripped.endswith((".", "!", "?"))
 

@@ -153,14 +153,22 @@ def rough_text(text: str, max_chars: int = 300_000) -> str:
 
 
 _PROSE_WORDS = 8          # a run of text between tags with this many words reads as prose, not chrome
+_WORD = re.compile(r"[^\W\d_]+")
 
 
-def language_sample(paragraphs: List[str], min_chars: int = 200) -> str:
+def language_sample(paragraphs: List[str], min_chars: int = 200, fallback: str = "",
+                    min_distinct_words: int = 10) -> str:
     """The text a page's language is judged on: its prose paragraphs (``_PROSE_WORDS``
     words or more), so that a run of captions, figure labels or buttons ("Figure 12.")
-    cannot outweigh the article; all of it when there is too little prose."""
+    cannot outweigh the article; all of it when there is too little prose. When even
+    that has under ``min_distinct_words`` different words (a shop listing extracted as
+    "£51.77 In stock" twenty times, which fastText reads as Chinese), ``fallback``: the
+    page's own visible prose, which at least names the books."""
     prose = [p for p in paragraphs if p.count(" ") + 1 >= _PROSE_WORDS]
-    return " ".join(prose) if sum(len(p) for p in prose) >= min_chars else " ".join(paragraphs)
+    sample = " ".join(prose) if sum(len(p) for p in prose) >= min_chars else " ".join(paragraphs)
+    if fallback and len({w.lower() for w in _WORD.findall(sample)}) < min_distinct_words:
+        return fallback
+    return sample
 
 
 def prose_sample(text: str, max_chars: int = 4000) -> str:

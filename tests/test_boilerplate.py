@@ -25,6 +25,9 @@ CFG = TextQualityConfig()
     ("Please register to comment on the article and join us in the discussion of this week's story.", False),
     ("Fruit and vegetables | Meat and fish | Dairy are the three aisles most shoppers visit first, "
      "the survey found.", False),
+    # pages-eval's pluralsight page: a directory tree in a code block
+    ("venv/ |-- bin/ | |-- python | |-- pip | |-- activate | |-- <other binaries/CLI tools> |-- lib/ | |-- "
+     "python3.7/ | | |-- site-packages/ | | | |-- <pip-installed packages> |-- include/ | |-- <config files>", False),
 ])
 def test_navigation_paragraphs(text, nav):
     assert navigation_paragraph(text) is nav

@@ -45,6 +45,7 @@ class DecodedPage:
     page: Page
     text: str
     has_img: bool = True      # False: on its way to the text output only
+    crude: str = ""           # the page's visible prose (the cheap check's sample)
 
 
 @dataclass
@@ -117,7 +118,7 @@ class CheapPageChecks(_WithLanguageId):
             yield from self.drops(page, verdict.reason, has_img, scores=dict(verdict.scores, stage="cheap"),
                                   snippet=crude)
             return
-        yield DecodedPage(page, text, has_img)
+        yield DecodedPage(page, text, has_img, crude)
 
 
 class ExtractPage(_WithLanguageId):
@@ -154,7 +155,8 @@ class ExtractPage(_WithLanguageId):
         kept_texts = [t for t, k in zip(texts, kept) if k]
         lang = cfg.language
         joined = " ".join(kept_texts)
-        verdict = language_filter(self.lid, language_sample(kept_texts), lang.language, lang.min_score)
+        verdict = language_filter(self.lid, language_sample(kept_texts, fallback=decoded.crude), lang.language,
+                                  lang.min_score)
         if not verdict.keep:
             yield from self.drops(page, verdict.reason, has_img, scores=dict(verdict.scores, stage="extracted"),
                                   snippet=joined)
