@@ -39,27 +39,34 @@ def test_rough_text_drops_scripts_and_tags():
     assert rough_text(html) == "Hello & welcome"
 
 
-def books_page():
-    path = shared_warc("node-warc__books.toscrape.warc")
+def mona_lisa_page():
+    path = shared_warc("webarchive-discovery__flashfrozen-jwat-recompressed.warc.gz")
     for rec in iter_archive(open(path, "rb"), path):
         if isinstance(rec, ArchiveRecord) and rec.rec_type == "response" and classify(rec).kind.value == "page":
             return rec
     raise AssertionError("no page")
 
 
-def test_books_page_images_stay_in_reading_order_with_alt_text():
-    rec = books_page()
+def test_article_images_stay_in_reading_order():
+    """Wikipedia's Mona Lisa: each picture between the paragraphs it stands between on
+    the page, its protocol-relative URL taking the page's scheme."""
+    rec = mona_lisa_page()
     text, _ = decode_html(rec.payload, rec.http_header("content-type"))
     content = extract_content(text, rec.target_uri)
-    kinds = [i.kind for i in content.items]
-    assert kinds[0] == "image"  # the first cover comes before its title
-    images = [i for i in content.items if i.kind == "image"]
-    assert images[0].alt == "A Light in the Attic"
-    assert images[0].url == "http://books.toscrape.com/media/cache/2c/da/2cdad67c44b002e7ead0cc35693c0e8b.jpg"
-    # Every image is followed, somewhere after it, by the title of its book.
-    titles = [i.text for i in content.items if i.kind == "text"]
-    assert any(t.startswith("Tipping the Velvet") for t in titles)
-    assert content.n_images >= 20
+    items = content.items
+    images = [i.url for i in items if i.kind == "image"]
+    assert any(u.endswith("220px-Mona_Lisa_stolen-1911.jpg") for u in images)
+    assert all(u.startswith("http://upload.wikimedia.org/") for u in images if "upload.wikimedia" in u)
+    # the photograph of the empty wall comes after the section's heading, before its first paragraph
+    at = next(n for n, i in enumerate(items) if i.kind == "image" and i.url.endswith("Mona_Lisa_stolen-1911.jpg"))
+    before = [i.text for i in items[:at] if i.kind == "text"]
+    after = [i.text for i in items[at + 1:] if i.kind == "text"]
+    assert before[-1] == "Theft and vandalism"
+    assert after[0].startswith("The painting's fame was emphasized when it was stolen on 21 August 1911.")
+    # the page's images keep the order of their <img> tags
+    order = [u for u in images if "upload.wikimedia" in u]
+    positions = [text.find(u.split(":", 1)[1]) for u in order]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions)
 
 
 def test_real_article_has_images_between_paragraphs():

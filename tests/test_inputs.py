@@ -3,7 +3,6 @@
 
 import gzip
 import os
-import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
