@@ -97,7 +97,8 @@ IMAGE_FILTER_REASONS = frozenset({"too_small", "single_color", "near_uniform", "
 TEXT_REASONS: Tuple[str, ...] = (
     "too_large", "undecodable_html", "non_english", "no_text", "extraction_empty", "extraction_failed",
     "over_time_budget", "too_few_words", "too_few_words_for_text", "spam_*", "special_characters", "gibberish",
-    "repeated_lines", "repeated_ngrams", "no_stop_words", "navigation_heavy", "duplicate_url", "duplicate_exact", "near_duplicate")
+    "repeated_lines", "repeated_ngrams", "no_stop_words", "navigation_heavy", "duplicate_url", "duplicate_exact",
+    "near_duplicate")
 
 PAIR_REASONS: Tuple[str, ...] = (
     "too_large", "undecodable_html", "extraction_failed", "over_time_budget", "non_english",

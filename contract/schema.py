@@ -52,7 +52,7 @@ SCORES = pa.struct([
     pa.field("url_char_ratio", pa.float32()),
     pa.field("special_char_ratio", pa.float32()),
     pa.field("alpha_word_ratio", pa.float32()),
-    pa.field("paragraphs_removed", pa.int32()),           # spam and navigation paragraphs cut from the text
+    pa.field("paragraphs_removed", pa.int32()),           # paragraphs cut (spam, menus, lists, closing parts)
     pa.field("duplicate_line_fraction", pa.float32()),    # Gopher: paragraphs repeating another
     pa.field("top_ngram_fraction", pa.float32()),         # Gopher: characters in the top word 2/3/4-gram
     pa.field("stop_words", pa.int32()),                   # Gopher: distinct stop words present (of 8)

@@ -163,6 +163,7 @@ def filter_boilerplate(paragraphs: Sequence[str], cfg) -> Verdict:
     if s["prose_paragraphs"] < 3 and (s["short_line_fraction"] > cfg.max_short_line_fraction or
                                       s["punctuated_line_fraction"] < cfg.min_punctuated_line_fraction):
         return drop("navigation_heavy", **s)
-    if s["prose_char_fraction"] < cfg.min_prose_char_fraction and s["prose_paragraphs"] < cfg.listing_max_prose_paragraphs:
+    if (s["prose_char_fraction"] < cfg.min_prose_char_fraction
+            and s["prose_paragraphs"] < cfg.listing_max_prose_paragraphs):
         return drop("navigation_heavy", **s)
     return keep(**s)

@@ -175,7 +175,8 @@ class CaptionConfig:
                           "default image", "featured image", "cover image", "main image", "product image", "blank",
                           "rss", "feed", "facebook", "twitter", "instagram", "linkedin", "youtube", "pinterest",
                           "share", "email", "print", "download", "play", "video", "alt", "alt text", "null",
-                          "none", "undefined", "n a", "see caption", "see adjacent text", "image description", "navigation image",
+                          "none", "undefined", "n a", "see caption", "see adjacent text", "image description",
+                          "navigation image",
                           "navigation", "nav", "animated gif", "syndicate content")
     # Pair candidates of one page that may reach an image source (the rest: over_page_cap).
     max_pairs_per_page: int = 50

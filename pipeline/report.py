@@ -277,7 +277,8 @@ def _kept_documents_html(shown: List[Dict]) -> str:
                 im = row["images"][item["image"]]
                 seq.append(("image", (_data_uri(im["data"], 240), im.get("alt") or im["url"])))
         words = (row.get("scores") or {}).get("words")
-        parts.append(f"<details class='doc' open data-doc='{_esc(row['doc_id'])}'><summary><b>{_esc(row['title'] or '')}"
+        parts.append(f"<details class='doc' open data-doc='{_esc(row['doc_id'])}'><summary>"
+                     f"<b>{_esc(row['title'] or '')}"
                      f"</b> <a href='{_esc(row['url'])}'>{_esc(row['url'][:100])}</a> <span class='muted'>"
                      f"{len(row['images'])} images, {words} words</span></summary>{_reader_html(seq)}</details>")
     return "\n".join(parts)

@@ -36,7 +36,8 @@ def test_navigation_paragraphs(text, nav):
 def _page_paragraphs(warc: str, url_part: str):
     path = shared_warc(warc)
     for rec in iter_archive(open(path, "rb"), path):
-        if isinstance(rec, ArchiveRecord) and rec.rec_type == "response" and rec.target_uri.rstrip("/").endswith(url_part):
+        if (isinstance(rec, ArchiveRecord) and rec.rec_type == "response"
+                and rec.target_uri.rstrip("/").endswith(url_part)):
             html, _ = decode_html(rec.payload, "text/html")
             texts = [i.text for i in extract_content(html, rec.target_uri).items if i.kind == "text"]
             kept, removed = filter_paragraphs(texts, CFG)

@@ -64,7 +64,8 @@ class ArchiveServer(LocalServer):
         self.start(Handler)
 
 
-FILES = ["webarchive-discovery__flashfrozen-jwat-recompressed.warc.gz", "dolma__sample-0000.warc.gz", "warcio__example.warc.gz"]
+FILES = ["webarchive-discovery__flashfrozen-jwat-recompressed.warc.gz", "dolma__sample-0000.warc.gz",
+         "warcio__example.warc.gz"]
 
 
 @pytest.fixture

@@ -77,8 +77,9 @@ def decode_events(url: str, refs) -> list:
 class ListImageReferences(AccountedDoFn):
     """Candidate -> one reference per image to fetch (main output); references that
     need no fetch (a repeat of an earlier URL in the same document, a URL no source
-    can serve, a logo or button by its URL or alt text, one past the first ``max_references`` of
-    the document) are settled at once: a page with 2,000 images sends a handful of requests, not 2,000."""
+    can serve, a logo or button by its URL or alt text, one past the first
+    ``max_references`` of the document) are settled at once: a page with 2,000 images
+    sends a handful of requests, not 2,000."""
 
     def __init__(self, max_references: int = 0, furniture_words: tuple = (), captions=None):
         self.max_references = max_references
@@ -97,8 +98,7 @@ class ListImageReferences(AccountedDoFn):
                 yield pvalue.TaggedOutput(SETTLED, (ref, ImageResult(pos, "unsupported_url")))
             elif url in seen:
                 yield pvalue.TaggedOutput(SETTLED, (ref, ImageResult(pos, "duplicate_in_document")))
-            elif self.furniture_words and furniture_url(url, self.furniture_words):
-                word = furniture_url(url, self.furniture_words)
+            elif self.furniture_words and (word := furniture_url(url, self.furniture_words)):
                 yield pvalue.TaggedOutput(SETTLED, (ref, ImageResult(pos, "furniture_url", scores={"word": word})))
             elif self.captions is not None and item.get("alt") and says_site_element(
                     caption_words(item["alt"]), self.captions):
