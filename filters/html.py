@@ -160,12 +160,15 @@ def language_sample(paragraphs: List[str], min_chars: int = 200, fallback: str =
                     min_distinct_words: int = 10) -> str:
     """The text a page's language is judged on: its prose paragraphs (``_PROSE_WORDS``
     words or more), so that a run of captions, figure labels or buttons ("Figure 12.")
-    cannot outweigh the article; all of it when there is too little prose. When even
+    cannot outweigh the article, and without lists of names or tags run together (no
+    language to read in them); all of it when there is too little prose. When even
     that has under ``min_distinct_words`` different words (a shop listing extracted as
     "£51.77 In stock" twenty times, which fastText reads as Chinese), ``fallback``: the
     page's own visible prose, which at least names the books."""
-    prose = [p for p in paragraphs if p.count(" ") + 1 >= _PROSE_WORDS]
-    sample = " ".join(prose) if sum(len(p) for p in prose) >= min_chars else " ".join(paragraphs)
+    from filters.boilerplate import word_list_paragraph
+    text = [p for p in paragraphs if not word_list_paragraph(p)] or list(paragraphs)
+    prose = [p for p in text if p.count(" ") + 1 >= _PROSE_WORDS]
+    sample = " ".join(prose) if sum(len(p) for p in prose) >= min_chars else " ".join(text)
     if fallback and len({w.lower() for w in _WORD.findall(sample)}) < min_distinct_words:
         return fallback
     return sample

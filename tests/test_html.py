@@ -134,3 +134,17 @@ def test_cheap_check_reads_the_article_not_a_cut_style_block_or_foreign_chrome()
     themed = f"<html><body><nav><ul>{menus}</ul></nav><main>{article}</main><footer>{menus}</footer></body></html>"
     assert lid.score(rough_text(themed)[:4000], "en")[0] != "en"      # what the check read before
     assert lid.score(prose_sample(themed), "en")[0] == "en"
+
+
+def test_language_is_read_on_prose_not_on_lists_of_names():
+    from filters.html import language_sample
+    names = ("Aaron Parkening Aaron Stewart Abagail Thorne-Lyman Adam Tuttle Adrian Scott Adrian Blakey Adrianne "
+             "Hurndell Alan Rath Alan Wen Alexis Rossi Alicia Coryell Alzbeta Smith Amber Shipley Amy Vecchione "
+             "Andy Jenks Andy Jewell Ann Stramer Anna Naruta Anne-miek Hamelinck Anthony Kwok Avi Hangad")
+    sentence = "Thanks to a generous grant, the archive completed a web crawl of two billion pages in 2007."
+    assert language_sample([names, sentence]) == sentence
+    assert language_sample([names]) == names                     # nothing else to read
+    # a page that says almost nothing is judged on its visible prose instead
+    listing = ["£51.77", "In stock", "£53.74", "In stock"]
+    assert language_sample(listing, fallback="A Light in the Attic Tipping the Velvet") == \
+        "A Light in the Attic Tipping the Velvet"
