@@ -112,7 +112,7 @@ def ngram_top_fraction(words: List[str], n: int) -> float:
     """Characters covered by the most frequent word n-gram over all characters of words."""
     if len(words) < n:
         return 0.0
-    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    grams = Counter(zip(*(words[i:] for i in range(n))))
     gram, count = grams.most_common(1)[0]
     if count < 2:
         return 0.0

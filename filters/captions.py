@@ -36,20 +36,36 @@ def _clean(text: Optional[str]) -> str:
     return _SPACES.sub(" ", html_lib.unescape(text or "")).strip()
 
 
-def _caption_block(img, levels: int = 3) -> str:
-    """The text of the caption a CMS writes beside an image instead of a <figure>:
-    an element whose class names a caption (Wikipedia's "thumbcaption", WordPress's
-    "wp-caption-text", "image-caption") inside one of the image's nearest containers,
-    and not itself around the image (an "enlarge" icon inside a caption has none)."""
-    around = set(img.iterancestors())
+def _caption_blocks(root, levels: int = 4) -> dict:
+    """Containers -> the first element inside them (at most ``levels`` up) whose class
+    names a caption (Wikipedia's "thumbcaption", WordPress's "wp-caption-text",
+    "image-caption"): one pass over the page's caption elements, not a search of every
+    image's surroundings."""
+    blocks = {}
+    for el in root.xpath("//*[contains(translate(@class, 'CAPTION', 'caption'), 'caption')]"):
+        node = el
+        for _ in range(levels):
+            node = node.getparent()
+            if node is None:
+                break
+            blocks.setdefault(node, el)
+    return blocks
+
+
+def _caption_block(img, blocks: dict, levels: int = 3) -> str:
+    """The text of the caption a CMS writes beside an image instead of a <figure>: the
+    caption block of one of the image's nearest containers, unless the block is itself
+    around the image (an "enlarge" icon inside a caption has none)."""
     node = img
     for _ in range(levels):
         node = node.getparent()
-        if node is None or not isinstance(node.tag, str):
+        if node is None:
             return ""
-        for el in node.iterdescendants():
-            if isinstance(el.tag, str) and el not in around and "caption" in (el.get("class") or "").lower():
-                return _clean(el.text_content())
+        el = blocks.get(node)
+        if el is not None:
+            if el is node or any(a is el for a in img.iterancestors()):
+                return ""
+            return _clean(el.text_content())
     return ""
 
 
@@ -63,6 +79,7 @@ def find_image_captions(html_text: str, page_url: str) -> List[ImageCaption]:
     except Exception:          # empty or unparsable document
         return []
     base = base_href(html_text)
+    blocks = _caption_blocks(root)
     out = []
     for i, img in enumerate(root.iter("img")):
         src = img_source(img.attrib)
@@ -71,8 +88,8 @@ def find_image_captions(html_text: str, page_url: str) -> List[ImageCaption]:
             fig = next((a for a in img.iterancestors("figure")), None)
             cap = fig.find(".//figcaption") if fig is not None else None
             caption, source = (_clean(cap.text_content()), "figcaption") if cap is not None else ("", "")
-        if not caption:
-            caption, source = _caption_block(img), "caption_block"
+        if not caption and blocks:
+            caption, source = _caption_block(img, blocks), "caption_block"
         out.append(ImageCaption(i, src, resolve_url(src, page_url, base) if src else None, caption,
                                 source if caption else ""))
     return out

@@ -192,11 +192,39 @@ class InArchiveImages(beam.PTransform):
         return ImageResults(judged["results"], judged[EVENTS])
 
 
+class DistinctUpTo(beam.CombineFn):
+    """Distinct values, at most ``cap`` of them (enough to tell "more than cap - 1")."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+
+    def create_accumulator(self):
+        return set()
+
+    def add_input(self, acc, value):
+        if len(acc) < self.cap:
+            acc.add(value)
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = set()
+        for acc in accs:
+            for value in acc:
+                if len(out) >= self.cap:
+                    return out
+                out.add(value)
+        return out
+
+    def extract_output(self, acc):
+        return sorted(acc)
+
+
 class SettleRepeatedUrls(beam.DoFn):
     """(url, {refs, pages}) -> refs to fetch (main), or, for a URL used by more than
     ``max_repeats`` documents (logos, icons, buttons), ``repeated_image`` results
-    settled without any download or decode. ``pages``: the URLs of every English page
-    whose content shows the image, whatever the text filters and dedup made of it
+    settled without any download or decode. ``pages``: the URLs of the English pages
+    whose content shows the image (up to max_repeats + 1 of them), whatever the text
+    filters and dedup made of it
     (counting only the documents still standing would let a site's logo through once
     the rest of its pages are filtered out)."""
 
@@ -208,7 +236,7 @@ class SettleRepeatedUrls(beam.DoFn):
         url, groups = element
         refs = list(groups["refs"])
         repeated = repeated_kinds((ref for ref, _ in refs), self.max_repeats)
-        if self.max_repeats and len(set(groups["pages"])) > self.max_repeats:
+        if self.max_repeats and sum(len(p) for p in groups["pages"]) > self.max_repeats:
             repeated.add("doc")
         if repeated:
             self.skipped.inc()
@@ -251,7 +279,12 @@ class FetchImages(beam.PTransform):
         n = self.max_repeats
         if not n:
             return refs | "FromSource" >> self.source
-        pages = self.sightings if self.sightings is not None else (refs.pipeline | "NoSightings" >> beam.Create([]))
+        if self.sightings is None:
+            pages = refs.pipeline | "NoSightings" >> beam.Create([])
+        else:
+            # each URL's distinct pages, kept to n + 1 of them in a combiner: what crosses
+            # the shuffle is small and bounded however many pages show a logo
+            pages = self.sightings | "DistinctPagesPerUrl" >> beam.CombinePerKey(DistinctUpTo(n + 1))
         split = ({"refs": refs, "pages": pages}
                  | "GroupByUrl" >> beam.CoGroupByKey()
                  | "OnlyReferenced" >> beam.Filter(lambda kv: bool(kv[1]["refs"]))
