@@ -130,19 +130,21 @@ def boilerplate_scores(paragraphs: Sequence[str]) -> Dict[str, float]:
         seen.add(line)
     chars = sum(len(line) for line in lines) or 1
     words = [w.lower() for w in _WORDS.findall(" ".join(lines))]
+    grams = {n: round(ngram_top_fraction(words, n), 4) for n in (2, 3, 4)}
+    prose = [line for line in lines if len(_WORDS.findall(line)) >= 20]
     return {
         "duplicate_line_fraction": round(dup_lines / len(lines), 4) if lines else 0.0,
         "duplicate_line_char_fraction": round(dup_chars / chars, 4),
-        "top_ngram_fraction": round(max((ngram_top_fraction(words, n) for n in (2, 3, 4)), default=0.0), 4),
-        "top_2gram_fraction": round(ngram_top_fraction(words, 2), 4),
-        "top_3gram_fraction": round(ngram_top_fraction(words, 3), 4),
-        "top_4gram_fraction": round(ngram_top_fraction(words, 4), 4),
+        "top_ngram_fraction": max(grams.values()),
+        "top_2gram_fraction": grams[2],
+        "top_3gram_fraction": grams[3],
+        "top_4gram_fraction": grams[4],
         "stop_words": sum(1 for w in set(words) if w in STOP_WORDS),
         "short_line_fraction": round(sum(1 for line in lines if len(line) < 30) / len(lines), 4) if lines else 0.0,
         "punctuated_line_fraction": round(sum(1 for line in lines if line.endswith(_TERMINAL)) / len(lines), 4)
         if lines else 0.0,
-        "prose_paragraphs": sum(1 for line in lines if len(_WORDS.findall(line)) >= 20),
-        "prose_char_fraction": round(sum(len(line) for line in lines if len(_WORDS.findall(line)) >= 20) / chars, 4),
+        "prose_paragraphs": len(prose),
+        "prose_char_fraction": round(sum(len(line) for line in prose) / chars, 4),
     }
 
 

@@ -125,6 +125,8 @@ _TEASER = re.compile(
     r"sponsored|sponsorship|advertisement|advertising|syndicate content)\b"
     r"|^\d+(?:\.\d+)? (?:out )?of \d+ stars?\b"        # a rating widget: "4.50 out of 5 stars"
     r"|(?:\.\.\.|…)$")                                  # a teaser cut short
+
+
 def host_label(page_url: str) -> str:
     """The name part of a page's host: ``medicalxpress`` for https://www.medicalxpress.com/x."""
     from urllib.parse import urlsplit

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import List, Mapping, Optional, Tuple
 from urllib.parse import urljoin
 
+from filters.boilerplate import word_list_paragraph
 from filters.urls import normalize_url
 
 _CHARSET_HTTP = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9_\-:.]+)", re.IGNORECASE)
@@ -165,7 +166,6 @@ def language_sample(paragraphs: List[str], min_chars: int = 200, fallback: str =
     that has under ``min_distinct_words`` different words (a shop listing extracted as
     "£51.77 In stock" twenty times, which fastText reads as Chinese), ``fallback``: the
     page's own visible prose, which at least names the books."""
-    from filters.boilerplate import word_list_paragraph
     text = [p for p in paragraphs if not word_list_paragraph(p)] or list(paragraphs)
     prose = [p for p in text if p.count(" ") + 1 >= _PROSE_WORDS]
     sample = " ".join(prose) if sum(len(p) for p in prose) >= min_chars else " ".join(text)

@@ -224,9 +224,8 @@ class SettleRepeatedUrls(beam.DoFn):
     ``max_repeats`` documents (logos, icons, buttons), ``repeated_image`` results
     settled without any download or decode. ``pages``: the URLs of the English pages
     whose content shows the image (up to max_repeats + 1 of them), whatever the text
-    filters and dedup made of it
-    (counting only the documents still standing would let a site's logo through once
-    the rest of its pages are filtered out)."""
+    filters and dedup made of it (counting only the documents still standing would let
+    a site's logo through once the rest of its pages are filtered out)."""
 
     def __init__(self, max_repeats: int):
         self.max_repeats = max_repeats

@@ -62,7 +62,7 @@ class ExtractedPage:
     scan_failure: Optional[Tuple[str, str, str]] = None   # (status, reason, message) when the <img> scan failed
     texts: List[str] = field(default_factory=list)        # the kept paragraphs
     # filters.text_quality.filter_document_text on ``texts``, judged once for the
-    # interleaved and the text-only decisions (None: neither will be made)
+    # interleaved and the text-only decisions
     text_verdict: Any = None
 
     @property
@@ -173,9 +173,7 @@ class ExtractPage(_WithLanguageId):
         out = ExtractedPage(page, content.title, content.items, kept, removed,
                             {"language": verdict.scores["language"],
                              "language_score": verdict.scores[f"{lang.language}_score"]},
-                            has_img, texts=kept_texts)
-        if has_img or cfg.output.text:
-            out.text_verdict = filter_document_text(kept_texts, cfg.text)
+                            has_img, texts=kept_texts, text_verdict=filter_document_text(kept_texts, cfg.text))
         if has_img and cfg.output.pairs:
             try:
                 out.images = self.parser.call(find_image_captions, decoded.text, page.url)
@@ -213,7 +211,7 @@ class ToDocument(AccountedDoFn):
         page = ex.page
         for url in {item.url for item in ex.items if item.kind == "image" and item.url}:
             yield pvalue.TaggedOutput(SIGHTINGS, (url, page.url))
-        verdict = ex.text_verdict or filter_document_text(ex.texts, self.cfg.text)
+        verdict = ex.text_verdict
         if not verdict.keep:
             yield self.outcome(Outcome.of(RECORD, verdict, page.provenance, page.url, snippet=ex.joined))
             return
@@ -245,7 +243,7 @@ class ToTextDocument(AccountedDoFn):
 
     def process(self, ex: ExtractedPage):
         page = ex.page
-        verdict = ex.text_verdict or filter_document_text(ex.texts, self.cfg.text)
+        verdict = ex.text_verdict
         if not verdict.keep:
             yield self.outcome(Outcome.of(TEXT, verdict, page.provenance, page.url, snippet=ex.joined))
             return
