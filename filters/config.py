@@ -30,6 +30,12 @@ class RecordConfig:
     # worker, starting at its first record boundary (transforms/warc.py); a runner
     # may split a range further while it is read. 0 reads every file whole.
     split_bytes: int = 64 * 1024 * 1024
+    # Records one bundle of the reading stage reads before the ranges (or files)
+    # still waiting in it go back to the runner for later bundles (a self-checkpoint).
+    # A runner holds a bundle's outputs until the bundle ends (Beam's local runner:
+    # in memory), so a bundle holds at most this plus one range, whatever the size
+    # of the input. 0: no limit.
+    bundle_records: int = 2000
 
 
 @dataclass(frozen=True)

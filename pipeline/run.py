@@ -26,6 +26,7 @@ from contract.schema import DOCUMENTS, PAIRS, TEXTS
 from filters.config import CurationConfig
 from pipeline.curate import build_pipeline
 from pipeline.inputs import DEFAULT_PATHS_PREFIX, expand_inputs
+from pipeline.local_runner import install as install_local_runner_fixes
 from pipeline.stats import IMAGES_HINT
 from transforms.progress import ProgressPrinter, open_terminal
 from transforms.write import atomic_write
@@ -148,6 +149,7 @@ def run_curation(inputs: List[str], output: str, cfg: CurationConfig, beam_args:
     prepare_output(output, overwrite)
     args = default_beam_args(beam_args, num_workers)
     options = PipelineOptions(args)
+    local_fixes = install_local_runner_fixes() if _arg_value(args, "--runner") in ("DirectRunner", "direct") else None
     started = time.time()
     run_record = {
         "kind": "curation",
@@ -160,6 +162,8 @@ def run_curation(inputs: List[str], output: str, cfg: CurationConfig, beam_args:
         "python": platform.python_version(),
         "beam": beam.__version__,
     }
+    if local_fixes:
+        run_record["local_runner"] = local_fixes
     if cfg.fetch.source == "archive":
         seen = probe_for_images([f["path"] for f in files])
         if seen["pages"] and not seen["images"]:

@@ -112,6 +112,13 @@ class ReadArchives(AccountedDoFn, beam.transforms.core.RestrictionProvider):
     def setup(self):
         self.progress = ProgressCounters(self.progress_dir)
 
+    def start_bundle(self):
+        self.bundle_records = 0
+
+    def _bundle_full(self) -> bool:
+        limit = self.cfg.bundle_records
+        return limit > 0 and self.bundle_records >= limit
+
     # -- the byte ranges (this DoFn is its own RestrictionProvider) ---------------------
     def initial_restriction(self, path):
         size = file_size(path)
@@ -133,6 +140,12 @@ class ReadArchives(AccountedDoFn, beam.transforms.core.RestrictionProvider):
     # -- reading ---------------------------------------------------------------------------
     def process(self, path: str, tracker=beam.DoFn.RestrictionParam()):
         cfg = self.cfg
+        if self._bundle_full():
+            # This bundle has read its share: the range goes back to the runner whole,
+            # for a later bundle. A range is always read in one pass (no cut inside
+            # it), so what is read, and a file's checksum, do not depend on bundles.
+            tracker.defer_remainder()
+            return
         r = tracker.current_restriction()
         try:
             layout = archive_layout(lambda offset: open_input(path, offset))
@@ -169,6 +182,7 @@ class ReadArchives(AccountedDoFn, beam.transforms.core.RestrictionProvider):
                 counted = read_now
                 yield self.outcome(Outcome(RECORD, READ, file=path))
                 last = (item.offset, item.inner_offset)
+                self.bundle_records += 1
                 if isinstance(item, ReadError):
                     yield self.outcome(Outcome(RECORD, ERROR, item.kind, file=path, offset=item.offset,
                                                inner_offset=item.inner_offset, message=item.message))

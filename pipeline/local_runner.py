@@ -1,0 +1,193 @@
+"""Two changes to Beam's local runner (the FnApiRunner behind ``DirectRunner``)
+for runs of this process. Runners with a real shuffle and their own bundle
+scheduling (Dataflow, Flink, Spark) never load them.
+
+1. **Compact shuffle buffers.** The local runner holds every GroupByKey's input
+   in one process until the grouping stage runs, and Beam's ``GroupingBuffer``
+   holds it as decoded Python objects: a page's candidate text with its dicts
+   and lists costs several times its encoded size, and when the grouping stage
+   runs, Beam encodes the whole grouped output into one more copy beside it.
+   ``CompactGroupingBuffer`` keeps each value as its encoded bytes instead,
+   zlib-compressed above ``COMPRESS_ABOVE`` bytes, and encodes the grouped
+   output key by key as it is sent to the worker. The grouped output is the
+   same: the same coders encode the same values in the same order.
+
+2. **Residuals of parallel bundles.** With more than one worker
+   (``direct_num_workers > 1``) Beam 2.77's ``ParallelBundleManager`` merges the
+   workers' bundle responses by their metrics only, so the residuals a
+   splittable DoFn hands back (``defer_remainder``, as ``ReadArchives`` does to
+   bound a bundle) are dropped with every response but the first, and the
+   records of those ranges are never read. The fix collects every worker's
+   residuals into the merged response.
+
+``install()`` applies both; each is skipped, with the reason returned, on a Beam
+whose runner lacks what it replaces.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from typing import Dict, Iterator, List, Tuple
+
+COMPRESS_ABOVE = 256      # bytes: smaller encodings (ids, counts, short rows) gain little from zlib
+_RAW, _ZLIB = b"\x00", b"\x01"
+
+
+def _pack(encoded: bytes) -> bytes:
+    if len(encoded) > COMPRESS_ABOVE:
+        packed = zlib.compress(encoded, 1)
+        if len(packed) < len(encoded):
+            return _ZLIB + packed
+    return _RAW + encoded
+
+
+def _unpack(packed: bytes) -> bytes:
+    return zlib.decompress(packed[1:]) if packed[:1] == _ZLIB else packed[1:]
+
+
+_originals: Dict[str, object] = {}     # what install() replaced, for uninstall()
+
+
+def install() -> str:
+    """Apply both changes to the local runner of this process; returns what was done."""
+    if _originals:
+        return "installed"
+    try:
+        from apache_beam.runners.portability.fn_api_runner import execution, fn_runner
+    except ImportError as exc:
+        return f"not installed: {exc}"
+    done = []
+    for name, patch in (("compact shuffle buffers", _compact_grouping_buffer),
+                        ("residuals of parallel bundles", _parallel_residuals)):
+        why = patch(execution, fn_runner)
+        done.append(name if why is None else f"{name} not installed ({why})")
+    return "; ".join(done)
+
+
+def uninstall() -> None:
+    """Beam's own code again (for tests that compare the two)."""
+    from apache_beam.runners.portability.fn_api_runner import execution, fn_runner
+    if "GroupingBuffer" in _originals:
+        execution.GroupingBuffer = _originals.pop("GroupingBuffer")
+    if "BundleManager.process_bundle" in _originals:
+        fn_runner.BundleManager.process_bundle = _originals.pop("BundleManager.process_bundle")
+        fn_runner.ParallelBundleManager.process_bundle = _originals.pop("ParallelBundleManager.process_bundle")
+
+
+def _compact_grouping_buffer(execution, fn_runner):
+    from apache_beam.coders.coder_impl import create_InputStream, create_OutputStream
+    from apache_beam.transforms.window import GlobalWindow, GlobalWindows
+    from apache_beam.utils import windowed_value
+
+    base = getattr(execution, "GroupingBuffer", None)
+    if base is None or not all(hasattr(base, n) for n in ("append", "extend", "partition", "copy")):
+        return "this Beam's runner has no GroupingBuffer of the expected shape"
+
+    class CompactGroupingBuffer(base):
+        """Beam's GroupingBuffer with each value kept encoded (and compressed when
+        large) until the grouped output is produced; default windowing only, the
+        rest is left to Beam's own code."""
+
+        def __init__(self, pre_grouped_coder, post_grouped_coder, windowing) -> None:
+            super().__init__(pre_grouped_coder, post_grouped_coder, windowing)
+            self._compact = windowing.is_default()
+            if self._compact:
+                self._value_coder_impl = pre_grouped_coder.value_coder().get_impl()
+
+        def append(self, elements_data: bytes) -> None:
+            if not self._compact:
+                return super().append(elements_data)
+            if self._grouped_output or getattr(self, "_read", False):
+                raise RuntimeError("Grouping table append after read.")
+            stream = create_InputStream(elements_data)
+            coder_impl = self._pre_grouped_coder.get_impl()
+            key_impl = self._key_coder.get_impl()
+            value_impl = self._value_coder_impl
+            table = self._table
+            while stream.size() > 0:
+                key, value = coder_impl.decode_from_stream(stream, True).value
+                table[key_impl.encode(key)].append(_pack(value_impl.encode(value)))
+
+        def _grouped(self, n: int, size: int = 1 << 20) -> Iterator[Tuple[int, bytes]]:
+            """(partition, encoded grouped elements) in pieces of about ``size``
+            bytes, key by key, from the table (which stays: a buffer may be read
+            by more than one consumer)."""
+            pane = windowed_value.PaneInfo(is_first=True, is_last=True,
+                                           timing=windowed_value.PaneInfoTiming.ON_TIME, index=0,
+                                           nonspeculative_index=0)
+            in_window = GlobalWindows.windowed_value(None, timestamp=GlobalWindow().max_timestamp(),
+                                                     pane_info=pane).with_value
+            coder_impl = self._post_grouped_coder.get_impl()
+            key_impl = self._key_coder.get_impl()
+            value_impl = self._value_coder_impl
+            streams = [create_OutputStream() for _ in range(n)]
+            for idx, (encoded_key, packed) in enumerate(self._table.items()):
+                values = [value_impl.decode(_unpack(v)) for v in packed]
+                stream = streams[idx % n]
+                coder_impl.encode_to_stream(in_window((key_impl.decode(encoded_key), values)), stream, True)
+                if stream.size() >= size:
+                    yield idx % n, stream.get()
+                    streams[idx % n] = create_OutputStream()
+            for part, stream in enumerate(streams):
+                if stream.size():
+                    yield part, stream.get()
+
+        def partition(self, n: int) -> List[List[bytes]]:
+            if not self._compact:
+                return super().partition(n)
+            if not self._grouped_output:
+                parts: List[List[bytes]] = [[] for _ in range(n)]
+                for part, data in self._grouped(n):
+                    parts[part].append(data)
+                self._grouped_output = parts
+            return self._grouped_output
+
+        def __iter__(self) -> Iterator[bytes]:
+            # One worker reads the buffer whole: the grouped elements are made as they
+            # are sent, never all at once beside the table.
+            if not self._compact:
+                return super().__iter__()
+            self._read = True
+            return (data for _, data in self._grouped(1))
+
+    _originals["GroupingBuffer"] = base
+    execution.GroupingBuffer = CompactGroupingBuffer
+    return None
+
+
+def _parallel_residuals(execution, fn_runner):
+    single = getattr(fn_runner, "BundleManager", None)
+    parallel = getattr(fn_runner, "ParallelBundleManager", None)
+    if single is None or parallel is None or not hasattr(parallel, "process_bundle"):
+        return "this Beam's runner has no ParallelBundleManager"
+    single_process, parallel_process = single.process_bundle, parallel.process_bundle
+    collecting: Dict[int, list] = {}          # id(bundle context) -> residuals of its workers' bundles
+    lock = threading.Lock()
+
+    def process_one(self, *args, **kwargs):
+        result, splits = single_process(self, *args, **kwargs)
+        with lock:
+            sink = collecting.get(id(self.bundle_context_manager))
+            if sink is not None:
+                sink.extend(result.process_bundle.residual_roots)
+        return result, splits
+
+    def process_parallel(self, *args, **kwargs):
+        key = id(self.bundle_context_manager)
+        with lock:
+            collecting[key] = []
+        try:
+            merged, splits = parallel_process(self, *args, **kwargs)
+        finally:
+            with lock:
+                residuals = collecting.pop(key)
+        del merged.process_bundle.residual_roots[:]
+        merged.process_bundle.residual_roots.extend(residuals)
+        return merged, splits
+
+    _originals["BundleManager.process_bundle"] = single_process
+    _originals["ParallelBundleManager.process_bundle"] = parallel_process
+    single.process_bundle = process_one
+    parallel.process_bundle = process_parallel
+    return None
