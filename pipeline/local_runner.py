@@ -12,7 +12,12 @@ scheduling (Dataflow, Flink, Spark) never load them.
    output key by key as it is sent to the worker. The grouped output is the
    same: the same coders encode the same values in the same order.
 
-2. **Residuals of parallel bundles.** With more than one worker
+2. **Compact stage buffers.** What one stage hands to another without a
+   shuffle (a Flatten of several stages' outputs, side inputs, deferred work)
+   waits in a ``ListBuffer`` of encoded pieces; ``CompactListBuffer`` keeps them
+   compressed and expands each piece only as it is read.
+
+3. **Residuals of parallel bundles.** With more than one worker
    (``direct_num_workers > 1``) Beam 2.77's ``ParallelBundleManager`` merges the
    workers' bundle responses by their metrics only, so the residuals a
    splittable DoFn hands back (``defer_remainder``, as ``ReadArchives`` does to
@@ -20,7 +25,7 @@ scheduling (Dataflow, Flink, Spark) never load them.
    records of those ranges are never read. The fix collects every worker's
    residuals into the merged response.
 
-``install()`` applies both; each is skipped, with the reason returned, on a Beam
+``install()`` applies all three; each is skipped, with the reason returned, on a Beam
 whose runner lacks what it replaces.
 """
 
@@ -59,6 +64,7 @@ def install() -> str:
         return f"not installed: {exc}"
     done = []
     for name, patch in (("compact shuffle buffers", _compact_grouping_buffer),
+                        ("compact stage buffers", _compact_list_buffer),
                         ("residuals of parallel bundles", _parallel_residuals)):
         why = patch(execution, fn_runner)
         done.append(name if why is None else f"{name} not installed ({why})")
@@ -70,6 +76,8 @@ def uninstall() -> None:
     from apache_beam.runners.portability.fn_api_runner import execution, fn_runner
     if "GroupingBuffer" in _originals:
         execution.GroupingBuffer = _originals.pop("GroupingBuffer")
+    if "ListBuffer" in _originals:
+        execution.ListBuffer = fn_runner.ListBuffer = _originals.pop("ListBuffer")
     if "BundleManager.process_bundle" in _originals:
         fn_runner.BundleManager.process_bundle = _originals.pop("BundleManager.process_bundle")
         fn_runner.ParallelBundleManager.process_bundle = _originals.pop("ParallelBundleManager.process_bundle")
@@ -153,6 +161,51 @@ def _compact_grouping_buffer(execution, fn_runner):
 
     _originals["GroupingBuffer"] = base
     execution.GroupingBuffer = CompactGroupingBuffer
+    return None
+
+
+def _compact_list_buffer(execution, fn_runner):
+    base = getattr(execution, "ListBuffer", None)
+    if base is None or getattr(fn_runner, "ListBuffer", None) is not base or not all(
+            hasattr(base, n) for n in ("append", "extend", "partition", "copy", "clear", "reset")):
+        return "this Beam's runner has no ListBuffer of the expected shape"
+
+    class CompactListBuffer(base):
+        """Beam's ListBuffer (a stage's output held for the next stage: a Flatten of
+        several stages' outputs, a side input, deferred work) with each piece of
+        encoded elements compressed as it arrives and expanded as it is read."""
+
+        def append(self, element: bytes) -> None:
+            super().append(_pack(element))
+
+        def extend(self, extra) -> None:
+            if self.cleared:
+                raise RuntimeError("Trying to append to a cleared ListBuffer.")
+            if self._grouped_output:
+                raise RuntimeError("ListBuffer append after read.")
+            self._inputs.extend(extra._inputs)      # pieces of another CompactListBuffer: packed alike
+
+        def partition(self, n: int) -> List[List[bytes]]:
+            if self.cleared:
+                raise RuntimeError("Trying to partition a cleared ListBuffer.")
+            if len(self._inputs) >= n or not self._inputs:
+                return [[_unpack(x) for x in self._inputs[k::n]] for k in range(n)]
+            if not self._grouped_output:
+                packed = self._inputs
+                self._inputs = [_unpack(x) for x in packed]
+                try:
+                    super().partition(n)         # Beam's element-by-element split, cached
+                finally:
+                    self._inputs = packed
+            return self._grouped_output
+
+        def __iter__(self) -> Iterator[bytes]:
+            if self.cleared:
+                raise RuntimeError("Trying to iterate through a cleared ListBuffer.")
+            return (_unpack(x) for x in self._inputs)
+
+    _originals["ListBuffer"] = base
+    execution.ListBuffer = fn_runner.ListBuffer = CompactListBuffer
     return None
 
 
