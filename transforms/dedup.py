@@ -8,12 +8,18 @@
 
 Each removal is an outcome with its reason (``duplicate_url``, ``duplicate_exact``,
 ``near_duplicate``) and an audit line naming the survivor.
+
+The stages decide on a :class:`DedupKey` per candidate (where it lies, its URL,
+capture date, text hash, LSH band keys and a snippet; no text), made where the
+candidate is made. The candidates themselves cross one shuffle, to meet the ids
+that survived all three stages.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import NamedTuple, Tuple
 
 import apache_beam as beam
@@ -24,9 +30,40 @@ from filters.config import DedupConfig
 from filters.dedup import MinHasher, band_keys, capture_time, exact_text_hash, shingle_hashes
 from filters.urls import url_key
 from transforms.accounting import OUTCOMES, AccountedDoFn
-from transforms.records import Candidate, Event, Outcome, text_snippet
+from transforms.records import Candidate, Event, Outcome, Provenance, text_snippet
 
 AUDIT = "audit"
+
+
+@dataclass(frozen=True)
+class DedupKey:
+    """What deduplication decides on for one candidate: everything but its text."""
+    doc_id: str
+    url: str
+    date: str
+    provenance: Provenance
+    text_hash: str
+    bands: Tuple[str, ...]        # LSH band keys of its MinHash signature (none: no shingle, or near off)
+    snippet: str                  # for the outcome of a removal
+
+
+class MakeDedupKeys(beam.DoFn):
+    def __init__(self, cfg: DedupConfig):
+        self.cfg = cfg
+        self.hasher = None
+
+    def setup(self):
+        if self.cfg.near:
+            self.hasher = MinHasher(self.cfg.bands * self.cfg.rows, self.cfg.seed)
+
+    def process(self, c: Candidate):
+        texts = [i["text"] for i in c.items if i["type"] == "text"]
+        bands: Tuple[str, ...] = ()
+        if self.hasher is not None:
+            hashes = shingle_hashes("\n".join(texts), self.cfg.ngram)
+            if len(hashes):
+                bands = tuple(band_keys(self.hasher.of_hashes(hashes), self.cfg.bands, self.cfg.rows))
+        yield DedupKey(c.doc_id, c.url, c.date, c.provenance, exact_text_hash(texts), bands, text_snippet(c.items))
 
 
 def capture_rank(c: Candidate):
@@ -34,10 +71,6 @@ def capture_rank(c: Candidate):
     ties resolve the same way on every runner."""
     inverted = "".join(chr(ord("9") - ord(ch) + ord("0")) if ch.isdigit() else ch for ch in capture_time(c.date))
     return (inverted, os.path.basename(c.provenance.file), c.provenance.offset, c.provenance.inner_offset, c.doc_id)
-
-
-def candidate_text(c: Candidate) -> str:
-    return "\n".join(i["text"] for i in c.items if i["type"] == "text")
 
 
 def audit_line(reason: str, removed: Candidate, survivor_id: str, survivor_url: str, level: str = RECORD) -> str:
@@ -60,7 +93,7 @@ class KeepBestOfGroup(AccountedDoFn):
         yield best
         for other in ranked[1:]:
             yield self.outcome(Outcome.at(self.level, DROPPED, other.provenance, other.url, self.reason,
-                                          message=f"survivor {best.doc_id}", snippet=text_snippet(other.items),
+                                          message=f"survivor {best.doc_id}", snippet=other.snippet,
                                           doc_id=other.doc_id,
                                           scores={"survivor_doc_id": best.doc_id, "survivor_url": best.url}))
             yield pvalue.TaggedOutput(AUDIT, audit_line(self.reason, other, best.doc_id, best.url, self.level))
@@ -87,36 +120,24 @@ def DedupByUrl(level: str = RECORD):
 
 
 def DedupExactText(level: str = RECORD):
-    return _GroupDedup(lambda c: exact_text_hash(i["text"] for i in c.items if i["type"] == "text"),
-                       "duplicate_exact", level)
+    return _GroupDedup(lambda k: k.text_hash, "duplicate_exact", level)
 
 
 # -- near duplicates -----------------------------------------------------------------
 Node = Tuple[str, str, str]     # (url, capture time, document id)
 
 
-def node_id(c: Candidate) -> Node:
+def node_id(c) -> Node:
     """Graph node of a document. Components keep their smallest node, so the survivor
     is chosen by URL, then capture date, then id: content of the capture, not where
     it sits in the input, so the choice does not depend on how the input is split."""
     return (c.url, capture_time(c.date), c.doc_id)
 
 
-class BandKeys(beam.DoFn):
-    def __init__(self, cfg: DedupConfig):
-        self.cfg = cfg
-        self.hasher = None
-
-    def setup(self):
-        self.hasher = MinHasher(self.cfg.bands * self.cfg.rows, self.cfg.seed)
-
-    def process(self, c: Candidate):
-        hashes = shingle_hashes(candidate_text(c), self.cfg.ngram)
-        if not len(hashes):
-            return
-        node = node_id(c)
-        for key in band_keys(self.hasher.of_hashes(hashes), self.cfg.bands, self.cfg.rows):
-            yield key, node
+def band_nodes(k: DedupKey):
+    node = node_id(k)
+    for band in k.bands:
+        yield band, node
 
 
 def star_edges(element):
@@ -200,7 +221,7 @@ class DedupNearDuplicates(beam.PTransform):
 
     def expand(self, candidates):
         edges = (candidates
-                 | "MinHashBands" >> beam.ParDo(BandKeys(self.cfg))
+                 | "MinHashBands" >> beam.FlatMap(band_nodes)
                  | "GroupByBand" >> beam.GroupByKey()
                  | "CandidateEdges" >> beam.FlatMap(star_edges)
                  | "DistinctCandidateEdges" >> beam.Distinct())
@@ -213,7 +234,7 @@ class DedupNearDuplicates(beam.PTransform):
         removed = (labels
                    | "OnlyNonSurvivors" >> beam.Filter(lambda nl: nl[0] != nl[1])
                    | "KeyByDocId" >> beam.Map(lambda nl: (nl[0][2], nl[1])))
-        out = ({"doc": candidates | "KeyCandidates" >> beam.Map(lambda c: (c.doc_id, c)), "survivor": removed}
+        out = ({"doc": candidates | "KeyCandidates" >> beam.Map(lambda k: (k.doc_id, k)), "survivor": removed}
                | "JoinVerdicts" >> beam.CoGroupByKey()
                | "DropNearDuplicates" >> beam.ParDo(DropNearDuplicates(self.level)).with_outputs(OUTCOMES, AUDIT, main="kept"))
         outcomes = (out[OUTCOMES], unsettled) | "NearDupOutcomes" >> beam.Flatten()
@@ -238,7 +259,7 @@ class DropNearDuplicates(AccountedDoFn):
                 continue
             survivor_url, _, survivor_id = survivors[0]
             yield self.outcome(Outcome.at(self.level, DROPPED, c.provenance, c.url, "near_duplicate",
-                                          message=f"survivor {survivor_id}", snippet=text_snippet(c.items),
+                                          message=f"survivor {survivor_id}", snippet=c.snippet,
                                           doc_id=c.doc_id,
                                           scores={"survivor_doc_id": survivor_id, "survivor_url": survivor_url}))
             yield pvalue.TaggedOutput(AUDIT, audit_line("near_duplicate", c, survivor_id, survivor_url, self.level))
@@ -264,15 +285,20 @@ class Deduplicate(beam.PTransform):
         stages = [("ByUrl", self.cfg.url, lambda: DedupByUrl(lv)),
                   ("ExactText", self.cfg.exact, lambda: DedupExactText(lv)),
                   ("NearDuplicates", self.cfg.near, lambda: DedupNearDuplicates(self.cfg, lv))]
+        p = candidates.pipeline
+        if not any(enabled for _, enabled, _ in stages):
+            empty = p | "NoDedup" >> beam.Create([])
+            return Deduplicated(candidates, empty, empty)
+        keys = candidates | "DedupKeys" >> beam.ParDo(MakeDedupKeys(self.cfg))
         for name, enabled, make in stages:
             if not enabled:
                 continue
-            candidates, o, a = candidates | f"Dedup{name}" >> make()
+            keys, o, a = keys | f"Dedup{name}" >> make()
             outcomes.append(o)
             audits.append(a)
-        p = candidates.pipeline
-        if not outcomes:
-            empty = p | "NoDedup" >> beam.Create([])
-            return Deduplicated(candidates, empty, empty)
-        return Deduplicated(candidates, tuple(outcomes) | "DedupOutcomes" >> beam.Flatten(),
+        kept = ({"doc": candidates | "KeyByDocId" >> beam.Map(lambda c: (c.doc_id, c)),
+                 "kept": keys | "SurvivingIds" >> beam.Map(lambda k: (k.doc_id, None))}
+                | "JoinSurvivors" >> beam.CoGroupByKey()
+                | "OnlySurvivors" >> beam.FlatMap(lambda kv: kv[1]["doc"] if kv[1]["kept"] else []))
+        return Deduplicated(kept, tuple(outcomes) | "DedupOutcomes" >> beam.Flatten(),
                             tuple(audits) | "DedupAudit" >> beam.Flatten())
