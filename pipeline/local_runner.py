@@ -1,4 +1,4 @@
-"""Two changes to Beam's local runner (the FnApiRunner behind ``DirectRunner``)
+"""Four changes to Beam's local runner (the FnApiRunner behind ``DirectRunner``)
 for runs of this process. Runners with a real shuffle and their own bundle
 scheduling (Dataflow, Flink, Spark) never load them.
 
@@ -12,12 +12,18 @@ scheduling (Dataflow, Flink, Spark) never load them.
    output key by key as it is sent to the worker. The grouped output is the
    same: the same coders encode the same values in the same order.
 
-2. **Compact stage buffers.** What one stage hands to another without a
+2. **Bounded bundles.** Beam sends a bundle's whole input into an in-memory
+   channel before the bundle starts, and a stage's whole input is one bundle:
+   each stage held all its input twice (buffer and channel) and all its output
+   at once. A stage's input now goes in bundles of ``BUNDLE_BYTES``, one after
+   the other.
+
+3. **Compact stage buffers.** What one stage hands to another without a
    shuffle (a Flatten of several stages' outputs, side inputs, deferred work)
    waits in a ``ListBuffer`` of encoded pieces; ``CompactListBuffer`` keeps them
    compressed and expands each piece only as it is read.
 
-3. **Residuals of parallel bundles.** With more than one worker
+4. **Residuals of parallel bundles.** With more than one worker
    (``direct_num_workers > 1``) Beam 2.77's ``ParallelBundleManager`` merges the
    workers' bundle responses by their metrics only, so the residuals a
    splittable DoFn hands back (``defer_remainder``, as ``ReadArchives`` does to
@@ -25,17 +31,19 @@ scheduling (Dataflow, Flink, Spark) never load them.
    records of those ranges are never read. The fix collects every worker's
    residuals into the merged response.
 
-``install()`` applies all three; each is skipped, with the reason returned, on a Beam
+``install()`` applies all four; each is skipped, with the reason returned, on a Beam
 whose runner lacks what it replaces.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import zlib
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterable, Iterator, List, Tuple
 
 COMPRESS_ABOVE = 256      # bytes: smaller encodings (ids, counts, short rows) gain little from zlib
+BUNDLE_BYTES = 32 << 20   # encoded input of one bundle of the local runner
 _RAW, _ZLIB = b"\x00", b"\x01"
 
 
@@ -52,12 +60,14 @@ def _unpack(packed: bytes) -> bytes:
 
 
 _originals: Dict[str, object] = {}     # what install() replaced, for uninstall()
+_installed = ""
 
 
 def install() -> str:
-    """Apply both changes to the local runner of this process; returns what was done."""
+    """Apply the changes to the local runner of this process; returns what was done."""
+    global _installed
     if _originals:
-        return "installed"
+        return _installed
     try:
         from apache_beam.runners.portability.fn_api_runner import execution, fn_runner
     except ImportError as exc:
@@ -65,10 +75,12 @@ def install() -> str:
     done = []
     for name, patch in (("compact shuffle buffers", _compact_grouping_buffer),
                         ("compact stage buffers", _compact_list_buffer),
-                        ("residuals of parallel bundles", _parallel_residuals)):
+                        ("residuals of parallel bundles", _parallel_residuals),
+                        ("bundles of at most %d MB" % (BUNDLE_BYTES >> 20), _bounded_bundles)):
         why = patch(execution, fn_runner)
         done.append(name if why is None else f"{name} not installed ({why})")
-    return "; ".join(done)
+    _installed = "; ".join(done)
+    return _installed
 
 
 def uninstall() -> None:
@@ -81,6 +93,8 @@ def uninstall() -> None:
     if "BundleManager.process_bundle" in _originals:
         fn_runner.BundleManager.process_bundle = _originals.pop("BundleManager.process_bundle")
         fn_runner.ParallelBundleManager.process_bundle = _originals.pop("ParallelBundleManager.process_bundle")
+    if "bounded BundleManager.process_bundle" in _originals:
+        fn_runner.BundleManager.process_bundle = _originals.pop("bounded BundleManager.process_bundle")
 
 
 def _compact_grouping_buffer(execution, fn_runner):
@@ -117,10 +131,11 @@ def _compact_grouping_buffer(execution, fn_runner):
                 key, value = coder_impl.decode_from_stream(stream, True).value
                 table[key_impl.encode(key)].append(_pack(value_impl.encode(value)))
 
-        def _grouped(self, n: int, size: int = 1 << 20) -> Iterator[Tuple[int, bytes]]:
-            """(partition, encoded grouped elements) in pieces of about ``size``
-            bytes, key by key, from the table (which stays: a buffer may be read
+        def _grouped(self, n: int) -> Iterator[Tuple[int, bytes]]:
+            """(partition, encoded grouped elements) in pieces of about 1 MB (at most
+            a bundle), key by key, from the table (which stays: a buffer may be read
             by more than one consumer)."""
+            size = min(1 << 20, BUNDLE_BYTES)
             pane = windowed_value.PaneInfo(is_first=True, is_last=True,
                                            timing=windowed_value.PaneInfoTiming.ON_TIME, index=0,
                                            nonspeculative_index=0)
@@ -243,4 +258,64 @@ def _parallel_residuals(execution, fn_runner):
     _originals["ParallelBundleManager.process_bundle"] = parallel_process
     single.process_bundle = process_one
     parallel.process_bundle = process_parallel
+    return None
+
+
+def _pieces(data: Iterable[bytes], limit: int) -> Iterator[List[bytes]]:
+    """Encoded elements in lists of about ``limit`` bytes (whole pieces, as given)."""
+    piece: List[bytes] = []
+    size = 0
+    for chunk in data:
+        piece.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            yield piece
+            piece, size = [], 0
+    if piece:
+        yield piece
+
+
+def _bounded_bundles(execution, fn_runner):
+    try:
+        from apache_beam.metrics import monitoring_infos
+        from apache_beam.portability.api import beam_fn_api_pb2
+    except ImportError as exc:
+        return str(exc)
+    manager = getattr(fn_runner, "BundleManager", None)
+    if manager is None or not hasattr(manager, "process_bundle"):
+        return "this Beam's runner has no BundleManager"
+    inner = manager.process_bundle         # with the residual fix when that is installed
+
+    def process_bounded(self, inputs, expected_outputs, fired_timers, expected_output_timers, dry_run=False):
+        """One bundle per ``BUNDLE_BYTES`` of a stage's single data input, one after
+        the other, so the runner never holds more than that of it in its in-memory
+        data channel (Beam sends a bundle's whole input there before it starts),
+        nor more than one piece's outputs. A bundle is any subset of the input in
+        Beam's model; timers and several inputs go as one bundle, as before."""
+        if dry_run or fired_timers or len(inputs) != 1:
+            return inner(self, inputs, expected_outputs, fired_timers, expected_output_timers, dry_run)
+        (name, data), = inputs.items()
+        pieces = _pieces(data, BUNDLE_BYTES)
+        first = next(pieces, [])
+        second = next(pieces, None)
+        if second is None:
+            return inner(self, {name: first}, expected_outputs, fired_timers, expected_output_timers, dry_run)
+        merged, all_splits, residuals, infos = None, [], [], []
+        for piece in itertools.chain([first, second], pieces):
+            result, splits = inner(self, {name: piece}, expected_outputs, fired_timers, expected_output_timers,
+                                   dry_run)
+            all_splits += splits
+            residuals.extend(result.process_bundle.residual_roots)
+            infos.append(result.process_bundle.monitoring_infos)
+            merged = result
+        response = beam_fn_api_pb2.InstructionResponse(
+            instruction_id=merged.instruction_id,
+            process_bundle=beam_fn_api_pb2.ProcessBundleResponse(
+                monitoring_infos=monitoring_infos.consolidate(itertools.chain(*infos)),
+                residual_roots=residuals),
+            error=merged.error)
+        return response, all_splits
+
+    _originals["bounded BundleManager.process_bundle"] = inner
+    manager.process_bundle = process_bounded
     return None

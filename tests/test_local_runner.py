@@ -16,7 +16,8 @@ from tests.conftest import SHARED
 def installed():
     from apache_beam.runners.portability.fn_api_runner import execution
     already = bool(local_runner._originals)     # run_curation installs them for the process
-    assert "compact shuffle buffers" in local_runner.install()
+    assert "compact shuffle buffers; compact stage buffers; residuals of parallel bundles; bundles of at most" \
+        in local_runner.install()
     assert execution.GroupingBuffer.__name__ == "CompactGroupingBuffer"
     yield
     if not already:
@@ -29,8 +30,20 @@ def _values(i: int):
             bytes(range(i % 256)) * 3]
 
 
-@pytest.mark.parametrize("mode,workers", [("in_memory", 1), ("multi_threading", 2)])
-def test_compact_buffers_group_as_beam_does(installed, mode, workers):
+@pytest.mark.parametrize("mode,workers,bundle_bytes", [("in_memory", 1, 32 << 20), ("in_memory", 1, 2_000),
+                                                       ("multi_threading", 2, 2_000)])
+def test_compact_buffers_and_bounded_bundles_group_as_beam_does(installed, monkeypatch, mode, workers,
+                                                                 bundle_bytes):
+    """The same groups whether a stage's input goes as one bundle or as many small ones."""
+    monkeypatch.setattr(local_runner, "BUNDLE_BYTES", bundle_bytes)
+    most = [0]
+    pieces = local_runner._pieces
+
+    def counted(data, limit):
+        for n, piece in enumerate(pieces(data, limit), 1):
+            most[0] = max(most[0], n)
+            yield piece
+    monkeypatch.setattr(local_runner, "_pieces", counted)
     pairs = [(f"key-{i % 37}", v) for i in range(600) for v in _values(i)]
     expected = {}
     for k, v in pairs:
@@ -47,6 +60,7 @@ def test_compact_buffers_group_as_beam_does(installed, mode, workers):
                   | beam.MapTuple(lambda k, g: (k, sorted(map(repr, g["a"])), sorted(map(repr, g["b"])))))
         assert_that(joined, equal_to([("x", ["1"], ["{'z': [1, 2]}"]), ("y", [repr("b" * 400)], [])]),
                     label="cogroup")
+    assert (most[0] > 10) == (bundle_bytes < 1 << 20), most      # small bundles: the groups went in many
 
 
 def test_pack_round_trips_and_compresses_only_what_gains():
