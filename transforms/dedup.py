@@ -66,21 +66,21 @@ class MakeDedupKeys(beam.DoFn):
         yield DedupKey(c.doc_id, c.url, c.date, c.provenance, exact_text_hash(texts), bands, text_snippet(c.items))
 
 
-def capture_rank(c: Candidate):
+def capture_rank(c: DedupKey):
     """Sort key: newest capture first, then a fixed position (file name, offset), so
     ties resolve the same way on every runner."""
     inverted = "".join(chr(ord("9") - ord(ch) + ord("0")) if ch.isdigit() else ch for ch in capture_time(c.date))
     return (inverted, os.path.basename(c.provenance.file), c.provenance.offset, c.provenance.inner_offset, c.doc_id)
 
 
-def audit_line(reason: str, removed: Candidate, survivor_id: str, survivor_url: str, level: str = RECORD) -> str:
+def audit_line(reason: str, removed: DedupKey, survivor_id: str, survivor_url: str, level: str = RECORD) -> str:
     return json.dumps({"output": "text" if level == TEXT else "documents", "reason": reason, "doc_id": removed.doc_id, "url": removed.url,
                        "file": removed.provenance.file, "offset": removed.provenance.offset,
                        "survivor_doc_id": survivor_id, "survivor_url": survivor_url}, sort_keys=True)
 
 
 class KeepBestOfGroup(AccountedDoFn):
-    """(key, candidates) -> the best-ranked candidate; the others dropped with ``reason``."""
+    """(key, dedup keys) -> the best-ranked one; the others dropped with ``reason``."""
 
     def __init__(self, reason: str, level: str = RECORD):
         self.reason = reason
@@ -127,7 +127,7 @@ def DedupExactText(level: str = RECORD):
 Node = Tuple[str, str, str]     # (url, capture time, document id)
 
 
-def node_id(c) -> Node:
+def node_id(c: DedupKey) -> Node:
     """Graph node of a document. Components keep their smallest node, so the survivor
     is chosen by URL, then capture date, then id: content of the capture, not where
     it sits in the input, so the choice does not depend on how the input is split."""

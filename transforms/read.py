@@ -111,6 +111,7 @@ class ReadArchives(AccountedDoFn, beam.transforms.core.RestrictionProvider):
 
     def setup(self):
         self.progress = ProgressCounters(self.progress_dir)
+        self.bundle_records = 0
 
     def start_bundle(self):
         self.bundle_records = 0
