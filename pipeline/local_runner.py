@@ -59,8 +59,13 @@ def _unpack(packed: bytes) -> bytes:
     return zlib.decompress(packed[1:]) if packed[:1] == _ZLIB else packed[1:]
 
 
-_originals: Dict[str, object] = {}     # what install() replaced, for uninstall()
+_originals: List[Tuple[object, str, object]] = []   # (owner, name, Beam's own), in the order replaced
 _installed = ""
+
+
+def _replace(owner, name: str, new) -> None:
+    _originals.append((owner, name, getattr(owner, name)))
+    setattr(owner, name, new)
 
 
 def install() -> str:
@@ -84,17 +89,11 @@ def install() -> str:
 
 
 def uninstall() -> None:
-    """Beam's own code again (for tests that compare the two)."""
-    from apache_beam.runners.portability.fn_api_runner import execution, fn_runner
-    if "GroupingBuffer" in _originals:
-        execution.GroupingBuffer = _originals.pop("GroupingBuffer")
-    if "ListBuffer" in _originals:
-        execution.ListBuffer = fn_runner.ListBuffer = _originals.pop("ListBuffer")
-    if "BundleManager.process_bundle" in _originals:
-        fn_runner.BundleManager.process_bundle = _originals.pop("BundleManager.process_bundle")
-        fn_runner.ParallelBundleManager.process_bundle = _originals.pop("ParallelBundleManager.process_bundle")
-    if "bounded BundleManager.process_bundle" in _originals:
-        fn_runner.BundleManager.process_bundle = _originals.pop("bounded BundleManager.process_bundle")
+    """Beam's own code again (for tests that compare the two), undone in reverse order:
+    a later change may wrap an earlier one."""
+    while _originals:
+        owner, name, old = _originals.pop()
+        setattr(owner, name, old)
 
 
 def _compact_grouping_buffer(execution, fn_runner):
@@ -174,8 +173,7 @@ def _compact_grouping_buffer(execution, fn_runner):
             self._read = True
             return (data for _, data in self._grouped(1))
 
-    _originals["GroupingBuffer"] = base
-    execution.GroupingBuffer = CompactGroupingBuffer
+    _replace(execution, "GroupingBuffer", CompactGroupingBuffer)
     return None
 
 
@@ -219,8 +217,8 @@ def _compact_list_buffer(execution, fn_runner):
                 raise RuntimeError("Trying to iterate through a cleared ListBuffer.")
             return (_unpack(x) for x in self._inputs)
 
-    _originals["ListBuffer"] = base
-    execution.ListBuffer = fn_runner.ListBuffer = CompactListBuffer
+    _replace(execution, "ListBuffer", CompactListBuffer)
+    _replace(fn_runner, "ListBuffer", CompactListBuffer)
     return None
 
 
@@ -254,10 +252,8 @@ def _parallel_residuals(execution, fn_runner):
         merged.process_bundle.residual_roots.extend(residuals)
         return merged, splits
 
-    _originals["BundleManager.process_bundle"] = single_process
-    _originals["ParallelBundleManager.process_bundle"] = parallel_process
-    single.process_bundle = process_one
-    parallel.process_bundle = process_parallel
+    _replace(single, "process_bundle", process_one)
+    _replace(parallel, "process_bundle", process_parallel)
     return None
 
 
@@ -316,6 +312,5 @@ def _bounded_bundles(execution, fn_runner):
             error=merged.error)
         return response, all_splits
 
-    _originals["bounded BundleManager.process_bundle"] = inner
-    manager.process_bundle = process_bounded
+    _replace(manager, "process_bundle", process_bounded)
     return None
