@@ -97,13 +97,13 @@ def return_freed_memory() -> str:
     """Have glibc's allocator give freed memory back to the system: blocks over
     ``MALLOC_THRESHOLD`` get their own mappings (unmapped when freed) and the heap
     is trimmed when that much is free at its top. By default glibc raises its mmap
-    threshold up to 32 MB after the first large block is freed, so every later
-    bundle's data (bytes of up to ``BUNDLE_BYTES``) lands on the heap, where one
+    threshold to the size of each large block freed (up to 32 MB), so later
+    bundles' data (bytes of up to ``BUNDLE_BYTES``) lands on the heap, where one
     long-lived block above them keeps the whole span resident after each stage.
-    Dask recommends the same setting for the same reason (its "unmanaged memory").
+    Dask advises the trim threshold for the same reason (its "unmanaged memory").
     Set for this process (``mallopt``) and, through the environment glibc reads at
-    start, for the worker processes it starts; the defaults of a caller who set
-    them are kept. Returns what was done."""
+    start, for the worker processes it starts; values the caller set in those
+    variables are kept. Returns what was done."""
     import ctypes
     import ctypes.util
     import os

@@ -3,6 +3,8 @@ the residuals of parallel bundles kept."""
 
 from __future__ import annotations
 
+import os
+
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -61,6 +63,16 @@ def test_compact_buffers_and_bounded_bundles_group_as_beam_does(installed, monke
         assert_that(joined, equal_to([("x", ["1"], ["{'z': [1, 2]}"]), ("y", [repr("b" * 400)], [])]),
                     label="cogroup")
     assert (most[0] > 10) == (bundle_bytes < 1 << 20), most      # small bundles: the groups went in many
+
+
+def test_the_allocator_is_told_to_hand_freed_memory_back(monkeypatch):
+    """glibc's trim and mmap thresholds, for the job and (through the environment) the
+    worker processes it starts; a value the caller set is kept."""
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "262144")
+    done = local_runner.return_freed_memory()
+    assert done == f"allocator: MALLOC_TRIM_THRESHOLD_=262144, MALLOC_MMAP_THRESHOLD_={local_runner.MALLOC_THRESHOLD}"
+    assert os.environ["MALLOC_MMAP_THRESHOLD_"] == str(local_runner.MALLOC_THRESHOLD)
 
 
 def test_pack_round_trips_and_compresses_only_what_gains():
