@@ -45,6 +45,7 @@ from typing import Dict, Iterable, Iterator, List, Tuple
 
 COMPRESS_ABOVE = 256      # bytes: smaller encodings (ids, counts, short rows) gain little from zlib
 BUNDLE_BYTES = 8 << 20    # encoded input of one bundle of the local runner (32 MB before; see return_freed_memory)
+MALLOC_THRESHOLD = 128 << 10   # bytes: glibc's trim and mmap thresholds for the local runner's processes
 _RAW, _ZLIB = b"\x00", b"\x01"
 
 
@@ -88,9 +89,6 @@ def install() -> str:
     done.append(return_freed_memory())
     _installed = "; ".join(done)
     return _installed
-
-
-MALLOC_THRESHOLD = 128 << 10   # bytes: glibc's trim and mmap thresholds for the local runner's processes
 
 
 def return_freed_memory() -> str:
