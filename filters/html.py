@@ -23,7 +23,9 @@ _CHARSET_META = re.compile(
 _IMG_TAG = re.compile(r"<img\b", re.IGNORECASE)
 _BASE_HREF = re.compile(r"<base\b[^>]*?\bhref\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s>]+))",
                         re.IGNORECASE)
-_BLOCK_OPEN = re.compile(r"<(script|style|noscript|svg|template|iframe)\b|<!--", re.IGNORECASE)
+_BLOCK_NAMES = ("script", "style", "noscript", "svg", "template", "iframe")
+_BLOCK_OPEN = re.compile(r"<(?:(" + "|".join(_BLOCK_NAMES) + r")\b|!--)", re.IGNORECASE)
+_BLOCK_CLOSE = {name: re.compile("</" + name, re.IGNORECASE) for name in _BLOCK_NAMES}
 _TAG = re.compile(r"<[^>]{0,2000}>", re.DOTALL)
 _SPACES = re.compile(r"\s+")
 
@@ -113,8 +115,10 @@ def strip_blocks(body: str) -> str:
     """Scripts, styles, SVG, templates, iframes and comments removed, in one pass:
     each opener's closer is found by a plain search, and an opener never closed
     drops the rest of the page, as a browser does (a regex with a lazy ``.*?``
-    scans to the end once per unclosed opener: quadratic)."""
-    low = body.lower()
+    scans to the end once per unclosed opener: quadratic). The closers are found
+    case-blind in the page itself: a lowered copy costs a pass over the whole page
+    and is not always the same length (``"İ".lower()`` is two characters), so its
+    offsets would cut the page in the wrong places."""
     out, pos = [], 0
     while True:
         m = _BLOCK_OPEN.search(body, pos)
@@ -124,11 +128,11 @@ def strip_blocks(body: str) -> str:
         out.append(body[pos:m.start()])
         out.append(" ")
         if m.group(1) is None:
-            close = low.find("-->", m.end())
+            close = body.find("-->", m.end())
             pos = -1 if close < 0 else close + 3
         else:
-            close = low.find("</" + m.group(1).lower(), m.end())
-            gt = low.find(">", close) if close >= 0 else -1
+            closer = _BLOCK_CLOSE[m.group(1).lower()].search(body, m.end())
+            gt = body.find(">", closer.end()) if closer else -1
             pos = -1 if gt < 0 else gt + 1
         if pos < 0:
             break

@@ -45,6 +45,16 @@ def test_unclosed_scripts_and_titles_cost_linear_time():
     assert time.monotonic() - t0 < 2
 
 
+def test_blocks_are_cut_where_they_are_whatever_the_case_of_the_text_before():
+    """"İ" lowers to two characters: offsets found in a lowered copy of the page
+    would cut a later closer short and keep the script's text as visible text."""
+    from filters.html import strip_blocks, visible_runs
+    page = "<p>İstanbul İzmir İğdır</p><SCRIPT>var a = 1;</Script><p>After the script.</p>" \
+           "<!-- note --><Style>p{color:red}</STYLE><p>End.</p>"
+    assert strip_blocks(page) == "<p>İstanbul İzmir İğdır</p> <p>After the script.</p>  <p>End.</p>"
+    assert [r for r in visible_runs(page) if r.strip()] == ["İstanbul İzmir İğdır", "After the script.", "End."]
+
+
 def test_a_call_over_its_budget_is_killed_and_the_next_one_runs():
     from transforms.budget import ChildFailed, OverBudget, TimeBoundCalls
     calls = TimeBoundCalls(budget_s=3.0)

@@ -107,7 +107,6 @@ class CheapPageChecks(_WithLanguageId):
         except Exception as exc:
             yield from self.drops(page, "undecodable_html", message=f"{type(exc).__name__}: {exc}", status=ERROR)
             return
-        text = limit_attributes(text, self.cfg.records.max_attributes)
         has_img = has_img_tag(text)
         runs = visible_runs(text)
         if not has_img:
@@ -140,8 +139,11 @@ class ExtractPage(_WithLanguageId):
         cfg = self.cfg
         page = decoded.page
         has_img = decoded.has_img
+        # Only what an HTML parser reads needs its tags' attributes capped: the cheap
+        # checks before read tags by regex, whatever their length.
+        text = limit_attributes(decoded.text, cfg.records.max_attributes)
         try:
-            content = self.parser.call(extract_content, decoded.text, page.url)
+            content = self.parser.call(extract_content, text, page.url)
         except OverBudget as exc:
             yield from self.drops(page, "over_time_budget", has_img, message=f"extraction {exc}",
                                   scores={"budget_s": cfg.records.page_time_budget_s})
@@ -176,7 +178,7 @@ class ExtractPage(_WithLanguageId):
                             has_img, texts=kept_texts, text_verdict=filter_document_text(kept_texts, cfg.text))
         if has_img and cfg.output.pairs:
             try:
-                out.images = self.parser.call(find_image_captions, decoded.text, page.url)
+                out.images = self.parser.call(find_image_captions, text, page.url)
             except OverBudget as exc:
                 out.scan_failure = (DROPPED, "over_time_budget", f"<img> scan: {exc}")
             except Exception as exc:          # ChildFailed
