@@ -148,8 +148,19 @@ def visible_runs(text: str) -> List[str]:
 
 
 def joined_text(runs: List[str], max_chars: int = 300_000) -> str:
-    """The runs as one text, entities unescaped, spaces collapsed; at most ``max_chars``."""
-    return _SPACES.sub(" ", html_lib.unescape(" ".join(runs))).strip()[:max_chars]
+    """The runs as one text, entities unescaped, spaces collapsed; at most ``max_chars``,
+    read only as far as those need (a snippet costs its own length, not the page's)."""
+    out, size = [], 0
+    for raw in runs:
+        if not raw or raw.isspace():
+            continue
+        run = _SPACES.sub(" ", html_lib.unescape(raw)).strip()    # an entity never spans two runs
+        if run:
+            out.append(run)
+            size += len(run) + 1
+            if size > max_chars:
+                break
+    return " ".join(out)[:max_chars]
 
 
 def rough_text(text: str, max_chars: int = 300_000) -> str:

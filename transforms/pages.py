@@ -37,7 +37,7 @@ from filters.text_quality import english_cuts, filter_document_text, filter_para
 from transforms.accounting import OUTCOMES, AccountedDoFn
 from transforms.budget import OverBudget, TimeBoundCalls
 from transforms.progress import ProgressCounters
-from transforms.records import Candidate, Outcome, Page, PairCandidate
+from transforms.records import SNIPPET_CHARS, Candidate, Outcome, Page, PairCandidate
 
 
 @dataclass
@@ -110,7 +110,7 @@ class CheapPageChecks(_WithLanguageId):
         has_img = has_img_tag(text)
         runs = visible_runs(text)
         if not has_img:
-            yield self.outcome(_drop(page, "no_img_tag", snippet=joined_text(runs, 20_000)))
+            yield self.outcome(_drop(page, "no_img_tag", snippet=joined_text(runs, SNIPPET_CHARS)))
             if not self.cfg.output.text:
                 return
         lang = self.cfg.language
@@ -153,7 +153,7 @@ class ExtractPage(_WithLanguageId):
                                   status=ERROR)
             return
         if not content.items:
-            yield from self.drops(page, "extraction_empty", has_img, snippet=rough_text(decoded.text, 20_000))
+            yield from self.drops(page, "extraction_empty", has_img, snippet=rough_text(decoded.text, SNIPPET_CHARS))
             return
         texts = [i.text for i in content.items if i.kind == "text"]
         kept, removed = filter_paragraphs(texts, cfg.text)
