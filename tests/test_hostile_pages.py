@@ -46,8 +46,9 @@ def test_unclosed_scripts_and_titles_cost_linear_time():
 
 
 def test_blocks_are_cut_where_they_are_whatever_the_case_of_the_text_before():
-    """"İ" lowers to two characters: offsets found in a lowered copy of the page
-    would cut a later closer short and keep the script's text as visible text."""
+    """"İ" lowers to two characters, so offsets found in a lowered copy of the page
+    fall later than the page's own: the cut after a script lands inside what follows
+    (with a lowered copy, the ``<p>`` after this script was lost)."""
     from filters.html import strip_blocks, visible_runs
     page = "<p>İstanbul İzmir İğdır</p><SCRIPT>var a = 1;</Script><p>After the script.</p>" \
            "<!-- note --><Style>p{color:red}</STYLE><p>End.</p>"
