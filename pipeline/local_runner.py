@@ -44,12 +44,9 @@ from typing import Dict, Iterable, Iterator, List, Tuple
 
 COMPRESS_ABOVE = 256      # bytes: smaller encodings (ids, counts, short rows) gain little from compressing
 BUNDLE_BYTES = 8 << 20    # encoded input of one bundle of the local runner (32 MB before; see return_freed_memory)
-# glibc's thresholds for the local runner's processes (return_freed_memory): a block
-# over MMAP_THRESHOLD gets its own mapping, and the heap's top is given back once
-# TRIM_THRESHOLD of it is free; once set, neither rises with each large block freed,
-# as glibc's own do (up to 32 MB). Lower ones cost CPU: at 128 KB both, every
-# page-sized string and every zlib or parser state was a fresh mapping, its pages
-# faulted in anew (about 10% more CPU on 1,000 pages).
+# glibc's thresholds for the local runner's processes (what they do: return_freed_memory).
+# Lower ones cost CPU: at 128 KB both, every page-sized string and every zlib or parser
+# state was a fresh mapping, its pages faulted in anew (about 10% more CPU on 1,000 pages).
 MMAP_THRESHOLD = 4 << 20
 TRIM_THRESHOLD = 16 << 20
 COMPRESS_LEVEL = 1        # zstd: on web pages 3x zlib level 1's speed both ways, and smaller

@@ -73,7 +73,7 @@ def test_the_allocator_is_told_to_hand_freed_memory_back(monkeypatch):
     done = local_runner.return_freed_memory()
     assert done == f"allocator: MALLOC_TRIM_THRESHOLD_=262144, MALLOC_MMAP_THRESHOLD_={local_runner.MMAP_THRESHOLD}"
     assert os.environ["MALLOC_MMAP_THRESHOLD_"] == str(local_runner.MMAP_THRESHOLD)
-    assert local_runner.MMAP_THRESHOLD < local_runner.BUNDLE_BYTES     # a bundle's data is always mapped
+    assert local_runner.MMAP_THRESHOLD < local_runner.BUNDLE_BYTES     # a block of a bundle's size is mapped
 
 
 def test_pack_round_trips_and_compresses_only_what_gains():
