@@ -75,7 +75,7 @@ RECORD_STAGES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
 IMAGE_REASONS: Tuple[str, ...] = (
     # the bytes (filters/images.py)
     "empty", "too_small", "single_color", "near_uniform", "extreme_aspect_ratio", "undecodable",
-    "decompression_bomb", "not_an_image", "too_large",
+    "decompression_bomb", "not_an_image", "too_large", "too_many_frames",
     # where they come from
     "not_in_archive", "unreadable_in_archive", "unsupported_url", "not_retried",
     # site furniture by its URL or alt text, before any download (transforms/images.py)
@@ -90,7 +90,7 @@ IMAGE_REASONS: Tuple[str, ...] = (
 # Image reasons decided on the image's own bytes or use: the report shows a
 # thumbnail of such a reject (re-read from its archive) beside the reason.
 IMAGE_FILTER_REASONS = frozenset({"too_small", "single_color", "near_uniform", "extreme_aspect_ratio",
-                                  "undecodable", "decompression_bomb",
+                                  "undecodable", "decompression_bomb", "too_many_frames",
                                   "repeated_image", "too_many_images", "document_dropped",
                                   "duplicate_in_document", "over_reference_cap"})
 
