@@ -28,14 +28,20 @@ def test_vqa_accuracy_official_values():
     assert vqa_accuracy("yes", ["yes"] * 3 + ["no"] * 7) == pytest.approx(0.9)
     assert vqa_accuracy("yes", ["yes"] * 4 + ["no"] * 6) == pytest.approx(1.0)
     assert vqa_accuracy("maybe", ["yes"] * 10) == 0.0
-    # the normalisation: number words, articles, punctuation, contractions
+    # the prediction's normalisation: number words, articles, punctuation, contractions
     assert vqa_accuracy("two", ["2"] * 5 + ["two"] * 5) == 1.0
     assert vqa_accuracy("A dog.", ["dog"] * 4 + ["a dog"] * 6) == 1.0
     assert normalize_vqa_answer("I dont know!") == "i don't know"
     assert normalize_vqa_answer("red, white") == "red white"
     assert normalize_vqa_answer("1,000") == "1000"
-    # the official script normalises only when the humans disagree
-    assert vqa_accuracy("two", ["2"] * 10) == 0.0
+    # the official script always normalises the prediction, also when the humans agree
+    # (tests/test_eval_official.py has the full table)
+    assert vqa_accuracy("two", ["2"] * 10) == 1.0
+    assert vqa_accuracy("Yes", ["yes"] * 10) == 1.0
+    assert vqa_accuracy("yes.", ["yes"] * 10) == 1.0
+    # ... and the humans' answers get the punctuation step only, and only when they disagree
+    assert vqa_accuracy("2", ["two"] * 10) == 0.0
+    assert vqa_accuracy("dog", ["a dog"] * 10) == 0.0
 
 
 def test_caption_metrics_of_identical_and_different_captions():
@@ -111,7 +117,9 @@ def test_validation_is_logged_and_the_best_checkpoint_kept(trained):
     assert all(math.isfinite(m["val_loss"]) and m["val_tokens"] > 0 and "val_loss.text" in m for m in val)
     best = json.loads((trained["train"] / "checkpoints" / "best.json").read_text())
     assert best["val_loss"] == pytest.approx(min(m["val_loss"] for m in val))
-    assert (trained["train"] / "checkpoints" / "best" / ".metadata").exists()
+    # CHECKPOINTS/best names the step checkpoint (no second copy)
+    assert (trained["train"] / "checkpoints" / "best").read_text() == best["checkpoint"]
+    assert (trained["train"] / "checkpoints" / best["checkpoint"] / ".metadata").exists()
     assert (trained["train"] / "checkpoints" / "latest").read_text().strip() == "step-00000006"
 
 

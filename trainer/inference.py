@@ -9,6 +9,7 @@ each image becomes ``<image>``, the slots and ``</image>``, as in training.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -104,6 +105,9 @@ def resolve_checkpoint(path: str) -> str:
     fs, local = url_to_fs(path)
     if fs.exists(url_to_fs(join(path, ".metadata"))[1]):
         return path
+    if fs.isfile(local):          # a pointer beside the checkpoints: CHECKPOINTS/best, CHECKPOINTS/latest
+        with fs.open(local, "r") as fh:
+            return join(path.rstrip("/").rsplit("/", 1)[0], fh.read().strip())
     for root in (path, join(path, "checkpoints")):
         latest = url_to_fs(join(root, "latest"))[1]
         if fs.exists(latest):
@@ -135,3 +139,36 @@ def load_for_inference(path: str, tokenizer: Optional[str] = None, device: str =
     ckpt.load_model_weights(step_dir, model)
     model.to(device).eval()
     return model, tok, cfg
+
+
+def images_per_prompt(prompts: Sequence[Sequence[int]], images: Optional[torch.Tensor], image_start: int
+                      ) -> List[Optional[torch.Tensor]]:
+    """Each prompt's own images out of a batch's (given in reading order), by its ``<image>`` marks."""
+    out: List[Optional[torch.Tensor]] = []
+    start = 0
+    for p in prompts:
+        n = list(p).count(image_start)
+        out.append(images[start:start + n] if n else None)
+        start += n
+    if start != (0 if images is None else images.shape[0]):
+        raise ValueError(f"the prompts mark {start} images, {0 if images is None else images.shape[0]} were given")
+    return out
+
+
+def check_batched_beam(model, prompts: Sequence[Sequence[int]], images: Optional[torch.Tensor] = None, k: int = 5,
+                       max_new_tokens: int = 20, precision: str = "fp32") -> dict:
+    """Generate ``prompts`` (id lists of any lengths; their images in reading order)
+    all at once with ``k`` beams and again one prompt at a time: {"batched", "alone"
+    (the new ids of each prompt), "equal", "mismatches" (indices of the prompts that
+    differ)}. In fp32 the two agree exactly; under bf16 autocast ("bf16") a padded
+    batch may round differently and flip a near tie."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision {precision!r}: expected fp32 or bf16")
+    ctx = torch.autocast(model.decoder.embed_tokens.weight.device.type, dtype=torch.bfloat16) \
+        if precision == "bf16" else contextlib.nullcontext()
+    with ctx:
+        batched = model.generate([list(p) for p in prompts], images, max_new_tokens=max_new_tokens, num_beams=k)
+        alone = [model.generate([list(p)], im, max_new_tokens=max_new_tokens, num_beams=k)[0]
+                 for p, im in zip(prompts, images_per_prompt(prompts, images, model.ids.image_start))]
+    mismatches = [i for i, (a, b) in enumerate(zip(batched, alone)) if a != b]
+    return {"batched": batched, "alone": alone, "equal": not mismatches, "mismatches": mismatches}
