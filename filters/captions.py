@@ -17,7 +17,7 @@ from typing import List, Optional
 from filters.base import Verdict, drop, keep
 from filters.boilerplate import FUNCTION_WORDS
 from filters.config import CaptionConfig
-from filters.html import base_href, img_source, resolve_url
+from filters.html import base_href, img_source, resolve_url, shallow_tree
 
 
 @dataclass(frozen=True)
@@ -72,12 +72,18 @@ def _caption_block(img, blocks: dict, levels: int = 3) -> str:
 def find_image_captions(html_text: str, page_url: str) -> List[ImageCaption]:
     """Every ``<img>`` of the page in document order. The alt text wins; an image
     without one takes the ``<figcaption>`` of its ``<figure>``, else a caption block
-    beside it (:func:`_caption_block`)."""
+    beside it (:func:`_caption_block`). A page nested deeper than libxml2's limit
+    (whose plain parse stops there, every later image lost) is read as
+    :func:`filters.html.shallow_tree` reads it for the text, with the huge option but
+    not flattened: each image keeps its real ancestors (the last resort of flattening
+    merges a deep <figure> away). Raises PageTooDeep where even that loses some."""
     import lxml.html
-    try:
-        root = lxml.html.fromstring(html_text)
-    except Exception:          # empty or unparsable document
-        return []
+    root, _ = shallow_tree(html_text, flatten=False)
+    if root is None:
+        try:
+            root = lxml.html.fromstring(html_text)
+        except Exception:          # empty or unparsable document
+            return []
     base = base_href(html_text)
     blocks = _caption_blocks(root)
     out = []

@@ -456,13 +456,15 @@ def _parse_huge(text: str):
     return tree, any("Excessive depth" in e.message for e in parser.error_log)
 
 
-def shallow_tree(text: str):
+def shallow_tree(text: str, flatten: bool = True):
     """(None, None) when the page cannot nest as deep as libxml2's limit (nearly every
     page: trafilatura parses it itself, as always); (None, Flattening) when it could
     but, parsed, does not. Otherwise (tree, Flattening): the tree trafilatura would
     parse, read with the huge option (tags left out first only where even that stops
-    short) and flattened under MAX_DEPTH (see above). Raises PageTooDeep where content
-    would still be lost."""
+    short) and flattened under MAX_DEPTH (see above), or with ``flatten`` False left as
+    deep as it nests (for a reader that needs an element's real ancestors, such as
+    the <figure> around an image, which the last resort merges away). Raises
+    PageTooDeep where content would still be lost."""
     bound = nesting_bound(text)
     if bound + 3 <= LIBXML_MAX_DEPTH:
         return None, None
@@ -485,6 +487,8 @@ def shallow_tree(text: str):
     note.depth = max(_depths(tree)[0].values())
     if note.depth <= LIBXML_MAX_DEPTH and not note.capped_tags:
         return None, note           # the ordinary parser reads it whole
+    if not flatten:
+        return tree, note
     note.unwrapped = _unwrap(tree, attributed=False)
     if max(_depths(tree)[0].values()) > MAX_DEPTH:
         note.unwrapped += _unwrap(tree, attributed=True)
