@@ -174,10 +174,17 @@ def check_beam(trainer, args) -> Dict[str, Any]:
     g = torch.Generator().manual_seed(7)
     prompts = [[core.ids.bos] + torch.randint(4, core.ids.image_start, (n,), generator=g).tolist()
                for n in (5, 9, 3, 12)]
+    from torch.distributed.fsdp import FSDPModule
+    sharded = isinstance(core, FSDPModule)
     try:
+        if sharded:     # generation calls the decoder directly: the root's own parameters are gathered first
+            core.unshard()
         r = check_batched_beam(core, prompts, None, k=5, max_new_tokens=args.beam_tokens, precision="fp32")
     except Exception as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    finally:
+        if sharded:
+            core.reshard()
     return {"ok": r["equal"], "equal": [i not in r["mismatches"] for i in range(len(prompts))],
             "prompts": len(prompts), "beams": 5, "new_tokens": args.beam_tokens}
 

@@ -1,4 +1,5 @@
-"""Sizing a Common Crawl snapshot on Dataflow and the paper's 360B-token pretraining.
+"""Sizing a Common Crawl snapshot on Dataflow, the paper's 360B-token pretraining, and
+the parallel plan of one 1.2M-token step (compute and communication, DDP/FSDP/HSDP).
 
     scripts/in-venv python deploy/sizing.py            # the tables of deploy/SIZING.md
     scripts/in-venv python deploy/sizing.py --check deploy/SIZING.md
@@ -55,6 +56,18 @@ def parser() -> argparse.ArgumentParser:
                    help="assumption: ~0.5M caption tokens / ~86 tokens a pair + interleaved images")
     t.add_argument("--gpus", type=int, default=256)
     t.add_argument("--gpu_hour_usd", type=float, default=3.0, help="assumption: H100 on-demand-ish price")
+    p = ap.add_argument_group("parallel plan of one step (deploy/SIZING.md, 'One step on 8, 64 and 256 GPUs')")
+    p.add_argument("--plan_gpus", type=int, nargs="+", default=[8, 64, 256])
+    p.add_argument("--achievable", type=float, default=0.5,
+                   help="assumption: fraction of the dense bf16 peak the step's kernels reach when nothing waits "
+                        "for communication")
+    p.add_argument("--nvlink_gbs", type=float, default=450.0, help="NVLink per GPU per direction, GB/s (H100 SXM)")
+    p.add_argument("--network_gbs", type=float, default=50.0, help="between nodes per GPU, GB/s (400 Gb/s)")
+    p.add_argument("--gpus_per_node", type=int, default=8)
+    p.add_argument("--overlap", type=float, default=0.8,
+                   help="assumption: share of the compute (DDP: of the backward pass) that collectives can hide "
+                        "behind")
+    p.add_argument("--micro_batch_size", type=int, default=8, help="trainer/configs/pretrain-kosmos-1.json")
     ap.add_argument("--check", help="compare with the tables in this markdown file; exit 1 if they differ")
     return ap
 
@@ -66,6 +79,111 @@ def decoder_flops_per_token() -> float:
     from trainer.model.kosmos import build_on_meta
     cfg = kosmos_1()
     return build_on_meta(cfg).decoder_flops_per_token(cfg.decoder.max_seq_len)
+
+
+# ----------------------------------------------------------------------------- one step's parallel plan
+STRATEGIES = ("ddp", "fsdp", "hsdp")
+
+
+def model_parts():
+    """Parameter counts of the real kosmos-1 model (meta device) as the plan groups them:
+    ``layers`` (trainable, in their own FSDP units: decoder layers, trainable CLIP blocks),
+    ``root`` (trainable, the root unit: embeddings, resampler, final norms), ``frozen``
+    (CLIP's frozen layers), and the model itself for its FLOP count."""
+    sys.path.insert(0, str(ROOT))
+    from trainer.model.config import kosmos_1
+    from trainer.model.kosmos import build_on_meta
+    from trainer.parallelize import trainable_vision_blocks
+    model = build_on_meta(kosmos_1())
+    units = list(model.decoder.layers) + trainable_vision_blocks(model)
+    layers = sum(p.numel() for u in units for p in u.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return {"layers": layers, "root": trainable - layers, "frozen": frozen, "model": model}
+
+
+def step_plans(gpus: int, micro_batch_size: int):
+    """(sequences a step, the most a rank gets, micro-batches a rank runs before, after):
+    the paper's 0.5M / 0.5M / 0.2M tokens at 2,048 a sequence, through the trainer's
+    own StepPlan (after) and the plan it replaced (before: one source a micro-batch)."""
+    sys.path.insert(0, str(ROOT))
+    from trainer.config import TrainConfig
+    from trainer.data import StepPlan
+    cfg = TrainConfig().override({"data.text": ["-"], "data.pairs": ["-"], "data.interleaved": ["-"],
+                                  "data.micro_batch_size": micro_batch_size})
+    plan = StepPlan(cfg, gpus)
+    before = sum(-(-(-(-n // gpus)) // micro_batch_size) for n in plan.sequences.values())
+    return sum(plan.sequences.values()), plan.most, before, len(plan.slots)
+
+
+def ring(nbytes: float, ranks: int, gbs: float) -> float:
+    """Seconds of a ring all-gather or reduce-scatter: (n-1)/n x bytes / bandwidth."""
+    return (ranks - 1) / ranks * nbytes / (gbs * 1e9) if ranks > 1 else 0.0
+
+
+def step_cost(parts, a, gpus: int, strategy: str, plan: str, flops: float, sequences: int, most: int,
+              micro: int):
+    """One optimizer step on ``gpus`` GPUs: compute, communication, step time, MFU.
+
+    compute: the step's FLOPs spread over the GPUs at ``achievable`` of the peak, scaled
+    by the busiest rank's share (``most`` sequences against the mean).
+    communication (bytes: bf16 gathers, fp32 gradient reductions; P = trainable):
+      DDP   all-reduce 4P over all GPUs: 2 x ring(4P)
+      FSDP  per micro-batch: each layer unit gathered twice (forward, backward), the root
+            once (FSDP2 keeps the root unsharded until the step ends); before: the frozen
+            CLIP layers gathered once more; per step: reduce-scatter 4P. Over NVLink on one
+            node, else at the network's bandwidth.
+      HSDP  the same gathers and reduce-scatter within a node (NVLink), then an all-reduce
+            of each GPU's 1/8 slice across the nodes: 2 x ring(4P/8) over the network.
+    step: compute + what ``overlap`` of the compute (DDP: of its backward, 2/3) cannot hide."""
+    peak = a.gpu_peak_tflops * 1e12
+    compute = flops / gpus / (peak * a.achievable) * (most / (sequences / gpus))
+    node = min(gpus, a.gpus_per_node)
+    bw = a.nvlink_gbs if gpus <= a.gpus_per_node else a.network_gbs
+    trainable = parts["layers"] + parts["root"]
+    grads = 4.0 * trainable
+    if strategy == "ddp":
+        comm = 2 * ring(grads, gpus, bw)
+        hide = a.overlap * compute * 2 / 3
+        states = 16.0 * trainable + 4.0 * parts["frozen"]
+    else:
+        gathered = micro * (2 * 2.0 * parts["layers"] + 2.0 * parts["root"])
+        if plan == "before":
+            gathered += micro * 2.0 * parts["frozen"]
+        shard = gpus if strategy == "fsdp" else node
+        if strategy == "fsdp":
+            comm = ring(gathered, gpus, bw) + ring(grads, gpus, bw)
+        else:
+            comm = ring(gathered, node, a.nvlink_gbs) + ring(grads, node, a.nvlink_gbs) \
+                + 2 * ring(grads / node, gpus // node, a.network_gbs)
+        hide = a.overlap * compute
+        states = 16.0 * trainable / shard + (4.0 * parts["frozen"] / shard if plan == "before" else 2.0 * parts["frozen"])
+    step = compute + max(0.0, comm - hide)
+    return {"compute": compute, "comm": comm, "step": step, "exposed": (step - compute) / step,
+            "mfu": flops / (step * gpus * peak), "states_gb": states / 1e9}
+
+
+def parallel_table(a) -> list:
+    parts = model_parts()
+    rows = ["| GPUs | strategy | plan | micro-batches per rank | compute s | communication s | step s "
+            "| exposed communication | MFU | model states GB/GPU |", "|---|---|---|---|---|---|---|---|---|---|"]
+    advice = []
+    for gpus in a.plan_gpus:
+        sequences, most, before, after = step_plans(gpus, a.micro_batch_size)
+        flops = parts["model"].training_flops(sequences * 2048, round(a.images_per_step), 2048)
+        best = None
+        for strategy in STRATEGIES:
+            for plan, micro in (("before", before), ("after", after)):
+                c = step_cost(parts, a, gpus, strategy, plan, flops, sequences, most, micro)
+                rows.append(f"| {gpus} | {strategy} | {plan} | {micro} | {c['compute']:.3f} | {c['comm']:.3f} | "
+                            f"{c['step']:.3f} | {c['exposed']:.0%} | {c['mfu']:.1%} | {c['states_gb']:.1f} |")
+                if plan == "after" and (best is None or c["step"] < best[1]["step"] * 0.99 or (
+                        c["step"] <= best[1]["step"] * 1.01 and c["comm"] < best[1]["comm"])):
+                    best = (strategy, c)
+        advice.append(f"{gpus} GPUs: {best[0]} ({best[1]['step']:.3f} s a step, MFU {best[1]['mfu']:.1%})")
+    return rows + ["", "Recommended (shortest step after the change; within 1%, the least communication, "
+                   "which depends least on the overlap assumption): "
+                   + "; ".join(advice) + "."]
 
 
 def tables(a) -> str:
@@ -111,6 +229,12 @@ def tables(a) -> str:
         f"| tokens/s per GPU ({basis}) | {tps:,.0f} |",
         f"| GPU-hours | {gpu_h:,.0f} |",
         f"| on {a.gpus} GPUs | {gpu_h / a.gpus / 24:,.1f} days, about ${gpu_h * a.gpu_hour_usd:,.0f} at ${a.gpu_hour_usd}/GPU-hour |",
+        "",
+        f"One 1.2M-token step of kosmos-1 ({a.images_per_step:,.0f} images, micro-batches of {a.micro_batch_size}; "
+        f"{a.achievable:.0%} of {a.gpu_peak_tflops:.0f} TFLOP/s reachable, NVLink {a.nvlink_gbs:.0f} GB/s, network "
+        f"{a.network_gbs:.0f} GB/s per GPU, {a.overlap:.0%} overlap):",
+        "",
+        *parallel_table(a),
         END,
     ]
     return "\n".join(lines)

@@ -4,6 +4,12 @@
 over the ranks as the data plan does; rank 0 writes the step losses and a
 fingerprint of the weights, which must match one rank training on the whole batch.
 
+``mixed``: two sources (text rows, rows with an image) laid out by the real
+``StepPlan``: a rank's share of both sources in as few micro-batches as
+``data.micro_batch_size`` allows, sources mixed within one; rank 0 writes the
+losses (overall and per source) and the weights' fingerprint. Any ``run.parallel``
+(``hsdp`` with a shard group size), one process without torchrun or several under it.
+
 ``disjoint``: every rank runs the real data loader (2 workers) over one epoch of
 a dataset and writes the rows it read; the rows of all ranks must not overlap.
 """
@@ -79,6 +85,63 @@ def equivalence(parallel: str, out: str, total: int) -> None:
             json.dump({"losses": losses, "fingerprint": fp, "world": d.world_size}, fh)
 
 
+def text_rows(n: int, seq_len: int, vocab_pieces: int):
+    g = torch.Generator().manual_seed(4321)
+    rows = []
+    for _ in range(n):
+        toks = torch.randint(4, 4 + vocab_pieces, (seq_len,), generator=g).tolist()
+        rows.append((toks, list(toks), []))
+    return rows
+
+
+def mixed(parallel: str, out: str, n_text: int, n_images: int, shard: int = 0) -> None:
+    """``n_text`` text rows and ``n_images`` rows with an image a step, spread by the
+    plan; every step trains on the same rows, so any layout must give the same run."""
+    from trainer.data import StepPlan, collate
+    from trainer.train import Trainer
+    d = init_distributed("cpu")
+    seq_len, pieces = 64, 256
+    over = {"model.config": "tiny", "run.parallel": parallel, "optim.lr": 1e-3, "optim.warmup_steps": 0,
+            "optim.steps": 100, "data.seq_len": seq_len, "data.micro_batch_size": 2,
+            "data.text": ["unread"], "data.interleaved": ["unread"], "data.pairs_tokens": 0,
+            "data.text_tokens": n_text * seq_len, "data.interleaved_tokens": n_images * seq_len}
+    if shard:
+        over["run.shard_group_size"] = shard
+    cfg = TrainConfig().override(over)
+    trainer = Trainer(cfg, d, vocab_size=SpecialIds(pieces).vocab_size)
+    plan = StepPlan(cfg, d.world_size)
+    rows = {"text": text_rows(n_text, seq_len, pieces),
+            "interleaved": fixed_batch(2 * n_images, seq_len, pieces, trainer.core.cfg.num_image_tokens)[::2]}
+    history, layouts = [], []
+    for step in range(3):
+        # this rank's rows of each source: after those of the ranks before it
+        start = {s: sum(plan.rank_sequences(s, step, r) for r in range(d.rank)) for s in rows}
+        mbs, layout = [], []
+        for j in range(len(plan.slots)):
+            part, names = [], []
+            for s, n in plan.micro_batch(step, d.rank, j):
+                part += rows[s][start[s]:start[s] + n]
+                names += [s] * n
+                start[s] += n
+            layout.append(names)
+            if part:
+                mbs.append(dict(batch_of(part), sources=names))
+            else:
+                mbs.append(dict(collate([], SpecialIds(pieces).pad), sources=[None]))
+        m = trainer.train_step(mbs)
+        history.append({k: v for k, v in m.items() if k.startswith("loss") or k == "target_tokens"})
+        layouts.append(layout)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    sd = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if d.rank == 0:
+        fp = {k: float(v.double().sum()) for k, v in sorted(sd.items()) if v.dtype.is_floating_point}
+        with open(out, "w") as fh:
+            mesh = next((list(p.device_mesh.shape) for p in trainer.model.parameters() if hasattr(p, "device_mesh")),
+                        None)
+            json.dump({"steps": history, "fingerprint": fp, "world": d.world_size, "parallel": trainer.parallel,
+                       "layout": layouts, "mesh": mesh}, fh)
+
+
 def disjoint(dataset: str, tokenizer: str, out: str) -> None:
     from trainer.data import MixtureDataset, MixtureLoader
     from trainer.tokenizer import Tokenizer
@@ -101,6 +164,8 @@ if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "equivalence":
         equivalence(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif mode == "mixed":
+        mixed(sys.argv[2], sys.argv[3], *map(int, sys.argv[4:]))
     else:
         disjoint(sys.argv[2], sys.argv[3], sys.argv[4])
     if torch.distributed.is_initialized():

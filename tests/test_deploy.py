@@ -230,6 +230,39 @@ def test_sizing_doc_matches_the_script():
                    cwd=ROOT)
 
 
+def test_sizing_of_one_step_by_hand():
+    """FSDP and HSDP on 256 GPUs after the plan change, worked out here from the formulas
+    of deploy/SIZING.md with the model's own counts, against the script."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sizing", DEPLOY / "sizing.py")
+    sizing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sizing)
+    a = sizing.parser().parse_args([])
+    parts = sizing.model_parts()
+    # the real model: 1,430.6M trainable (decoder layers + last CLIP block in their own units), 291.4M frozen
+    assert parts["layers"] + parts["root"] == 1_430_596_608 and parts["frozen"] == 291_367_936
+    sequences, most, before, after = sizing.step_plans(256, 8)
+    assert (sequences, most, before, after) == (586, 3, 3, 1)        # 244 + 244 + 98; 1+1+1 each rank at most
+    flops = parts["model"].training_flops(586 * 2048, 6200, 2048)
+    compute = flops / 256 / (989e12 * 0.5) * (3 / (586 / 256))
+    p = parts["layers"] + parts["root"]
+    gather = 1 * (4 * parts["layers"] + 2 * parts["root"])           # one micro-batch: layers twice, root once
+    fsdp_comm = 255 / 256 * gather / 50e9 + 255 / 256 * 4 * p / 50e9
+    fsdp = sizing.step_cost(parts, a, 256, "fsdp", "after", flops, 586, 3, 1)
+    assert fsdp["compute"] == pytest.approx(compute) and fsdp["comm"] == pytest.approx(fsdp_comm)
+    assert fsdp["step"] == pytest.approx(compute + fsdp_comm - 0.8 * compute)
+    assert fsdp["mfu"] == pytest.approx(flops / (fsdp["step"] * 256 * 989e12))
+    hsdp_comm = 7 / 8 * gather / 450e9 + 7 / 8 * 4 * p / 450e9 + 2 * 31 / 32 * (4 * p / 8) / 50e9
+    hsdp = sizing.step_cost(parts, a, 256, "hsdp", "after", flops, 586, 3, 1)
+    assert hsdp["comm"] == pytest.approx(hsdp_comm) and hsdp["step"] == pytest.approx(compute)  # hidden
+    # before: three micro-batches, the frozen CLIP layers gathered in each
+    old = sizing.step_cost(parts, a, 256, "fsdp", "before", flops, 586, 3, 3)
+    assert old["comm"] == pytest.approx(255 / 256 * (3 * gather + 3 * 2 * parts["frozen"]) / 50e9
+                                        + 255 / 256 * 4 * p / 50e9)
+    # figures quoted in deploy/SIZING.md
+    assert (round(fsdp["mfu"], 3), round(old["mfu"], 3), round(hsdp["mfu"], 3)) == (0.201, 0.100, 0.382)
+
+
 def test_dataflow_graph_builds_with_the_launch_options(tmp_path):
     """The job graph builds, and turns into the portable proto that runners receive, with
     the options of launch.sh (Beam's GCP extras and credentials are not needed for that)."""

@@ -14,13 +14,16 @@ from contract.tokens import IGNORE_INDEX
 
 def test_kosmos_1_sizes_on_the_meta_device():
     counts = build_on_meta(get_config("kosmos-1")).parameter_counts()
-    assert counts["decoder"] == 1_340_180_480      # "about 1.3B" (tied input/output embeddings)
+    # "about 1.3B" (tied input/output embeddings, 64,007 ids in 64,064 rows: 57 x 2048 padding)
+    assert counts["decoder"] == 1_340_180_480 + 57 * 2048
     assert counts["vision"] == 303_966_208         # CLIP ViT-L/14 visual tower
-    assert counts["resampler"] == 14_755_840
-    assert counts["total"] == 1_658_902_528        # "about 1.6B"
-    cfg = get_config("kosmos-1").decoder
-    assert (cfg.layers, cfg.dim, cfg.ffn_dim, cfg.heads, cfg.vocab_size, cfg.max_seq_len) == \
+    assert counts["resampler"] == 77_701_120       # 6 Perceiver layers (Flamingo's depth)
+    assert counts["total"] == 1_721_964_544        # the paper's "about 1.6B" with a 1-layer resampler
+    cfg = get_config("kosmos-1")
+    d = cfg.decoder
+    assert (d.layers, d.dim, d.ffn_dim, d.heads, d.vocab_size, d.max_seq_len) == \
         (24, 2048, 8192, 32, 64007, 2048)
+    assert (d.padded_vocab_size, cfg.resampler_depth) == (64064, 6)
 
 
 def test_magneto_init_scales_the_four_projections():
@@ -57,10 +60,15 @@ def torchscale_decoder(vocab, layers=2, dim=64, ffn=256, heads=4):
 
 
 def test_decoder_matches_torchscale_subln_xpos():
+    """Same weights, same logits; ours keeps 20 zero padding rows (300 ids in 320 rows)
+    and returns logits for the 300 ids only."""
     torch.manual_seed(0)
     ref = torchscale_decoder(300).eval()
     ours = MagnetoDecoder(DecoderConfig(vocab_size=300, layers=2, dim=64, ffn_dim=256, heads=4, dropout=0.0)).eval()
+    assert ours.embed_tokens.weight.shape == (320, 64)
     state = {k: v for k, v in ref.state_dict().items() if "xpos" not in k}
+    for key in ("embed_tokens.weight", "output_projection.weight"):
+        state[key] = torch.nn.functional.pad(state[key], (0, 0, 0, 20))
     missing, unexpected = ours.load_state_dict(state, strict=False)
     assert not unexpected and not missing
     tokens = torch.randint(4, 300, (3, 41))
@@ -187,7 +195,7 @@ def test_model_command_prints_the_counts():
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "model", "--config", "kosmos-1"],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    assert "1,340,180,480" in out.stdout and "1,658,902,528" in out.stdout
+    assert "1,340,297,216" in out.stdout and "1,721,964,544" in out.stdout
     assert "apache_beam" not in out.stderr
 
 

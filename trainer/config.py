@@ -6,9 +6,10 @@ decay to 0 over 300k steps, clipping at 2.0, and 1.2M tokens a step split
 0.5M text / 0.5M image-caption / 0.2M interleaved. ``trainer/configs/*.json``
 scale them down for a CPU or up for a cluster; ``--set section.name=value``
 changes one.
-"""
 
-from __future__ import annotations
+The fields' annotations are real types (no ``from __future__ import annotations``
+here), so ``dataclasses.fields(...)[i].type`` can check a ``--set`` value.
+"""
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -16,16 +17,27 @@ from typing import Dict, List, Optional
 from contract.settings import SectionedConfig
 
 SOURCES = ("text", "pairs", "interleaved", "instructions")
+DEFAULT_MODEL = "kosmos-1"
+STAGES = ("pretrain", "instruct")
 
 
 @dataclass(frozen=True)
 class ModelSection:
-    config: str = "kosmos-1"                 # trainer.model.config name: kosmos-1 | tiny
+    # The first four define the network. None takes run.init's recorded value when the
+    # run starts from a checkpoint, else the default (kosmos-1, the weights' activation,
+    # the model config's dropout); the run records what it decided. A value that
+    # contradicts run.init's is refused (only dropout may differ: it is no weight).
+    config: Optional[str] = None             # trainer.model.config name: kosmos-1 | tiny
     vision_pretrained: Optional[str] = None  # open_clip tag ("openai") or a local checkpoint path
     vision_quick_gelu: Optional[bool] = None  # None: the weights' own (QuickGELU for OpenAI's); true | false
     dropout: Optional[float] = None          # None: the model config's (kosmos-1: 0.1)
     activation_checkpointing: bool = False   # recompute each decoder layer in the backward pass
     compile: bool = False                    # torch.compile each decoder layer
+
+    @property
+    def name(self) -> str:
+        """The model config's name (``config``, or the default when unset)."""
+        return self.config or DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -53,10 +65,16 @@ class DataSection:
     image_size: int = 224                    # pixels a side the loader resizes to; must be the vision tower's input
     seed: int = 0                            # shard order per epoch
     on_bad_shard: str = "skip"               # "skip" (report path, go on) | "stop"
-    verify_checksums: bool = False           # sha256 of every shard against its _manifest.json
+    # A shard's row count and size are always checked against its _manifest.json; this
+    # checks its sha256 too, once per loader process before the first of its rows
+    # (a mismatch is a bad shard: on_bad_shard). false skips it (one read of each shard less).
+    verify_checksums: bool = True
     # A curation run's datasets are read only once the run wrote its _SUCCESS marker
     # (a killed run leaves shards that look whole); true reads them anyway.
     allow_incomplete_runs: bool = False
+
+
+WEIGHT_DECAY_SCOPES = ("all", "matrices")
 
 
 @dataclass(frozen=True)
@@ -64,10 +82,18 @@ class OptimSection:
     lr: float = 2e-4
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
-    weight_decay: float = 0.01               # not on norms, biases, embeddings, latents
+    weight_decay: float = 0.01
+    # Which trainable parameters decay: "all" (fairseq's Adam, which trained Kosmos-1 with
+    # torchscale, decays every one) | "matrices" (not norms, biases, embeddings, latents).
+    weight_decay_scope: str = "all"
     warmup_steps: int = 375
     steps: int = 300_000                     # the schedule decays linearly to 0 here
     grad_clip: float = 2.0
+
+    def __post_init__(self):
+        if self.weight_decay_scope not in WEIGHT_DECAY_SCOPES:
+            raise ValueError(f"optim.weight_decay_scope must be one of {', '.join(WEIGHT_DECAY_SCOPES)}, "
+                             f"not {self.weight_decay_scope!r}")
 
 
 @dataclass(frozen=True)
@@ -76,16 +102,22 @@ class RunSection:
     # Checkpoints: local or any fsspec URL (gs://, s3://); default OUTPUT/checkpoints.
     checkpoint_dir: Optional[str] = None
     tokenizer: Optional[str] = None          # SentencePiece .model (kosmos tokenizer train)
-    stage: str = "pretrain"                  # pretrain | instruct
-    init: Optional[str] = None               # checkpoint whose model weights start the run
+    # pretrain | instruct. instruct needs run.init (the pretrained checkpoint) and
+    # instruction data (data.instructions with data.instructions_tokens > 0); pretrain
+    # takes no instruction data (see TrainConfig.check_stage).
+    stage: str = "pretrain"
+    init: Optional[str] = None               # checkpoint whose model weights (and model settings) start the run
     max_steps: Optional[int] = None          # stop here (default: optim.steps)
     seed: int = 0                            # model init and dropout
     precision: str = "auto"                  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
-    parallel: str = "auto"                   # auto (ddp when WORLD_SIZE > 1) | none | ddp | fsdp
+    parallel: str = "auto"                   # auto (ddp when WORLD_SIZE > 1) | none | ddp | fsdp | hsdp
+    shard_group_size: Optional[int] = None   # hsdp: ranks a shard group spans (default: one node's)
     log_every: int = 1
     eval_every: int = 0                      # validation every N steps (0: only at the end); needs data.val_*
     eval_sequences: int = 64                 # held-out sequences per source, over all ranks
-    keep_best: bool = True                   # keep CHECKPOINTS/best: the lowest validation loss so far
+    # CHECKPOINTS/best names the step checkpoint of the lowest validation loss so far
+    # (a pointer like `latest`, no second copy); keep_last never prunes it.
+    keep_best: bool = True
     save_every: int = 1000
     keep_last: int = 3
     tensorboard: bool = True
@@ -105,15 +137,31 @@ class TrainConfig(SectionedConfig):
     def validate(self) -> None:
         if self.data.on_bad_shard not in ("skip", "stop"):
             raise ValueError("data.on_bad_shard must be 'skip' or 'stop'")
-        if self.run.stage not in ("pretrain", "instruct"):
-            raise ValueError("run.stage must be 'pretrain' or 'instruct'")
+        if self.run.stage not in STAGES:
+            raise ValueError(f"run.stage must be 'pretrain' or 'instruct', not {self.run.stage!r}")
         if self.run.precision not in ("auto", "bf16", "fp32"):
             raise ValueError("run.precision must be auto, bf16 or fp32")
-        if self.run.parallel not in ("auto", "none", "ddp", "fsdp"):
-            raise ValueError("run.parallel must be auto, none, ddp or fsdp")
+        if self.run.parallel not in ("auto", "none", "ddp", "fsdp", "hsdp"):
+            raise ValueError("run.parallel must be auto, none, ddp, fsdp or hsdp")
         for name in SOURCES:
             if getattr(self.data, f"{name}_tokens") < 0:
                 raise ValueError(f"data.{name}_tokens must be >= 0")
+
+    def check_stage(self) -> None:
+        """What ``run.stage`` asks of a run that is about to train (not checked on
+        loading: a checkpoint's recorded config is read whatever its stage).
+        instruct: a starting checkpoint (whose model settings the run takes) and
+        instruction data with a token budget; a config of pretraining sources only is
+        refused. pretrain asks nothing."""
+        if self.run.stage != "instruct":
+            return
+        if not self.run.init:
+            raise ValueError("run.stage=instruct starts from a pretrained checkpoint: set run.init "
+                             "(--init CHECKPOINT)")
+        if not (self.data.instructions and self.data.instructions_tokens > 0):
+            raise ValueError("run.stage=instruct needs instruction data: data.instructions (e.g. --set "
+                             "data.instructions='[\"FILE.jsonl\"]') and data.instructions_tokens > 0 (now "
+                             f"{len(self.data.instructions)} dataset(s), {self.data.instructions_tokens:,d} tokens)")
 
     def validation_sources(self) -> Dict[str, List[str]]:
         return {s: getattr(self.data, f"val_{s}") for s in SOURCES if getattr(self.data, f"val_{s}")}

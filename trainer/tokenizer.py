@@ -9,6 +9,7 @@ encode to them: a page that contains the string ``<image>`` gets ordinary pieces
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Iterable, Iterator, List, Optional
@@ -19,16 +20,39 @@ from contract.tokens import SpecialIds
 SP_OFFSET = 3
 
 
+def _read_model_bytes(path: str) -> bytes:
+    """The bytes of a .model file, local or any fsspec URL (gs://, s3://, ...)."""
+    if "://" in path:
+        import fsspec
+        with fsspec.open(path, "rb") as fh:
+            return fh.read()
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def tokenizer_digest(path: str) -> str:
+    """sha256 of a SentencePiece .model file."""
+    return hashlib.sha256(_read_model_bytes(path)).hexdigest()
+
+
 class Tokenizer:
     def __init__(self, model_path: str):
         import sentencepiece as spm
         self.path = model_path
-        if "://" in model_path:          # gs://, s3://, ...: read the bytes through fsspec
-            import fsspec
-            with fsspec.open(model_path, "rb") as fh:
-                self.sp = spm.SentencePieceProcessor(model_proto=fh.read())
-        else:
-            self.sp = spm.SentencePieceProcessor(model_file=model_path)
+        data = _read_model_bytes(model_path)
+        if not data:
+            raise ValueError(f"{model_path}: empty file, not a SentencePiece model (make one with "
+                             "`kosmos tokenizer train`)")
+        # what a checkpoint records of its tokenizer: another file with the same number of
+        # pieces gives other ids to the same text, so resuming with it must be refused
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            self.sp = spm.SentencePieceProcessor(model_proto=data)
+        except RuntimeError as exc:
+            raise ValueError(f"{model_path}: not a SentencePiece model ({str(exc).strip() or type(exc).__name__})"
+                             ) from exc
+        if self.sp.get_piece_size() == 0:
+            raise ValueError(f"{model_path}: not a SentencePiece model (it holds no pieces)")
         if self.sp.unk_id() != 0 or self.sp.bos_id() >= 0 or self.sp.eos_id() >= 0 or self.sp.pad_id() >= 0:
             raise ValueError(f"{model_path}: expected a SentencePiece model with only <unk> (id 0) as special "
                              "piece, as `kosmos tokenizer train` writes")

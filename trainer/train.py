@@ -44,13 +44,17 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return o.lr * max(0.0, (o.steps - step) / span)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
-    """Weight decay on matrices only: not on norms, biases, embeddings or latents."""
+def param_groups(model: nn.Module, weight_decay: float, scope: str = "all") -> List[Dict[str, Any]]:
+    """The optimizer's parameter groups (``optim.weight_decay_scope``): "all" decays
+    every trainable parameter, as fairseq's Adam did for Kosmos-1; "matrices" leaves
+    out norms, biases, embeddings and latents (1-D tensors and ``NO_DECAY_NAMES``)."""
+    if scope not in ("all", "matrices"):
+        raise ValueError(f"optim.weight_decay_scope must be 'all' or 'matrices', not {scope!r}")
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or any(n in name for n in NO_DECAY_NAMES):
+        if scope == "matrices" and (p.ndim < 2 or any(n in name for n in NO_DECAY_NAMES)):
             no_decay.append(p)
         else:
             decay.append(p)
@@ -65,13 +69,90 @@ def resolve_activation(cfg: TrainConfig) -> TrainConfig:
     from trainer.model.vision import quick_gelu_for
     if cfg.model.vision_quick_gelu is not None:
         return cfg
-    quick = quick_gelu_for(get_config(cfg.model.config).vision_model, cfg.model.vision_pretrained)
+    quick = quick_gelu_for(get_config(cfg.model.name).vision_model, cfg.model.vision_pretrained)
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vision_quick_gelu=quick))
+
+
+# The model settings that define the network: a run from run.init takes them from the
+# checkpoint's recorded config, and refuses an explicit one that says otherwise.
+INHERITED_MODEL_SETTINGS = ("config", "vision_pretrained", "vision_quick_gelu")
+
+
+def recorded_config(path: str) -> TrainConfig:
+    """The settings a checkpoint's run recorded (its ``config.json``)."""
+    from trainer.shards import join, url_to_fs
+    fs, local = url_to_fs(join(path, "config.json"))
+    if not fs.exists(local):
+        raise FileNotFoundError(f"{join(path, 'config.json')} missing: run.init must be a checkpoint directory "
+                                "(CHECKPOINTS/step-N) written by `kosmos train`")
+    with fs.open(local, "r") as fh:
+        return TrainConfig.from_dict(json.load(fh))
+
+
+def inherit_model(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the model settings of its ``run.init`` checkpoint: every one left
+    unset (None) takes the checkpoint's; one set to another value is refused, naming
+    both and the checkpoint. Dropout is taken when unset but may differ (no weight
+    depends on it)."""
+    import dataclasses
+    path = cfg.run.init
+    theirs = resolve_activation(recorded_config(path)).model      # an old record may leave the activation open
+    changes: Dict[str, Any] = {}
+    for name in INHERITED_MODEL_SETTINGS:
+        mine, recorded = getattr(cfg.model, name), (theirs.name if name == "config" else getattr(theirs, name))
+        if mine is None:
+            changes[name] = recorded
+        elif mine != recorded:
+            raise ckpt.CheckpointMismatchError(
+                f"model.{name} is {mine!r} here, but the checkpoint run.init={path} was trained with "
+                f"model.{name}={recorded!r}; a run from a checkpoint keeps its model: leave "
+                f"model.{name} unset to take the checkpoint's")
+    if cfg.model.dropout is None:
+        changes["dropout"] = theirs.dropout
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))
+
+
+def resolve_model(cfg: TrainConfig) -> TrainConfig:
+    """Every model setting decided, as the run records it: from ``run.init``'s
+    checkpoint when there is one, else the defaults (the model config's name and
+    dropout, the CLIP weights' activation)."""
+    import dataclasses
+    if cfg.run.init:
+        cfg = inherit_model(cfg)
+    dropout = cfg.model.dropout if cfg.model.dropout is not None else get_config(cfg.model.name).decoder.dropout
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, config=cfg.model.name, dropout=dropout))
+    return resolve_activation(cfg)
+
+
+# Settings of the built model that are not part of what its checkpoint must match:
+# dropout (no weight), the context length (xPos has no table of weights), loss chunking,
+# and what ``checkpoint_meta`` records from the run's own settings.
+_META_FREE = {"name", "vision_pretrained", "vision_quick_gelu", "loss_chunk_tokens", "decoder.dropout",
+              "decoder.attention_dropout", "decoder.activation_dropout", "decoder.max_seq_len"}
+
+
+def checkpoint_meta(cfg: TrainConfig, model: KosmosModel, tokenizer=None) -> Dict[str, Any]:
+    """What a checkpoint is a checkpoint of (its ``meta.json``): ``model``, the settings a
+    run must share to load it (checked before loading, trainer/checkpoint.py); ``other``,
+    recorded only; ``tokenizer``, its path and the sha256 of its .model file."""
+    import dataclasses
+    built: Dict[str, Any] = {}
+    for key, value in dataclasses.asdict(model.cfg).items():
+        for k, v in (value.items() if isinstance(value, dict) else [(None, value)]):
+            built[f"{key}.{k}" if k else key] = v
+    must = {f"model.{n}": getattr(cfg.model, n) for n in INHERITED_MODEL_SETTINGS}
+    must.update({k: v for k, v in built.items() if k not in _META_FREE})
+    tok = None
+    if tokenizer is not None:
+        tok = {"path": tokenizer.path, "sha256": tokenizer.sha256, "num_pieces": tokenizer.num_pieces}
+    return {"model": must, "tokenizer": tok,
+            "other": {"run.stage": cfg.run.stage, "run.init": cfg.run.init, "model.dropout": cfg.model.dropout,
+                      "decoder.max_seq_len": built.get("decoder.max_seq_len")}}
 
 
 def build_model(cfg: TrainConfig, vocab_size: int) -> KosmosModel:
     import dataclasses
-    mcfg = get_config(cfg.model.config)
+    mcfg = get_config(cfg.model.name)
     dec = dataclasses.replace(mcfg.decoder, vocab_size=vocab_size,
                               max_seq_len=max(mcfg.decoder.max_seq_len, cfg.data.seq_len))
     if cfg.model.dropout is not None:
@@ -149,6 +230,8 @@ class MetricsWriter:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, d: Optional[Dist] = None, tokenizer=None, vocab_size: Optional[int] = None):
+        import dataclasses
+        cfg = resolve_model(cfg)       # as run_training records it (idempotent)
         self.cfg = cfg
         self.d = d or init_distributed()
         self.tokenizer = tokenizer
@@ -162,20 +245,24 @@ class Trainer:
         dev = self.d.device
         self.bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and dev.type == "cuda")
         torch.manual_seed(cfg.run.seed)          # the same initial weights on every rank
-        model = build_model(cfg, vocab_size)
-        if cfg.run.init:
-            ckpt.load_model_weights(cfg.run.init, model)
+        if cfg.run.init:   # the tower's weights come from the checkpoint: do not fetch the pretrained ones
+            model = build_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vision_pretrained=None)),
+                                vocab_size)
+            ckpt.load_model_weights(cfg.run.init, model, expected=checkpoint_meta(cfg, model, self.tokenizer))
+        else:
+            model = build_model(cfg, vocab_size)
+        self.meta = checkpoint_meta(cfg, model, self.tokenizer)     # what its checkpoints record and resume checks
         self.flops_per_token = model.decoder_flops_per_token(cfg.data.seq_len)
         self.counts = model.parameter_counts()
         model.to(dev)
         model, self.parallel = parallelize(model, self.d, cfg.run.parallel, bf16=self.bf16,
                                            activation_checkpointing=cfg.model.activation_checkpointing,
-                                           compile=cfg.model.compile)
+                                           compile=cfg.model.compile, shard_group_size=cfg.run.shard_group_size)
         self.model = model
         self.core: KosmosModel = unwrap(model)
         o = cfg.optim
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=lr_at(0, cfg),
+        self.optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay, o.weight_decay_scope), lr=lr_at(0, cfg),
                                            betas=tuple(o.betas), eps=o.eps,
                                            fused=True if dev.type == "cuda" else None)
         self.step = 0
@@ -190,71 +277,123 @@ class Trainer:
 
     # -- one optimizer step --------------------------------------------------------------
     def _autocast(self):
-        if self.bf16 and self.parallel != "fsdp":
+        if self.bf16 and self.parallel not in ("fsdp", "hsdp"):     # FSDP2's policy casts instead
             return torch.autocast(self.d.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _sync(self, last: bool):
-        if self.parallel == "ddp" and self.d.enabled and not last:
+        """Gradients are reduced over the ranks in the last micro-batch of a step only."""
+        if self.parallel == "ddp" and not last:
             return self.model.no_sync()
-        if self.parallel == "fsdp":
+        if self.parallel in ("fsdp", "hsdp"):
             self.model.set_requires_gradient_sync(last)
         return contextlib.nullcontext()
 
     def train_step(self, micro_batches: List[Dict[str, Any]]) -> Dict[str, Any]:
         """Forward/backward every micro-batch, clip, step. Returns the step's metrics
-        (summed over ranks)."""
+        (summed over ranks).
+
+        A micro-batch may mix sources: ``sources`` names the source of each row (or
+        ``source`` that of all of them; ``None``: a padding row of an empty micro-batch).
+        The host waits for the device once a step, after the gradients are clipped and
+        before the optimizer steps: target counts come from the labels on the host,
+        losses are summed per source on the device (the model's ``loss_per_seq``
+        splits a mixed micro-batch), and one transfer brings every number back. So
+        ``step_time_s`` ends at that wait; the optimizer's update runs on the device
+        while the next step is prepared and is counted in the next step's time."""
+        from itertools import groupby
+
+        from trainer.config import SOURCES
         t0 = time.perf_counter()
         self.model.train()
         dev = self.d.device
-        sources = sorted({mb.get("source", "data") for mb in micro_batches})
-        local = torch.zeros(2 * len(sources) + 2, dtype=torch.float64)
-        targets = [(mb["labels"][:, 1:] != IGNORE_INDEX).sum() for mb in micro_batches]
-        local[-2] = float(sum(int(t) for t in targets))
-        local[-1] = float(sum(int((mb["input_ids"] != self.core.ids.pad).sum()) for mb in micro_batches))
-        global_targets = self.d.all_sum(local[-2:].to(dev))[0].item()
-        if global_targets == 0:
-            raise RuntimeError("a step without a single target token")
-        scale = self.d.world_size / global_targets
+        n_src = len(SOURCES)
+        # host: [targets per source..., targets, real tokens] and each micro-batch's runs of one source
+        counts = torch.zeros(n_src + 2, dtype=torch.float64)
+        runs: List[List[tuple]] = []            # (source index, first row, end row)
+        for mb in micro_batches:
+            rows = mb["labels"].shape[0]
+            names = mb.get("sources")
+            if names is None:
+                names = [mb.get("source")] * rows
+            if len(names) != rows:
+                raise ValueError(f"a micro-batch of {rows} rows names the sources of {len(names)}")
+            row_targets = (mb["labels"][:, 1:] != IGNORE_INDEX).sum(1).tolist()
+            mine, start = [], 0
+            for name, group in groupby(names):
+                end = start + len(list(group))
+                got = sum(row_targets[start:end])
+                if name is None:
+                    if got:
+                        raise ValueError(f"rows {start}-{end - 1} have {got} target tokens but no source")
+                elif name not in SOURCES:
+                    raise ValueError(f"unknown source {name!r} in a micro-batch; sources are {', '.join(SOURCES)}")
+                else:
+                    j = SOURCES.index(name)
+                    counts[j] += got
+                    mine.append((j, start, end))
+                start = end
+            runs.append(mine)
+            counts[n_src] += sum(row_targets)
+            counts[n_src + 1] += float((mb["input_ids"] != self.core.ids.pad).sum())
+        counts = self.d.all_sum(counts.to(dev))        # queued: NCCL does not make the host wait
+        scale = (self.d.world_size / counts[n_src].clamp(min=1)).float()
+        losses = torch.zeros(n_src, dtype=torch.float64, device=dev)
+        placeholder = None
         for i, mb in enumerate(micro_batches):
             ids = mb["input_ids"].to(dev, non_blocking=True)
             labels = mb["labels"].to(dev, non_blocking=True)
             images = mb.get("images")
             if images is None:
                 # the same modules run on every rank in every micro-batch (see KosmosModel.embed)
-                images = torch.zeros(1, 3, self.image_size, self.image_size)
+                if placeholder is None:
+                    placeholder = torch.zeros(1, 3, self.image_size, self.image_size, device=dev)
+                images = placeholder
             images = images.to(dev, non_blocking=True)
             with self._sync(i == len(micro_batches) - 1), self._autocast():
                 out = self.model(ids, images=images, labels=labels)
                 (out["loss_sum"] * scale).backward()
-            j = sources.index(mb.get("source", "data"))
-            local[2 * j] += out["loss_sum"].detach().double().cpu()
-            local[2 * j + 1] += float(out["target_tokens"])
+            per_row = out.get("loss_per_seq")
+            if per_row is None and len(runs[i]) > 1:
+                raise RuntimeError("a micro-batch mixes sources but the model's forward returns no loss_per_seq "
+                                   "to split its loss by")
+            for j, a, b in runs[i]:
+                part = out["loss_sum"] if per_row is None else per_row[a:b].sum()
+                losses[j] += part.detach().double()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
+        losses = self.d.all_sum(losses)
+        # the one wait of the step
+        totals = torch.cat([counts, losses, grad_norm.detach().reshape(1).to(counts)]).cpu()
+        dt = time.perf_counter() - t0
+        target_tokens = int(totals[n_src])
+        if target_tokens == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise RuntimeError("a step without a single target token")
         lr = lr_at(self.step, self.cfg)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        totals = self.d.all_sum(local.to(dev)).cpu()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        m: Dict[str, Any] = {"step": self.step, "lr": lr, "grad_norm": float(grad_norm),
-                             "loss": float(sum(totals[2 * j] for j in range(len(sources))) / totals[-2]),
-                             "target_tokens": int(totals[-2]), "tokens": int(totals[-1]),
-                             "step_time_s": dt, "tokens_per_s": float(totals[-1]) / dt}
-        for j, s in enumerate(sources):
-            if totals[2 * j + 1] > 0:
-                m[f"loss.{s}"] = float(totals[2 * j] / totals[2 * j + 1])
+        loss_sums = totals[n_src + 2:2 * n_src + 2]
+        m: Dict[str, Any] = {"step": self.step, "lr": lr, "grad_norm": float(totals[-1]),
+                             "loss": float(loss_sums.sum()) / target_tokens,
+                             "target_tokens": target_tokens, "tokens": int(totals[n_src + 1]),
+                             "step_time_s": dt, "tokens_per_s": float(totals[n_src + 1]) / dt}
+        for j, s in enumerate(SOURCES):
+            if totals[j] > 0:
+                m[f"loss.{s}"] = float(loss_sums[j] / totals[j])
         if dev.type == "cuda":
             name = torch.cuda.get_device_name(dev)
             peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-            if peak:
-                m["mfu"] = self.flops_per_token * m["tokens_per_s"] / (peak * self.d.world_size)
+            if peak:       # this rank's model FLOPs (KosmosModel.training_flops) over its peak
+                flops = sum(self.core.training_flops(
+                    int((mb["input_ids"] != self.core.ids.pad).sum()),
+                    0 if mb.get("images") is None else int(mb["images"].shape[0]),
+                    int(mb["input_ids"].shape[1])) for mb in micro_batches)
+                m["mfu"] = flops / (dt * peak)
             m["max_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
         return m
 
@@ -318,7 +457,8 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
     from trainer.data import MixtureDataset, MixtureLoader
 
     d = init_distributed()
-    cfg = resolve_activation(cfg)
+    cfg.check_stage()
+    cfg = resolve_model(cfg)          # run.init's model settings, or the defaults: what config.json records
     out = cfg.run.output
     if "://" in out:
         raise ValueError("run.output holds logs and must be a local (or mounted) path; put checkpoints on "
@@ -335,12 +475,14 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
     # Everything that survives a restart, as Stateful objects: sharded through DCP, or one file per rank.
     sharded = {"model": ckpt.ModelState(trainer.model), "optim": ckpt.OptimizerState(trainer.model, trainer.optimizer)}
     per_rank = {"train": trainer, "data": loader, "rng": ckpt.RngState()}
-    if resume == "auto":        # the newest checkpoint that loads; a damaged one is reported and skipped
-        path = ckpt.load_newest_intact(ckpt_root, sharded, per_rank, d)
+    # A checkpoint of another model or tokenizer (meta.json against trainer.meta) is refused
+    # before anything is loaded; the newest that loads is taken, a damaged one reported and skipped.
+    if resume == "auto":
+        path = ckpt.load_newest_intact(ckpt_root, sharded, per_rank, d, expected=trainer.meta)
     else:
         path = resume
         if path:
-            ckpt.load(path, sharded, per_rank, d)
+            ckpt.load(path, sharded, per_rank, d, expected=trainer.meta)
     if path and d.is_main:
         print(f"resumed from {path} at step {trainer.step}", flush=True)
     total = cfg.run.max_steps or cfg.optim.steps
@@ -355,7 +497,8 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
     reported = len(loader.bad_shards) if path else 0
     history = []
     validating = bool(cfg.validation_sources())
-    best = _best_so_far(ckpt_root) if validating else None
+    best = ckpt.best_so_far(ckpt_root) if validating else None
+    meta_json = json.dumps(trainer.meta, sort_keys=True, indent=2)
     try:
         while trainer.step < total:
             t0 = time.perf_counter()
@@ -367,12 +510,14 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
                 with open(bad_file, "a", encoding="utf-8") as fh:
                     for b in loader.bad_shards[reported:]:
                         fh.write(json.dumps({"rank": d.rank, **b}) + "\n")
-                        print(f"rank {d.rank}: skipped bad shard {b['path']}: {b['error']}", file=sys.stderr)
+                        print(f"rank {d.rank}: skipped {b.get('skipped', 'bad shard')} {b['path']}: {b['error']}",
+                              file=sys.stderr)
                 reported = len(loader.bad_shards)
             if not all(math.isfinite(v) for v in (m["loss"], m["grad_norm"])):
                 raise FloatingPointError(f"step {m['step']}: loss {m['loss']} grad norm {m['grad_norm']}")
             history.append(m)
             metrics.write(m, line=m["step"] % max(1, cfg.run.log_every) == 0 or m["step"] == total)
+            new_best = False
             if validating and ((cfg.run.eval_every and m["step"] % cfg.run.eval_every == 0) or m["step"] == total):
                 v = trainer.validate()
                 improved = math.isfinite(v["val_loss"]) and (best is None or v["val_loss"] < best)
@@ -380,33 +525,22 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
                 metrics.write_validation(v)
                 if improved:
                     best = v["val_loss"]
-                    if cfg.run.keep_best:
-                        saved = ckpt.save(ckpt_root, trainer.step, sharded, per_rank, d, cfg.run.keep_last,
-                                          cfg.to_json(), name="best")
-                        if d.is_main:
-                            _write_best(ckpt_root, trainer.step, best)
-                            print(f"best checkpoint {saved} (validation loss {best:.4f})", flush=True)
-            if m["step"] % cfg.run.save_every == 0 or m["step"] == total:
-                saved = ckpt.save(ckpt_root, trainer.step, sharded, per_rank, d, cfg.run.keep_last, cfg.to_json())
+                    new_best = cfg.run.keep_best
+            # The best is this step's checkpoint, named by CHECKPOINTS/best and kept from pruning
+            # (no second copy): a step that improves saves one even off the save_every schedule.
+            if new_best or m["step"] % cfg.run.save_every == 0 or m["step"] == total:
+                saved = ckpt.save(ckpt_root, trainer.step, sharded, per_rank, d, cfg.run.keep_last, cfg.to_json(),
+                                  meta_json, best=best if new_best else None)
                 if d.is_main:
-                    print(f"checkpoint {saved}", flush=True)
+                    print(f"checkpoint {saved}" + (f" (best: validation loss {best:.4f})" if new_best else ""),
+                          flush=True)
+        ckpt.wait_for_saves()            # the last one written and marked complete before the run returns
+    except BaseException:
+        try:                             # a checkpoint still being written is finished, if it can be
+            ckpt.wait_for_saves()
+        except BaseException as exc:     # the error that stopped the run is the one to report
+            log.error("the checkpoint being written when the run stopped failed too: %s", exc)
+        raise
     finally:
         metrics.close()
     return history
-
-
-def _best_so_far(root: str) -> Optional[float]:
-    """The validation loss of CHECKPOINTS/best (a resumed run keeps improving on it)."""
-    from trainer.shards import join, url_to_fs
-    fs, local = url_to_fs(join(root, "best.json"))
-    if not fs.exists(local):
-        return None
-    with fs.open(local, "r") as fh:
-        return float(json.load(fh)["val_loss"])
-
-
-def _write_best(root: str, step: int, loss: float) -> None:
-    from trainer.shards import join, url_to_fs
-    fs, local = url_to_fs(join(root, "best.json"))
-    with fs.open(local, "w") as fh:
-        json.dump({"checkpoint": "best", "step": step, "val_loss": loss}, fh)

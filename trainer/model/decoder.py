@@ -4,8 +4,8 @@ configured for Kosmos-1 (KOSMOS.md §2): Sub-LN blocks
     x = x + out_proj(LN(attention(LN(x))))
     x = x + fc2(LN(gelu(fc1(LN(x)))))
 
-a final LayerNorm, xPos in attention, and the Magneto initialisation (the weights
-and biases of fc1, fc2, out_proj and v_proj multiplied by sqrt(ln(2N))).
+a final LayerNorm, xPos in attention, and the Magneto initialisation as torchscale
+0.3.0's ``Decoder`` does it (see ``MagnetoDecoder.reset_parameters``).
 
 Module and parameter names follow torchscale's ``Decoder`` so that checkpoints map
 one to one (``self_attn.q_proj``, ``ffn.ffn_layernorm``, ...). Attention goes
@@ -43,6 +43,16 @@ class DecoderConfig:
     max_seq_len: int = 2048
     tie_embeddings: bool = True
     pad_id: int = 1
+    # The embedding and output matrices get rows up to a multiple of this (GEMM-friendly
+    # shapes); the extra rows are never looked up, never targets and never outputs.
+    vocab_multiple: int = 64
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and output matrices: ``vocab_size`` rounded up to ``vocab_multiple``."""
+        if self.vocab_multiple < 1:
+            raise ValueError(f"DecoderConfig.vocab_multiple must be >= 1, not {self.vocab_multiple}")
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
 
 class MagnetoSelfAttention(nn.Module):
@@ -126,29 +136,48 @@ class MagnetoDecoderLayer(nn.Module):
 
 class MagnetoDecoder(nn.Module):
     """Token embeddings in, logits out; ``forward`` also takes embeddings directly
-    (the Kosmos model splices image embeddings into them)."""
+    (the Kosmos model splices image embeddings into them). The embedding and output
+    matrices have ``cfg.padded_vocab_size`` rows; logits are returned for the
+    ``cfg.vocab_size`` real ids only."""
 
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=cfg.pad_id)
+        rows = cfg.padded_vocab_size
+        self.embed_tokens = nn.Embedding(rows, cfg.dim, padding_idx=cfg.pad_id)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(MagnetoDecoderLayer(cfg) for _ in range(cfg.layers))
         self.layer_norm = nn.LayerNorm(cfg.dim, eps=cfg.layernorm_eps)
-        self.output_projection = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.output_projection = nn.Linear(cfg.dim, rows, bias=False)
         if cfg.tie_embeddings:
             self.output_projection.weight = self.embed_tokens.weight
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self):
-        """Default init, then Magneto's sqrt(ln(2N)) on fc1, fc2, out_proj, v_proj."""
+        """The initialisation of torchscale 0.3.0's ``Decoder`` with ``subln=True`` as
+        fairseq builds it for a language model:
+
+        * every Linear keeps PyTorch's default init, U(+-1/sqrt(fan_in)) for weights and
+          biases: torchscale's ``MultiheadAttention.reset_parameters`` (xavier, gain
+          1/sqrt(2)) exists but nothing calls it, and ``bert_init`` is off;
+        * then the weights and biases of fc1, fc2, out_proj and v_proj are multiplied
+          by sqrt(ln(2N)) (Magneto, N = layers);
+        * token embeddings N(0, dim^-0.5) with the padding row zero (fairseq's
+          ``Embedding``); the output projection is the same matrix (tied), or its own
+          N(0, dim^-0.5) when untied;
+        * the padding rows beyond ``vocab_size`` are zero, and stay zero: they are never
+          looked up and their logits are never part of a softmax, so no gradient reaches them.
+        """
         if self.embed_tokens.weight.is_meta:
             return
+        v = self.cfg.vocab_size
         nn.init.normal_(self.embed_tokens.weight, mean=0.0, std=self.cfg.dim ** -0.5)
         self.embed_tokens.weight[self.cfg.pad_id].zero_()
+        self.embed_tokens.weight[v:].zero_()
         if not self.cfg.tie_embeddings:
             nn.init.normal_(self.output_projection.weight, mean=0.0, std=self.cfg.dim ** -0.5)
+            self.output_projection.weight[v:].zero_()
         gamma = math.sqrt(math.log(2 * self.cfg.layers))
         for name, p in self.layers.named_parameters():
             if any(part in name for part in ("fc1", "fc2", "out_proj", "v_proj")):
@@ -157,7 +186,8 @@ class MagnetoDecoder(nn.Module):
     def forward(self, tokens: Optional[torch.Tensor] = None, embeds: Optional[torch.Tensor] = None,
                 cache: Optional[KVCache] = None, key_mask: Optional[torch.Tensor] = None,
                 features_only: bool = False, shift: Optional[torch.Tensor] = None):
-        """Returns (logits or features [B, L, *], new cache). ``key_mask`` [B, past + L]
+        """Returns (logits [B, L, vocab_size] or features [B, L, dim], new cache); the
+        logits are a view that leaves out the padding columns. ``key_mask`` [B, past + L]
         marks real (1) and padding (0) positions; ``shift`` [B], the number of left
         padding positions of each row, makes xPos count each row from its first real
         token (batched generation of prompts of different lengths)."""
@@ -170,4 +200,6 @@ class MagnetoDecoder(nn.Module):
             x, present = layer(x, None if cache is None else cache[i], key_mask, use_cache, shift)
             presents.append(present)
         x = self.layer_norm(x)
-        return (x if features_only else self.output_projection(x)), presents
+        if features_only:
+            return x, presents
+        return self.output_projection(x)[..., :self.cfg.vocab_size], presents

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from contract.tokens import IGNORE_INDEX, SpecialIds
@@ -14,6 +15,18 @@ from trainer.model.config import KosmosConfig
 from trainer.model.decoder import MagnetoDecoder
 from trainer.model.resampler import PerceiverResampler
 from trainer.model.vision import CLIPVisionEncoder
+
+
+def _position_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                     vocab: int) -> torch.Tensor:
+    """Next-token loss of each position of one chunk, in fp32 (0 where the target is
+    ignored). The padding rows of the output matrix keep the matmul's shape; their
+    logits are set to -inf in place (probability 0, so no gradient) rather than sliced
+    off, which would copy the chunk."""
+    logits = F.linear(hidden, weight).float()
+    if logits.shape[-1] > vocab:
+        logits[:, vocab:] = float("-inf")
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="none")
 
 
 class KosmosModel(nn.Module):
@@ -69,19 +82,46 @@ class KosmosModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, images: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, key_mask: Optional[torch.Tensor] = None
                 ) -> Dict[str, torch.Tensor]:
-        """Logits [B, T, V]; with ``labels`` ([B, T], aligned with the inputs, -100 to
-        ignore) also the mean next-token loss and the number of target tokens."""
-        logits, _ = self.decoder(embeds=self.embed(input_ids, images), key_mask=key_mask)
-        out = {"logits": logits}
-        if labels is not None:
-            targets = labels[:, 1:]
-            loss_sum = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                       targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
-            n = (targets != IGNORE_INDEX).sum()
-            out["loss"] = loss_sum / n.clamp(min=1)
-            out["loss_sum"] = loss_sum
-            out["target_tokens"] = n
-        return out
+        """Without ``labels``: the logits [B, T, V]. With ``labels`` ([B, T], aligned
+        with the inputs, -100 to ignore): the mean next-token loss, its sum, the sum of
+        each row (``loss_per_seq`` [B], which splits a micro-batch of mixed sources) and
+        the number of target tokens, and no logits (they are never materialised whole:
+        see :meth:`next_token_loss`)."""
+        if labels is None:
+            logits, _ = self.decoder(embeds=self.embed(input_ids, images), key_mask=key_mask)
+            return {"logits": logits}
+        hidden, _ = self.decoder(embeds=self.embed(input_ids, images), key_mask=key_mask, features_only=True)
+        per_position, n = self.next_token_loss(hidden, labels)
+        loss_sum = per_position.sum()
+        return {"loss": loss_sum / n.clamp(min=1), "loss_sum": loss_sum, "loss_per_seq": per_position.sum(1),
+                "target_tokens": n}
+
+    def next_token_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(cross-entropy of every position [B, T] in fp32, 0 where there is no
+        target; number of targets) of the final features [B, T, dim] against
+        ``labels`` shifted by one.
+
+        The positions go through the output projection ``cfg.loss_chunk_tokens`` at a
+        time, each chunk under activation checkpointing: only one chunk's logits (and
+        their fp32 copy) exist at once, in the forward and again in the backward pass,
+        instead of the whole [B*T, V] in both precisions. The last position of each row
+        has no target; it is computed and ignored, so the features are never copied."""
+        b, t, dim = hidden.shape
+        targets = torch.cat([labels[:, 1:], labels.new_full((b, 1), IGNORE_INDEX)], dim=1).reshape(-1)
+        flat = hidden.reshape(b * t, dim)
+        weight = self.decoder.output_projection.weight
+        vocab = self.cfg.decoder.vocab_size
+        step = self.cfg.loss_chunk_tokens
+        if step < 1:
+            raise ValueError(f"KosmosConfig.loss_chunk_tokens must be >= 1, not {step}")
+        parts = []
+        for start in range(0, b * t, step):
+            args = (flat[start:start + step], weight, targets[start:start + step], vocab)
+            if torch.is_grad_enabled():
+                parts.append(torch.utils.checkpoint.checkpoint(_position_losses, *args, use_reentrant=False))
+            else:
+                parts.append(_position_losses(*args))
+        return torch.cat(parts).view(b, t), (targets != IGNORE_INDEX).sum()
 
     # -- generation --------------------------------------------------------------------
     def never_generated(self) -> List[int]:
@@ -261,14 +301,65 @@ class KosmosModel(nn.Module):
         counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return counts
 
+    # -- FLOPs (MFU) --------------------------------------------------------------------
     def decoder_flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token of the decoder: 6N for its matrices plus causal
-        attention (PaLM's appendix B). Works on the meta device (deploy/sizing.py)."""
+        """Training FLOPs per token of the decoder, counted as torchtitan counts them
+        (``get_num_flop_per_token``): 6 x its non-embedding parameters (the lookup is
+        no matmul, but the tied output projection's padded_vocab x dim matmul is
+        counted) + 12 x layers x dim x seq_len for attention (QK^T and AV, forward and
+        backward, causal masking not discounted). Works on the meta device."""
         d = self.cfg.decoder
-        n = sum(p.numel() for name, p in self.decoder.named_parameters() if "embed_tokens" not in name)
-        n += d.vocab_size * d.dim      # the (tied) output projection still costs its matmul
-        return 6 * n + 6 * d.layers * d.dim * seq_len
+        n = sum(p.numel() for name, p in self.decoder.named_parameters()
+                if not name.startswith(("embed_tokens.", "output_projection.")))
+        n += d.padded_vocab_size * d.dim
+        return 6 * n + 12 * d.layers * d.dim * seq_len
 
+    def image_flops(self) -> float:
+        """Training FLOPs per image: the vision tower and the resampler.
+
+        Tower (T = patches + 1 class token, w = width): a frozen block runs forward
+        only, 2 x its parameters per token + 4 x w x T for attention; no gradient goes
+        back through it (nothing before it trains). A trainable block (and ln_post)
+        counts 6 x parameters + 12 x w x T per token, as the decoder does. The
+        positional and class embeddings and the unused pooled-output ``proj`` are no
+        matmuls over the tokens and are left out.
+
+        Resampler (trained; P = patches, n = latents, h = heads x dim_head): 6 x its
+        parameters x n, except ``to_kv``, which runs over the P + n media and latent
+        rows, + 12 x depth x h x n x (P + n) for attention."""
+        if self.vision is None:
+            raise ValueError("image_flops needs the vision tower (KosmosModel(build_vision=True))")
+        visual = self.vision.visual
+        patches = int(visual.grid_size[0] * visual.grid_size[1])
+        t = patches + 1
+        w = self.vision.width
+        flops = 0.0
+        skip = ("positional_embedding", "class_embedding", "proj")
+        for name, p in visual.named_parameters():
+            if name in skip or name.startswith("transformer.resblocks."):
+                continue
+            flops += (6 if p.requires_grad else 2) * p.numel() * t
+        for block in visual.transformer.resblocks:
+            trained = any(p.requires_grad for p in block.parameters())
+            n_block = sum(p.numel() for p in block.parameters())
+            flops += ((6 * n_block + 12 * w * t) if trained else (2 * n_block + 4 * w * t)) * t
+        r, c = self.resampler, self.cfg
+        n_lat = r.num_latents
+        kv = sum(p.numel() for name, p in r.named_parameters() if ".to_kv." in name)
+        rest = sum(p.numel() for name, p in r.named_parameters() if ".to_kv." not in name and name != "latents")
+        inner = c.resampler_heads * c.resampler_dim_head
+        flops += 6 * (rest * n_lat + kv * (patches + n_lat)) + 12 * len(r.layers) * inner * n_lat * (patches + n_lat)
+        return flops
+
+    def training_flops(self, tokens: int, images: int, seq_len: int) -> float:
+        """Model FLOPs of one training step (forward and backward): ``tokens`` decoder
+        positions in sequences of ``seq_len`` and ``images`` images, i.e.
+        tokens x :meth:`decoder_flops_per_token` + images x :meth:`image_flops`.
+        Recomputation (activation checkpointing, the chunked loss) is not counted."""
+        flops = tokens * self.decoder_flops_per_token(seq_len)
+        if images:
+            flops += images * self.image_flops()
+        return float(flops)
 
 def build_on_meta(cfg: KosmosConfig) -> KosmosModel:
     """The model's structure without memory (for counting and planning)."""
