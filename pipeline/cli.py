@@ -10,35 +10,38 @@ import sys
 from typing import List, Optional
 
 
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def _overrides(items: Optional[List[str]]) -> dict:
-    """``--set section.name=value`` (value as JSON when it parses, else a string)."""
+    """``--set section.name=value``, the value as typed: the config converts it by the
+    setting's type and refuses what does not fit (contract/settings.py)."""
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        out[key] = _parse_value(value)
+        out[key] = value
     return out
+
+
+def _refuse(command: str, message: str) -> int:
+    """A run refused before it started: one line, no traceback, exit status 2."""
+    print(f"kosmos {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def _curate(args, beam_args: List[str]) -> int:
     from contract.reasons import FUNNEL_BLOCKS
     from filters.config import CurationConfig
-    from pipeline.run import run_curation
+    from pipeline.run import Refused, run_curation
     from pipeline.stats import format_stats
 
     cfg = CurationConfig()
     if args.config:      # a local file or any path Beam can read (gs://, s3://): Flex Templates pass one
         from apache_beam.io.filesystems import FileSystems
         with FileSystems.open(args.config) as fh:
-            cfg = CurationConfig.from_dict(json.loads(fh.read().decode("utf-8")))
+            try:
+                cfg = CurationConfig.from_dict(json.loads(fh.read().decode("utf-8")))
+            except ValueError as e:
+                return _refuse("curate", f"--config {args.config}: {e}")
     overrides = _overrides(args.set)
     if args.lid_model:
         overrides["language.model_path"] = args.lid_model
@@ -49,7 +52,10 @@ def _curate(args, beam_args: List[str]) -> int:
     if args.images:
         overrides["fetch.source"] = args.images
     if overrides:
-        cfg = cfg.override(overrides)
+        try:
+            cfg = cfg.override(overrides)
+        except ValueError as e:
+            return _refuse("curate", str(e))
     if args.print_config:
         print(cfg.to_json())
         return 0
@@ -62,6 +68,8 @@ def _curate(args, beam_args: List[str]) -> int:
                              paths_prefix=args.paths_prefix, wait=not args.no_wait,
                              worker_log=worker_log or None, overwrite=args.overwrite,
                              progress=not args.quiet)
+    except Refused as e:         # inputs or output refused before anything ran
+        return _refuse("curate", str(e))
     except Exception:
         if worker_log:
             print(f"the job failed; runner and worker logs: {worker_log}", file=sys.stderr)
@@ -117,27 +125,35 @@ def _train(args, _beam_args) -> int:
     from trainer.config import TrainConfig
     from trainer.train import run_training
 
-    cfg = TrainConfig.load(args.config) if args.config else TrainConfig()
+    try:
+        cfg = TrainConfig.load(args.config) if args.config else TrainConfig()
+    except ValueError as e:
+        return _refuse("train", f"--config {e}")
     overrides = _overrides(args.set)
     for key, value in (("run.stage", args.stage), ("run.init", args.init), ("run.output", args.output),
                        ("run.tokenizer", args.tokenizer), ("run.max_steps", args.max_steps)):
         if value is not None:
             overrides[key] = value
     if overrides:
-        cfg = cfg.override(overrides)
-    if cfg.run.stage == "instruct" and not cfg.data.instructions:
-        raise SystemExit("--stage instruct needs instruction data: --set data.instructions='[\"FILE.jsonl\"]'")
+        try:
+            cfg = cfg.override(overrides)
+        except ValueError as e:
+            return _refuse("train", str(e))
     if args.print_config:
         print(cfg.to_json())
         return 0
+    try:
+        cfg.check_stage()         # instruct: run.init and instruction data
+    except ValueError as e:
+        return _refuse("train", str(e))
     if args.show_plan:
-        from trainer.data import plan_table
-        ranks = [int(x) for x in args.show_plan.split(",") if x.strip()]
-        print(f"tokens per optimizer step per source, sequences of {cfg.data.seq_len} tokens, "
-              f"{cfg.data.micro_batch_size} per micro-batch (min-max over 8 steps):")
-        print(plan_table(cfg, ranks))
+        _show_plan(cfg, args.show_plan)
         return 0
-    history = run_training(cfg, resume=args.resume)
+    from trainer.checkpoint import CheckpointMismatchError
+    try:
+        history = run_training(cfg, resume=args.resume)
+    except CheckpointMismatchError as e:        # a good checkpoint of another model or tokenizer
+        return _refuse("train", str(e))
     if history:
         k = max(1, min(5, len(history) // 4))
         first = sum(m["loss"] for m in history[:k]) / k
@@ -145,6 +161,36 @@ def _train(args, _beam_args) -> int:
         print(f"loss, mean of {k} steps: {first:.4f} (steps {history[0]['step']}-{history[k - 1]['step']}) -> "
               f"{last:.4f} (steps {history[-k]['step']}-{history[-1]['step']})")
     return 0
+
+
+def _show_plan(cfg, ranks_arg: str) -> None:
+    """``kosmos train --show_plan RANKS``: the tokens per source per step, and with
+    instruction data the passes the run makes over each instruction set (measured with
+    the run's tokenizer) and the share of pretraining data in a step."""
+    from trainer.data import instruction_epochs, measure_instruction_set, plan_table
+    ranks = [int(x) for x in ranks_arg.split(",") if x.strip()]
+    print(f"tokens per optimizer step per source, sequences of {cfg.data.seq_len} tokens, "
+          f"{cfg.data.micro_batch_size} per micro-batch (min-max over 8 steps):")
+    print(plan_table(cfg, ranks))
+    if not (cfg.data.instructions and cfg.data.instructions_tokens > 0):
+        return
+    tok, measured = None, []
+    try:
+        from trainer.tokenizer import Tokenizer
+        tok = Tokenizer(cfg.run.tokenizer) if cfg.run.tokenizer else None
+        why = "run.tokenizer is not set"
+    except Exception as e:                       # e.g. a bucket this machine cannot read
+        why = f"run.tokenizer: {type(e).__name__}: {e}"
+    for path in cfg.data.instructions:
+        if tok is None:
+            measured.append({"path": path, "error": why})
+            continue
+        try:
+            measured.append(measure_instruction_set(path, tok, cfg.data.seq_len, cfg.data.allow_incomplete_runs))
+        except Exception as e:
+            measured.append({"path": path, "error": f"{type(e).__name__}: {e}"})
+    print("instruction tuning:")
+    print("\n".join(instruction_epochs(cfg, measured)))
 
 
 def _device(name: str) -> str:
@@ -183,7 +229,8 @@ def _eval(args, _beam_args) -> int:
                             demos=args.demos, batch_size=args.batch_size, beams=args.beams,
                             max_new_tokens=args.max_new_tokens, classes=args.classes,
                             descriptions=args.descriptions, source=args.source, seed=args.seed,
-                            meteor=None if args.meteor == "auto" else args.meteor == "on")
+                            meteor=None if args.meteor == "auto" else args.meteor == "on",
+                            precision=args.precision, predict_only=args.predict_only)
     summary = run_eval(args.checkpoint, settings, args.output, args.tokenizer, _device(args.device))
     scores = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {'n/a' if v is None else v}"
                        for k, v in summary["scores"].items())
@@ -237,9 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "curate", help="WARC/ARC files -> interleaved image-text documents (Parquet)",
-        description="Curate interleaved image-text documents from web archives. Options not listed "
-                    "here are passed to Beam (e.g. --runner PortableRunner --job_endpoint HOST:PORT, "
-                    "--runner DataflowRunner --project P --region R --temp_location gs://...).")
+        description="Curate interleaved image-text documents from web archives. Beam's pipeline options "
+                    "are passed to Beam (e.g. --runner PortableRunner --job_endpoint HOST:PORT, "
+                    "--runner DataflowRunner --project P --region R --temp_location gs://...); any other "
+                    "option is refused.")
     c.add_argument("--input", action="append", required=True,
                    help="file, glob or warc.paths(.gz) listing; repeat for more")
     c.add_argument("--output", required=True, help="output directory (local, gs://, s3://)")
@@ -291,8 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", help="JSON training config (trainer/configs/*.json); see --print_config")
     tr.add_argument("--set", action="append", metavar="SECTION.NAME=VALUE",
                     help="override one setting, e.g. --set optim.lr=3e-4 --set data.interleaved='[\"out/documents\"]'")
-    tr.add_argument("--stage", choices=["pretrain", "instruct"])
-    tr.add_argument("--init", help="checkpoint whose model weights start the run (instruction tuning)")
+    tr.add_argument("--stage", choices=["pretrain", "instruct"],
+                    help="run.stage; instruct needs --init and instruction data (data.instructions)")
+    tr.add_argument("--init", help="checkpoint whose weights and model settings start the run (instruction "
+                                   "tuning); a model setting that contradicts the checkpoint's is refused")
     tr.add_argument("--tokenizer", help="SentencePiece .model")
     tr.add_argument("--output", help="run directory (metrics, TensorBoard, checkpoints)")
     tr.add_argument("--max_steps", type=int, help="stop after this step (the schedule still ends at optim.steps)")
@@ -300,8 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue from the newest checkpoint in the output, or from the one given")
     tr.add_argument("--print_config", action="store_true")
     tr.add_argument("--show_plan", metavar="RANKS",
-                    help="print the tokens per source per step for these numbers of ranks (e.g. 1,8,64,256) "
-                         "and exit")
+                    help="print the tokens per source per step for these numbers of ranks (e.g. 1,8,64,256), "
+                         "and with instruction data the passes over each instruction set and the share of "
+                         "pretraining data per step, and exit")
     tr.set_defaults(func=_train)
 
     g = sub.add_parser("generate", help="continue a prompt of text and images with a trained checkpoint")
@@ -343,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="which demonstrations are drawn")
     e.add_argument("--tokenizer", help="SentencePiece .model (default: the run's)")
     e.add_argument("--device", default="auto")
+    e.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 autocast on a GPU, fp32 on the CPU")
+    e.add_argument("--predict_only", action="store_true",
+                   help="caption/vqa: sets without references/answers (test splits); predictions, no scores")
     e.add_argument("--output", help="directory for predictions.jsonl and summary.json")
     e.set_defaults(func=_eval)
 
@@ -380,6 +435,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command not in ("curate",) and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "curate" and rest:     # what is not ours must be one of Beam's options
+        from pipeline.run import OptionRefused, check_runner_args
+        curate = parser._subparsers._group_actions[0].choices["curate"]
+        try:
+            check_runner_args(rest, {o for a in curate._actions for o in a.option_strings if o.startswith("--")})
+        except OptionRefused as e:
+            return _refuse("curate", str(e))
     return args.func(args, rest)
 
 

@@ -6,6 +6,7 @@ matching extras installed), and HTTP(S) URLs (no globs there), which
 from __future__ import annotations
 
 import gzip
+import os
 import re
 from typing import Dict, Iterable, List
 
@@ -52,6 +53,32 @@ def read_listing(path: str, prefix: str) -> List[str]:
     return out
 
 
+_GLOB = re.compile(r"[*?\[]")
+
+
+def _is_local_directory(path: str) -> bool:
+    """Beam's local match gives a directory named without a glob as one entry of 4 KiB;
+    read as an archive it would end as 0 documents and a finished run."""
+    if _SCHEME.match(path) and not path.startswith("file://"):
+        return False
+    return os.path.isdir(path[len("file://"):] if path.startswith("file://") else path)
+
+
+def _holds_files(pattern: str) -> bool:
+    try:
+        return bool(FileSystems.match([pattern.rstrip("/") + "/*"])[0].metadata_list)
+    except Exception:
+        return False
+
+
+def _directory_message(path: str) -> str:
+    # Refused rather than expanded: a directory may hold more than archives (logs,
+    # listings, a run's own outputs) and a glob says which files are meant; object
+    # stores have no directories to expand the same way.
+    return (f"--input {path!r} is a directory; give the archives in it, e.g. --input '{path.rstrip('/')}/*' "
+            f"(quoted, so the job expands it)")
+
+
 def expand_inputs(patterns: Iterable[str], paths_prefix: str = DEFAULT_PATHS_PREFIX) -> List[Dict]:
     """Patterns -> sorted unique ``{"path", "size"}`` entries. A glob that matches
     nothing is an error: a typo should stop the job before any worker starts."""
@@ -66,8 +93,12 @@ def expand_inputs(patterns: Iterable[str], paths_prefix: str = DEFAULT_PATHS_PRE
             continue
         result = FileSystems.match([pattern])[0]
         if not result.metadata_list:
+            if not _GLOB.search(pattern) and _holds_files(pattern):    # an object store's "directory"
+                raise IsADirectoryError(_directory_message(pattern))
             raise FileNotFoundError(f"no input matches {pattern!r}")
         for meta in result.metadata_list:
+            if _is_local_directory(meta.path):
+                raise IsADirectoryError(_directory_message(pattern if meta.path == pattern else meta.path))
             if is_listing(meta.path):
                 for path in read_listing(meta.path, paths_prefix):
                     found.setdefault(path, -1)

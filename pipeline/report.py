@@ -13,6 +13,7 @@ import html
 import io
 import json
 import os
+import re
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -160,6 +161,17 @@ def _esc(x) -> str:
     return html.escape(str(x), quote=True)
 
 
+_WEB_URL = re.compile(r"https?://", re.IGNORECASE)
+
+
+def _link(url, shown: int) -> str:
+    """An archived URL as a link only when it is http(s): a page's URI is the crawl's
+    data, and a ``javascript:`` (or ``data:``) one would run when clicked."""
+    url = str(url or "")
+    text = _esc(url[:shown])
+    return f"<a href='{_esc(url)}'>{text}</a>" if _WEB_URL.match(url) else f"<span class='url'>{text}</span>"
+
+
 def bar_chart(items: Sequence[Tuple[str, float]], width: int = 720, bar_h: int = 22, color: str = "#3b6ea8",
               label_w: int = 300, fmt=lambda v: f"{v:,.0f}") -> str:
     if not items:
@@ -279,7 +291,7 @@ def _kept_documents_html(shown: List[Dict]) -> str:
         words = (row.get("scores") or {}).get("words")
         parts.append(f"<details class='doc' open data-doc='{_esc(row['doc_id'])}'><summary>"
                      f"<b>{_esc(row['title'] or '')}"
-                     f"</b> <a href='{_esc(row['url'])}'>{_esc(row['url'][:100])}</a> <span class='muted'>"
+                     f"</b> {_link(row['url'], 100)} <span class='muted'>"
                      f"{len(row['images'])} images, {words} words</span></summary>{_reader_html(seq)}</details>")
     return "\n".join(parts)
 
@@ -397,7 +409,7 @@ def _samples_html(samples: List[Dict], text_cfg=None, readers_per_reason: int = 
         for s in rows:
             thumb = _thumbnail(s)
             img = f"<img class='thumb' src='{thumb}' alt='thumbnail'>" if thumb else ""
-            trs.append(f"<tr><td>{img}<a href='{_esc(s['url'])}'>{_esc(s['url'][:90])}</a></td>"
+            trs.append(f"<tr><td>{img}{_link(s['url'], 90)}</td>"
                        f"<td>{_esc(os.path.basename(s['file']))}@{s['offset']}</td>"
                        f"<td><code>{_esc(s['scores'][:200])}</code></td>"
                        f"<td class='snippet'>{_esc((s['snippet'] or s['message'])[:300])}</td></tr>")

@@ -6,30 +6,34 @@ the result. The graph itself is pipeline/curate.py's."""
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+import uuid
+from typing import Dict, Iterable, List, Optional
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from contract.manifest import (DUPLICATES_DIR, ERRORS, FETCH_FAILURES, FETCHED_DIR, INPUTS, REJECTS_DIR, REPORT_FILES,
                                RUN_RECORD, STATS, SUCCESS_MARKER)
-from contract.schema import DOCUMENTS, PAIRS, TEXTS
+from contract.schema import DATASETS, OUTCOME_TRAIL
 from filters.config import CurationConfig
 from pipeline.curate import build_pipeline
 from pipeline.inputs import DEFAULT_PATHS_PREFIX, expand_inputs
 from pipeline.local_runner import install as install_local_runner_fixes
 from pipeline.stats import IMAGES_HINT
 from transforms.progress import ProgressPrinter, open_terminal
-from transforms.write import atomic_write
+from transforms.write import TEMP_PREFIX, atomic_write
 
 
 def code_version() -> Dict[str, str]:
@@ -103,31 +107,245 @@ def stderr_to(path: Optional[str]):
         os.close(saved)
 
 
-OUTPUTS = (SUCCESS_MARKER, DOCUMENTS.directory, TEXTS.directory, PAIRS.directory, FETCHED_DIR, FETCH_FAILURES,
-           DUPLICATES_DIR, REJECTS_DIR, STATS, ERRORS, INPUTS, RUN_RECORD, *REPORT_FILES)
+class Refused(Exception):
+    """A run refused before anything ran (its inputs, its output directory, its
+    options): the message says what and why; the command prints it as one line."""
 
 
-def prepare_output(output: str, overwrite: bool) -> None:
+class OutputRefused(Refused, FileExistsError):
+    pass
+
+
+class InputRefused(Refused, FileNotFoundError):
+    pass
+
+
+class OptionRefused(Refused, ValueError):
+    pass
+
+
+# Everything a run (and `kosmos report` by default) writes into its output directory:
+# the one list --overwrite removes. tests/test_hostile_runs.py checks that a whole run
+# writes nothing outside it, so an output added to the job without being added here
+# fails a test instead of surviving the next --overwrite.
+OUTPUTS = (SUCCESS_MARKER, RUN_RECORD, INPUTS, STATS, ERRORS, FETCH_FAILURES,
+           *(d.directory for d in (*DATASETS.values(), OUTCOME_TRAIL)),
+           FETCHED_DIR, DUPLICATES_DIR, REJECTS_DIR,
+           *REPORT_FILES, "compare.html", "compare.json")
+# atomic_write's temporary names (transforms/write.py): left beside a file by a run
+# killed while it wrote it.
+TEMPORARY = TEMP_PREFIX + "*"
+# Held by the run that writes into the directory, from before the checks until it ends.
+CLAIM = "_claim.json"
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _local(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def _describe_claim(record: Optional[Dict]) -> str:
+    if not record:
+        return "a run that is starting"
+    return (f"pid {record.get('pid')} on {record.get('host')}, started {record.get('started_at')}"
+            f"{', ' + record['command'] if record.get('command') else ''}")
+
+
+class OutputClaim:
+    """The output directory, claimed for one run so that two runs started together
+    cannot mix their shards: ``_claim.json`` in it, locked with ``flock`` for as long
+    as the run holds it (a second run is refused naming the holder) and removed when
+    the run ends. The kernel drops the lock of a killed process (kill -9), so a claim
+    file found unlocked is a run that died: its outputs are incomplete and --overwrite
+    replaces them (``stale`` holds what it recorded).
+
+    Object stores (gs://, s3://) have no locks and Beam's FileSystems no
+    create-if-absent, so there the claim is an object written when none exists and
+    read back to check it is ours; two runs started within the same moment can both
+    pass. A claim object found there may belong to a run still going (nothing can
+    tell): it is refused, and --overwrite takes it over."""
+
+    def __init__(self, output: str):
+        self.output = output
+        self.path = FileSystems.join(output, CLAIM)
+        self.record = {"pid": os.getpid(), "host": socket.gethostname(),
+                       "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "command": " ".join(sys.argv[:1] + sys.argv[1:3]) if sys.argv else "",
+                       "token": uuid.uuid4().hex}
+        self.stale: Optional[Dict] = None
+        self._fd: Optional[int] = None
+
+    def acquire(self, overwrite: bool) -> "OutputClaim":
+        if _is_local(self.output):
+            self._acquire_local()
+        else:
+            self._acquire_remote(overwrite)
+        return self
+
+    def _acquire_local(self) -> None:
+        import fcntl
+        path = _local(self.path)
+        while True:
+            try:
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise OutputRefused(f"cannot write into {self.output}: {e.strerror} ({path})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_claim(fd)
+                os.close(fd)
+                raise OutputRefused(f"{self.output} is being written by another run ({_describe_claim(holder)}); "
+                                    f"wait for it to end or choose another --output") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)           # the holder removed it between our open and our lock
+        self.stale = _read_claim(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(self.record, indent=2).encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+
+    def _acquire_remote(self, overwrite: bool) -> None:
+        if FileSystems.exists(self.path):
+            holder = _read_remote_claim(self.path)
+            if not overwrite:
+                raise OutputRefused(f"{self.output} is claimed by a run ({_describe_claim(holder)}); if it is "
+                                    f"still running, wait for it; if it was killed, pass --overwrite")
+            self.stale = holder or {}
+        with FileSystems.create(self.path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+            fh.write(json.dumps(self.record, indent=2).encode())
+        holder = _read_remote_claim(self.path)
+        if not holder or holder.get("token") != self.record["token"]:
+            raise OutputRefused(f"{self.output} was claimed by another run at the same time "
+                                f"({_describe_claim(holder)})")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.unlink(_local(self.path))      # before the lock goes: see _acquire_local
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+        elif not _is_local(self.output):
+            try:
+                if (_read_remote_claim(self.path) or {}).get("token") == self.record["token"]:
+                    FileSystems.delete([self.path])
+            except Exception:
+                pass
+
+
+def _read_claim(fd: int) -> Optional[Dict]:
+    data = os.pread(fd, 1 << 16, 0)
+    if not data.strip():
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return {"pid": "?", "host": "?", "started_at": "?"}
+
+
+def _read_remote_claim(path: str) -> Optional[Dict]:
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+            return json.loads(fh.read() or b"null")
+    except Exception:
+        return None
+
+
+def prepare_output(output: str, overwrite: bool, stale_claim: Optional[Dict] = None) -> None:
     """Refuse to mix two runs in one directory (a stale shard would be read by any
-    Parquet dataset reader); with ``overwrite`` the previous run's outputs go."""
+    Parquet dataset reader); with ``overwrite`` every output of the previous run goes
+    (``OUTPUTS``, and temporary files a killed run left). ``stale_claim``: the claim
+    of a run that died without releasing it."""
     present = [name for name in OUTPUTS if FileSystems.exists(FileSystems.join(output, name))]
-    if not present:
+    temporary = _temporary_files(output)
+    if not present and not temporary and stale_claim is None:
         return
     if not overwrite:
-        raise FileExistsError(f"{output} already holds a run ({', '.join(present)}); "
-                              f"choose another --output or pass --overwrite")
+        if stale_claim is not None:
+            raise OutputRefused(f"{output} holds a run that did not finish ({_describe_claim(stale_claim)}; "
+                                f"it no longer runs: killed?); pass --overwrite to replace it")
+        raise OutputRefused(f"{output} already holds a run ({', '.join(present or temporary)}); "
+                            f"choose another --output or pass --overwrite")
     for name in present:
-        path = FileSystems.join(output, name)
-        if name.endswith((".json", ".jsonl", ".html")):
-            FileSystems.delete([path])
+        _remove(FileSystems.join(output, name))
+    if temporary:
+        FileSystems.delete(temporary)
+
+
+def _temporary_files(output: str) -> List[str]:
+    try:
+        return [m.path for m in FileSystems.match([FileSystems.join(output, TEMPORARY)])[0].metadata_list]
+    except Exception:
+        return []
+
+
+def _remove(path: str) -> None:
+    """A file or a whole directory tree (an object store's objects under a prefix)."""
+    if _is_local(path):
+        local = _local(path)
+        if os.path.isdir(local) and not os.path.islink(local):
+            shutil.rmtree(local)
         else:
-            matches = FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list
-            if matches:
-                FileSystems.delete([m.path for m in matches])
-            try:
-                FileSystems.delete([path])
-            except Exception:
-                pass  # object stores have no directories to delete
+            os.remove(local)
+        return
+    matches = FileSystems.match([FileSystems.join(path, "**")])[0].metadata_list
+    if matches:
+        FileSystems.delete([m.path for m in matches])
+    try:
+        FileSystems.delete([path])
+    except Exception:
+        pass  # object stores have no directories to delete
+
+
+def _option_parser():
+    """A parser of every option Beam's pipeline options define (all subclasses of
+    PipelineOptions: Dataflow, portable, Flink, Spark, S3, ...), refusing nothing."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    class Parser(_BeamArgumentParser):
+        def error(self, message):
+            raise OptionRefused(f"runner option: {message}")
+
+    parser = Parser(allow_abbrev=False, conflict_handler="resolve", add_help=False)
+    seen, stack = set(), list(PipelineOptions.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        stack.extend(cls.__subclasses__())
+        cls._add_argparse_args(parser)
+    return parser
+
+
+def check_runner_args(beam_args: List[str], own_options: Iterable[str] = ()) -> None:
+    """Refuse arguments that are neither ours (``own_options``, already parsed) nor
+    one of Beam's pipeline options: Beam would drop them with a log line, so a typo
+    (``--imagez http``) would run the job with the default. Names the closest option."""
+    parser = _option_parser()
+    _, unknown = parser.parse_known_args(list(beam_args))
+    if not unknown:
+        return
+    flag = next((a for a in unknown if a.startswith("-")), None)
+    if flag is None:
+        raise OptionRefused(f"unexpected argument {unknown[0]!r}")
+    name = flag.split("=", 1)[0]
+    known = {o for a in parser._actions for o in a.option_strings if o.startswith("--")} | set(own_options)
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise OptionRefused(f"unknown option {name}{hint} (the command's own options are in --help; anything "
+                        f"else must be one of Beam's pipeline options)")
 
 
 def run_curation(inputs: List[str], output: str, cfg: CurationConfig, beam_args: List[str],
@@ -136,8 +354,21 @@ def run_curation(inputs: List[str], output: str, cfg: CurationConfig, beam_args:
                  progress: bool = False, progress_out=None) -> Optional[Dict]:
     """Run the job; ``progress``: a line on ``progress_out`` (the terminal's standard
     error by default) while a local runner works."""
-    files = expand_inputs(inputs, paths_prefix)
-    prepare_output(output, overwrite)
+    check_runner_args(beam_args)
+    try:
+        files = expand_inputs(inputs, paths_prefix)
+    except (FileNotFoundError, IsADirectoryError) as e:
+        raise InputRefused(str(e)) from e
+    claim = OutputClaim(output).acquire(overwrite)
+    try:
+        prepare_output(output, overwrite, claim.stale)
+        return _run(files, output, cfg, beam_args, num_workers, wait, worker_log, progress, progress_out)
+    finally:
+        claim.release()
+
+
+def _run(files: List[Dict], output: str, cfg: CurationConfig, beam_args: List[str], num_workers: Optional[int],
+         wait: bool, worker_log: Optional[str], progress: bool, progress_out) -> Optional[Dict]:
     args = default_beam_args(beam_args, num_workers)
     options = PipelineOptions(args)
     local_fixes = install_local_runner_fixes() if _arg_value(args, "--runner") in ("DirectRunner", "direct") else None

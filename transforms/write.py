@@ -22,17 +22,31 @@ def _join(*parts: str) -> str:
     return FileSystems.join(*parts)
 
 
+# The temporary names of atomic_write; pipeline/run.py's --overwrite removes any a
+# killed run left.
+TEMP_PREFIX = ".tmp-"
+
+
 def atomic_write(path: str, data: bytes) -> None:
     """Write to a temporary name beside ``path``, then rename: readers never see a
-    partial file (on object stores the rename is a copy + delete of a whole object)."""
+    partial file (on object stores the rename is a copy + delete of a whole object).
+    A write that fails (a full disk) takes its temporary file with it."""
     directory, name = path.rsplit("/", 1) if "/" in path else (".", path)
-    tmp = _join(directory, f".tmp-{uuid.uuid4().hex}-{name}")
-    # UNCOMPRESSED: Beam would otherwise gzip a name ending in .gz a second time
-    with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-        fh.write(data)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([tmp], [path])
+    tmp = _join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}")
+    try:
+        # UNCOMPRESSED: Beam would otherwise gzip a name ending in .gz a second time
+        with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+            fh.write(data)
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+        FileSystems.rename([tmp], [path])
+    except BaseException:
+        try:
+            if FileSystems.exists(tmp):
+                FileSystems.delete([tmp])
+        except Exception:
+            pass          # the write's own error is the one to report
+        raise
 
 
 class WriteShard(beam.DoFn):
