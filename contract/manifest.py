@@ -37,7 +37,12 @@ REPORT_FILES = ("report.html", "report.json")
 
 class BadShardError(RuntimeError):
     """A shard (or one of its row groups) that cannot be read, or whose bytes do not
-    match its manifest; names the path."""
+    match its manifest; names the path. ``details``: what a report records beside the
+    message (the expected and actual sha256 or row count)."""
+
+    def __init__(self, message: str, **details):
+        super().__init__(message)
+        self.details = details
 
 
 def join(base: str, name: str) -> str:
@@ -93,23 +98,33 @@ def read_manifest(dataset_dir: str) -> Dict:
     return manifest
 
 
-def verify_shard(path: str, entry: Dict) -> None:
-    """Raise :class:`BadShardError` when the file's sha256 differs from its manifest entry."""
+def file_sha256(path: str) -> str:
+    """sha256 of a file, local or any fsspec URL, read in 1 MiB blocks."""
     fs, local = url_to_fs(path)
     digest = hashlib.sha256()
     with fs.open(local, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    if digest.hexdigest() != entry["sha256"]:
-        raise BadShardError(f"{path}: sha256 {digest.hexdigest()} does not match {MANIFEST}")
+    return digest.hexdigest()
+
+
+def verify_shard(path: str, entry: Dict) -> None:
+    """Raise :class:`BadShardError` when the file's sha256 differs from its manifest entry."""
+    actual = file_sha256(path)
+    if actual != entry["sha256"]:
+        raise BadShardError(f"{path}: sha256 {actual} does not match {MANIFEST} ({entry['sha256']})",
+                            expected_sha256=entry["sha256"], actual_sha256=actual)
+
+
+def shard_entries(dataset_dir: str) -> List[Tuple[str, Dict]]:
+    """(path, manifest entry) of every shard a dataset's manifest lists, in its order."""
+    return [(join(dataset_dir, e["file"]), e) for e in read_manifest(dataset_dir)["shards"]]
 
 
 def shard_files(dataset_dir: str, verify: bool = False) -> List[str]:
     """The shards a dataset's manifest lists, in its order; with ``verify`` each checked."""
-    entries = read_manifest(dataset_dir)["shards"]
-    files = [join(dataset_dir, e["file"]) for e in entries]
+    entries = shard_entries(dataset_dir)
     if verify:
-        for entry, file in zip(entries, files):
+        for file, entry in entries:
             verify_shard(file, entry)
-    return files
-
+    return [file for file, _ in entries]

@@ -62,7 +62,7 @@ class Unit:
     row_group: int      # -1 for a whole JSONL file
     rows: int
     kind: str           # "parquet" | "jsonl"
-    sha256: Optional[str] = None    # the manifest's digest of the whole file, checked before its first row; None: not checked
+    sha256: Optional[str] = None    # the manifest's digest of the file, checked before its first row (None: not)
 
 
 class UnverifiedShardWarning(UserWarning):
@@ -71,20 +71,30 @@ class UnverifiedShardWarning(UserWarning):
 
 
 _WARNED_UNVERIFIED: set = set()
-# (path, expected sha256) -> actual sha256, for the shards this process has hashed
-_HASHED: Dict[Tuple[str, str], str] = {}
+# (path, expected sha256, size, modification stamp) -> actual sha256, for the files this process hashed
+_HASHED: Dict[Tuple, str] = {}
+
+
+def _file_stamp(path: str) -> Tuple:
+    """The size and modification time (or the object store's generation/etag) of a file:
+    a file rewritten since it was hashed is hashed again."""
+    fs, local = url_to_fs(path)
+    info = fs.info(local)
+    return info.get("size"), next((info[k] for k in ("mtime", "updated", "LastModified", "generation", "etag", "ETag")
+                                   if info.get(k) is not None), None)
 
 
 def check_sha256(path: str, expected: str) -> None:
     """Raise :class:`BadShardError` (with both digests) when the file's sha256 is not
-    ``expected``. Each file is hashed once per process: a reader checks a shard before
-    it uses the first of its rows, and the answer holds for its other row groups."""
-    key = (path, expected)
-    if key not in _HASHED:
-        try:
+    ``expected``. Each file is hashed once per process (again if it changed since): a
+    reader checks a shard before it uses the first of its rows, and the answer holds
+    for its other row groups."""
+    try:
+        key = (path, expected) + _file_stamp(path)
+        if key not in _HASHED:
             _HASHED[key] = file_sha256(path)
-        except Exception as exc:
-            raise BadShardError(f"{path}: cannot be read to check its sha256 ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:
+        raise BadShardError(f"{path}: cannot be read to check its sha256 ({type(exc).__name__}: {exc})") from exc
     actual = _HASHED[key]
     if actual != expected:
         raise BadShardError(f"{path}: sha256 {actual} does not match {MANIFEST} ({expected}): the file changed "
