@@ -67,18 +67,10 @@ def _command_options(script, marker):
 
 
 def _beam_option_names():
-    """Every option string Beam's pipeline options define (Dataflow, S3, portable, Flink...)."""
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
-    parser = _BeamArgumentParser(allow_abbrev=False, conflict_handler="resolve")
-    seen, stack = set(), list(PipelineOptions.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        if cls in seen:
-            continue
-        seen.add(cls)
-        stack.extend(cls.__subclasses__())
-        cls._add_argparse_args(parser)
-    return {opt.lstrip("-") for a in parser._actions for opt in a.option_strings}
+    """Every option string Beam's pipeline options define (Dataflow, S3, portable, Flink...),
+    from the parser the CLI checks runner arguments with."""
+    from pipeline.run import _option_parser
+    return {opt.lstrip("-") for a in _option_parser()._actions for opt in a.option_strings}
 
 
 def _cli_options(command):
