@@ -93,6 +93,8 @@ def _check(value: Any, tp: Any, default: Any = None) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, float) and value.is_integer():     # JSON's 1e8 or 1000.0: the same number
+            return int(value)
         raise _Mismatch
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -206,7 +208,7 @@ class SectionedConfig:
         try:
             return cls.from_dict(data)
         except ValueError as e:
-            raise type(e)(f"{path}: {e}") from None
+            raise SettingError(f"{path}: {e}") from e
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]):

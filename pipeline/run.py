@@ -267,7 +267,7 @@ def prepare_output(output: str, overwrite: bool, stale_claim: Optional[Dict] = N
     Parquet dataset reader); with ``overwrite`` every output of the previous run goes
     (``OUTPUTS``, and temporary files a killed run left). ``stale_claim``: the claim
     of a run that died without releasing it."""
-    present = [name for name in OUTPUTS if FileSystems.exists(FileSystems.join(output, name))]
+    present = [name for name in OUTPUTS if _present(FileSystems.join(output, name))]
     temporary = _temporary_files(output)
     if not present and not temporary and stale_claim is None:
         return
@@ -277,10 +277,29 @@ def prepare_output(output: str, overwrite: bool, stale_claim: Optional[Dict] = N
                                 f"it no longer runs: killed?); pass --overwrite to replace it")
         raise OutputRefused(f"{output} already holds a run ({', '.join(present or temporary)}); "
                             f"choose another --output or pass --overwrite")
+    if stale_claim is None and not {RUN_RECORD, SUCCESS_MARKER} & set(present):
+        # every run writes run.json before its first shard: without it (or a claim) these
+        # are somebody else's folders that happen to bear our names (documents/, texts/...)
+        raise OutputRefused(f"{output} holds {', '.join(present or temporary)} but no {RUN_RECORD}: it does "
+                            f"not look like a kosmos run, and --overwrite removes only runs; choose another "
+                            f"--output")
     for name in present:
         _remove(FileSystems.join(output, name))
     if temporary:
         FileSystems.delete(temporary)
+
+
+def _present(path: str) -> bool:
+    """A file, or a directory; on an object store a prefix with objects under it
+    (``exists`` there asks for one object of exactly that name)."""
+    if FileSystems.exists(path):
+        return True
+    if _is_local(path):
+        return False
+    try:
+        return bool(FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list)
+    except Exception:
+        return False
 
 
 def _temporary_files(output: str) -> List[str]:
@@ -329,14 +348,19 @@ def _option_parser():
     return parser
 
 
+# Runners whose job server adds options of its own, forwarded by Beam's PortableRunner.
+PORTABLE_RUNNERS = frozenset({"PortableRunner", "FlinkRunner", "SparkRunner", "PrismRunner"})
+
+
 def check_runner_args(beam_args: List[str], own_options: Iterable[str] = ()) -> None:
     """Refuse arguments that are neither ours (``own_options``, already parsed) nor
     one of Beam's pipeline options: Beam would drop them with a log line, so a typo
     (``--imagez http``) would run the job with the default. Names the closest option."""
     parser = _option_parser()
-    _, unknown = parser.parse_known_args(list(beam_args))
+    known_args, unknown = parser.parse_known_args(list(beam_args))
     if not unknown:
         return
+    runner = (getattr(known_args, "runner", None) or "").rsplit(".", 1)[-1]
     flag = next((a for a in unknown if a.startswith("-")), None)
     if flag is None:
         raise OptionRefused(f"unexpected argument {unknown[0]!r}")
@@ -344,6 +368,12 @@ def check_runner_args(beam_args: List[str], own_options: Iterable[str] = ()) -> 
     known = {o for a in parser._actions for o in a.option_strings if o.startswith("--")} | set(own_options)
     close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close else ""
+    if runner in PORTABLE_RUNNERS:
+        # a job server names its own options (Flink's --checkpointing_interval, ...), which
+        # Beam forwards; they cannot be known before it answers, so a guess is only said
+        print(f"kosmos curate: note: option {name} is not one of Beam's Python pipeline options{hint}; "
+              f"passing it on to {runner}'s job server", file=sys.stderr)
+        return
     raise OptionRefused(f"unknown option {name}{hint} (the command's own options are in --help; anything "
                         f"else must be one of Beam's pipeline options)")
 

@@ -204,7 +204,7 @@ class _PendingSave:
             _write_text(fs, join(self.root, "latest"), self.name)
             if self.best is not None:
                 _write_best(self.root, self.name, self.best)
-            _prune(self.root, self.keep_last)
+            _prune(self.root, self.keep_last, self.name)
         self.d.barrier()
         return self.final
 
@@ -221,12 +221,23 @@ def wait_for_saves() -> Optional[str]:
     return pending.finish() if pending is not None else None
 
 
+def abandon_pending() -> None:
+    """Forget the checkpoint being written without finishing it (a run stopping on an
+    error with other ranks possibly still inside a step: finishing takes barriers).
+    Its ``.tmp`` directory stays unrenamed, so no run ever takes it for complete."""
+    global _pending
+    _pending = None
+
+
 def _save_group(d: Dist):
     """The process group of the background writes: gloo (async_save stages on the CPU)
     and its own, so that its collectives never interleave with training's."""
-    if not d.enabled:
-        return None
     import torch.distributed as dist
+    if not dist.is_initialized():
+        return None
+    if not d.enabled and torch.device("cpu") in dist.group.WORLD._device_types:
+        return None          # one rank on gloo: nothing to interleave with
+    # one rank on NCCL (a one-process GPU run) has no CPU backend, which async_save needs
     key = id(dist.group.WORLD)
     if key not in _groups:
         _groups[key] = dist.new_group(backend="gloo")
@@ -323,13 +334,19 @@ def _write_best(root: str, name: str, loss: float) -> None:
     _write_text(fs, join(root, "best"), name)
 
 
-def _prune(root: str, keep_last: int) -> None:
+def _prune(root: str, keep_last: int, newest: Optional[str] = None) -> None:
+    """Keep the last ``keep_last`` checkpoints up to ``newest`` (the one just written)
+    and the one ``best`` names. Step directories above ``newest`` (left by a run this
+    one rewound from) are neither counted nor removed here, so they never push this
+    run's own checkpoints out."""
     if keep_last <= 0:
         return
     fs, local = url_to_fs(root)
     best = _read_pointer(root, "best")
     steps = sorted((int(m.group(1)), p) for p in fs.ls(local, detail=False)
                    if (m := STEP_DIR.match(p.rstrip("/").rsplit("/", 1)[-1])))
+    if newest is not None and (m := STEP_DIR.match(newest)):
+        steps = [s for s in steps if s[0] <= int(m.group(1))]
     for _, path in steps[:-keep_last]:
         if path.rstrip("/").rsplit("/", 1)[-1] != best:
             fs.rm(path, recursive=True)
@@ -415,7 +432,7 @@ def _shape_mismatch(exc: BaseException) -> Optional[str]:
         text += "\n" + str(exc)
         exc = exc.__cause__ or exc.__context__
     lines = sorted({ln.strip() for ln in text.splitlines() if "size mismatch" in ln or "shape" in ln.lower()
-                    and "mismatch" in ln.lower()})
+                    and "mismatch" in ln.lower() or "Missing key" in ln or "Unexpected key" in ln})
     return "; ".join(lines)[:2000] or None
 
 

@@ -123,7 +123,7 @@ def load_for_inference(path: str, tokenizer: Optional[str] = None, device: str =
     from trainer import checkpoint as ckpt
     from trainer.config import TrainConfig
     from trainer.tokenizer import Tokenizer
-    from trainer.train import build_model
+    from trainer.train import build_model, resolve_activation
     step_dir = resolve_checkpoint(path)
     fs, _ = url_to_fs(step_dir)
     with fs.open(url_to_fs(join(step_dir, "config.json"))[1], "r") as fh:
@@ -134,6 +134,8 @@ def load_for_inference(path: str, tokenizer: Optional[str] = None, device: str =
     tok = Tokenizer(tok_path)
     # the checkpoint holds the tower's weights: do not fetch the pretrained ones again
     # (the run recorded the tower's activation in model.vision_quick_gelu)
+    # (a run recorded before it wrote vision_quick_gelu down: decided from vision_pretrained first)
+    cfg = resolve_activation(cfg)
     cfg_local = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vision_pretrained=None))
     model = build_model(cfg_local, tok.vocab_size)
     ckpt.load_model_weights(step_dir, model)

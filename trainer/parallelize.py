@@ -118,6 +118,10 @@ def resolve_parallel(parallel: str, d: Dist) -> str:
         return "ddp" if d.enabled else "none"
     if parallel not in PARALLEL:
         raise ValueError(f"run.parallel must be one of {', '.join(PARALLEL)}, not {parallel!r}")
+    if parallel == "none" and d.enabled:
+        # no gradient sync: every rank would step on its own share and the replicas drift apart
+        raise ValueError(f"run.parallel=none runs one rank, but this run has {d.world_size}; "
+                         "use ddp, fsdp or hsdp (or auto)")
     return parallel
 
 

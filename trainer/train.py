@@ -31,7 +31,9 @@ from trainer.parallelize import parallelize
 log = logging.getLogger(__name__)
 
 # Dense bf16 peak FLOP/s for MFU, by substring of torch.cuda.get_device_name().
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+# Longer names first, so that "H100 PCIe" is not read as an SXM H100 nor "L40" as an L4.
+PEAK_BF16 = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12, "H100": 989e12, "A100": 312e12,
+             "L40S": 362e12, "L40": 181e12, "A10G": 70e12, "L4": 121e12}
 NO_DECAY_NAMES = ("embed_tokens", "latents", "positional_embedding", "class_embedding")
 
 
@@ -388,7 +390,7 @@ class Trainer:
         if dev.type == "cuda":
             name = torch.cuda.get_device_name(dev)
             peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-            if peak:       # this rank's model FLOPs (KosmosModel.training_flops) over its peak
+            if peak and self.bf16:       # this rank's model FLOPs (KosmosModel.training_flops) over its peak
                 flops = sum(self.core.training_flops(
                     int((mb["input_ids"] != self.core.ids.pad).sum()),
                     0 if mb.get("images") is None else int(mb["images"].shape[0]),
@@ -537,7 +539,10 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
         ckpt.wait_for_saves()            # the last one written and marked complete before the run returns
     except BaseException:
         try:                             # a checkpoint still being written is finished, if it can be
-            ckpt.wait_for_saves()
+            if d.world_size == 1:
+                ckpt.wait_for_saves()
+            else:                        # finishing takes barriers that ranks still in a step would never meet
+                ckpt.abandon_pending()
         except BaseException as exc:     # the error that stopped the run is the one to report
             log.error("the checkpoint being written when the run stopped failed too: %s", exc)
         raise
