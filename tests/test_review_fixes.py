@@ -55,3 +55,30 @@ def test_no_parallelism_on_many_ranks_is_refused():
     with pytest.raises(ValueError, match="run.parallel=none runs one rank"):
         resolve_parallel("none", Dist(rank=0, world_size=2, local_rank=0, device=torch.device("cpu")))
     assert resolve_parallel("none", Dist()) == "none"
+
+
+def test_a_loss_in_eval_mode_keeps_no_keys_and_values():
+    """Validation runs the model in eval mode: its loss forward must not hold every
+    layer's keys and values (about 3 GB at B=8, T=2048 for kosmos-1)."""
+    from trainer.model.config import get_config
+    from trainer.model.decoder import MagnetoDecoder
+    from trainer.model.kosmos import KosmosModel
+    torch.manual_seed(0)
+    model = KosmosModel(get_config("tiny")).eval()
+    seen = []
+    real = MagnetoDecoder.forward
+
+    def spy(self, *a, **k):
+        out = real(self, *a, **k)
+        seen.append(out[1])
+        return out
+    ids = torch.randint(4, model.ids.image_start, (2, 16))
+    MagnetoDecoder.forward = spy
+    try:
+        with torch.no_grad():
+            model(ids, labels=model.labels_for(ids))
+            model(ids)
+            model.score([[0, 5]], [[6, 7]])
+    finally:
+        MagnetoDecoder.forward = real
+    assert len(seen) == 3 and all(c is None for cache in seen for c in cache)

@@ -185,17 +185,21 @@ class MagnetoDecoder(nn.Module):
 
     def forward(self, tokens: Optional[torch.Tensor] = None, embeds: Optional[torch.Tensor] = None,
                 cache: Optional[KVCache] = None, key_mask: Optional[torch.Tensor] = None,
-                features_only: bool = False, shift: Optional[torch.Tensor] = None):
+                features_only: bool = False, shift: Optional[torch.Tensor] = None,
+                use_cache: Optional[bool] = None):
         """Returns (logits [B, L, vocab_size] or features [B, L, dim], new cache); the
         logits are a view that leaves out the padding columns. ``key_mask`` [B, past + L]
         marks real (1) and padding (0) positions; ``shift`` [B], the number of left
         padding positions of each row, makes xPos count each row from its first real
-        token (batched generation of prompts of different lengths)."""
+        token (batched generation of prompts of different lengths). ``use_cache``: keep
+        each layer's keys and values for a next call (default: with a cache, or in eval
+        mode); a forward whose cache nobody reads (a loss, a score) passes False."""
         x = self.embed_tokens(tokens) if embeds is None else embeds
         x = self.dropout(x)
         presents: KVCache = []
         # Training without a cache returns no keys/values (nothing to keep; FSDP2 warns about views).
-        use_cache = cache is not None or not self.training
+        if use_cache is None:
+            use_cache = cache is not None or not self.training
         for i, layer in enumerate(self.layers):
             x, present = layer(x, None if cache is None else cache[i], key_mask, use_cache, shift)
             presents.append(present)

@@ -88,9 +88,11 @@ class KosmosModel(nn.Module):
         the number of target tokens, and no logits (they are never materialised whole:
         see :meth:`next_token_loss`)."""
         if labels is None:
-            logits, _ = self.decoder(embeds=self.embed(input_ids, images), key_mask=key_mask)
+            logits, _ = self.decoder(embeds=self.embed(input_ids, images), key_mask=key_mask, use_cache=False)
             return {"logits": logits}
-        hidden, _ = self.decoder(embeds=self.embed(input_ids, images), key_mask=key_mask, features_only=True)
+        # no keys/values kept: validation runs in eval mode, where the decoder would keep them
+        hidden, _ = self.decoder(embeds=self.embed(input_ids, images), key_mask=key_mask, features_only=True,
+                                 use_cache=False)
         per_position, n = self.next_token_loss(hidden, labels)
         loss_sum = per_position.sum()
         return {"loss": loss_sum / n.clamp(min=1), "loss_sum": loss_sum, "loss_per_seq": per_position.sum(1),
@@ -282,7 +284,7 @@ class KosmosModel(nn.Module):
             width = max(len(f) for f in full)
             ids = torch.tensor([f + [self.ids.pad] * (width - len(f)) for f in full], device=device)
             logits, _ = self.decoder(embeds=self.embed(ids, None if images is None else images.to(device),
-                                                       image_embeds))
+                                                       image_embeds), use_cache=False)
             lp = F.log_softmax(logits.float(), -1)
             out = []
             for r, (c, x) in enumerate(zip(contexts, continuations)):
