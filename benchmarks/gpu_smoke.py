@@ -119,7 +119,7 @@ def check_attention(device: str) -> Dict[str, Any]:
                                        dropout=0.0, max_seq_len=T)).cuda()
     x = torch.randn(B, T, H * D, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16), profile(activities=[ProfilerActivity.CUDA]) as prof:
-        dec(embeds=x, use_cache=False) if "use_cache" in dec.forward.__code__.co_varnames else dec(embeds=x)
+        dec(embeds=x, use_cache=False)
         torch.cuda.synchronize()
     names = sorted({e.key for e in prof.key_averages()})
     res["decoder_kernels"] = [n for n in names if any(w in n.lower() for w in ("flash", "cudnn", "fmha", "attention"))][:10]
@@ -233,9 +233,7 @@ def main() -> int:
             sharded, per_rank = states(trainer)
             saved = ckpt.save(os.path.join(args.workdir, "ckpt"), trainer.step, sharded, per_rank, d, 2,
                               cfg.to_json())
-            wait = getattr(ckpt, "wait_for_saves", None)
-            if wait is not None:
-                wait()
+            ckpt.wait_for_saves()
             history += run_steps(trainer, 5, args.steps, args)
             body = history[2:]
             report["train"] = {

@@ -254,7 +254,6 @@ class Trainer:
         else:
             model = build_model(cfg, vocab_size)
         self.meta = checkpoint_meta(cfg, model, self.tokenizer)     # what its checkpoints record and resume checks
-        self.flops_per_token = model.decoder_flops_per_token(cfg.data.seq_len)
         self.counts = model.parameter_counts()
         model.to(dev)
         model, self.parallel = parallelize(model, self.d, cfg.run.parallel, bf16=self.bf16,
