@@ -19,9 +19,11 @@ demo:
 	bin/kosmos eval $(SAMPLE_OUT)/train --task vqa --data data/sample/eval/vqa.jsonl \
 	  --images_root $(SAMPLE_OUT)/eval --output $(SAMPLE_OUT)/eval/vqa
 
+# Every core (pytest-xdist); a module's tests that share a module-scoped fixture stay on
+# one worker (tests/conftest.py marks them), session runs are shared through a file lock.
 test:
 	scripts/ensure-chromium
-	scripts/in-venv python -m pytest -q tests
+	scripts/in-venv python -m pytest -q -n auto --dist loadgroup tests
 
 bench:
 	scripts/in-venv python benchmarks/curate.py

@@ -49,7 +49,7 @@ from typing import Dict, List, Tuple
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from transforms.warc import ArchiveRecord, ReadError, iter_archive  # noqa: E402
+from archives.records import ArchiveRecord, ReadError, iter_archive  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "warc"
 ARCHIVES = ["webarchive-discovery__flashfrozen-jwat-recompressed.warc.gz", "aut__example.warc.gz"]

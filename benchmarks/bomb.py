@@ -35,7 +35,7 @@ from hostile.bombs import MIB, encoded_response, gzip_of_zeros  # noqa: E402
 READER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from transforms.warc import ArchiveRecord, iter_archive
+from archives.records import ArchiveRecord, iter_archive
 t0 = time.monotonic()
 with open(sys.argv[2], "rb") as fh:
     items = [(i.target_uri, i.oversize, len(i.payload), i.notes) if isinstance(i, ArchiveRecord) else (i.kind,)

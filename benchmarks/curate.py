@@ -34,7 +34,7 @@ from filters.images import judge_image  # noqa: E402
 from filters.language import LanguageIdentifier, language_filter  # noqa: E402
 from filters.text_quality import filter_document_text, filter_paragraphs  # noqa: E402
 from filters.records import classify  # noqa: E402
-from transforms.warc import ArchiveRecord, iter_archive  # noqa: E402
+from archives.records import ArchiveRecord, iter_archive  # noqa: E402
 
 
 def stage_costs(files, cfg: CurationConfig):

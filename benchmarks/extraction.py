@@ -102,7 +102,7 @@ def main() -> None:
     from filters.language import LanguageIdentifier
     from transforms.pages import CheapPageChecks, ExtractPage, ToDocument, ToTextDocument
     from transforms.records import Page, Provenance
-    from transforms.warc import ArchiveRecord, iter_archive
+    from archives.records import ArchiveRecord, iter_archive
 
     truth = json.loads((DATA / "evaldata.json").read_text())
     cfg = CurationConfig()

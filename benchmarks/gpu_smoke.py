@@ -131,7 +131,8 @@ def check_attention(device: str) -> Dict[str, Any]:
 def build_trainer(args):
     from trainer.config import TrainConfig
     from trainer.distributed import init_distributed
-    from trainer.train import Trainer, resolve_activation
+    from trainer.build import resolve_activation
+    from trainer.train import Trainer
     from contract.tokens import vocab_size_for
     cfg = TrainConfig().override({**settings(args), "run.output": args.workdir})
     cfg = resolve_activation(cfg)
@@ -151,7 +152,7 @@ def run_steps(trainer, first: int, last: int, args) -> List[Dict[str, Any]]:
     out = []
     for step in range(first, last + 1):
         m = trainer.train_step(synthetic_step(step, trainer.core, args.batch, args.seq_len, trainer.image_size))
-        out.append({k: v for k, v in m.items() if isinstance(v, (int, float))})
+        out.append({k: v for k, v in m.as_dict().items() if isinstance(v, (int, float))})
     return out
 
 

@@ -38,7 +38,7 @@ def main() -> None:
     from filters.config import CurationConfig
     from transforms.pages import CheapPageChecks, ExtractPage, ToDocument, ToPairs, ToTextDocument
     from transforms.records import Page, Provenance
-    from transforms.warc import ArchiveRecord, iter_archive
+    from archives.records import ArchiveRecord, iter_archive
 
     cfg = CurationConfig().override({"records.page_time_budget_s": 0})
     stages = {"cheap checks": CheapPageChecks(cfg), "extraction and text filters": ExtractPage(cfg),

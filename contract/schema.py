@@ -5,7 +5,7 @@ One row is one document. ``items`` is the document in reading order: each item
 is either a text paragraph (``type == "text"``) or an image (``type == "image"``,
 ``image`` indexing into ``images``). Images are stored re-encoded (longest side at
 most ``images.store_max_side``, 512 by default) with their original size and the
-sha256 of the original bytes.
+sha256 of the original bytes, their perceptual hash and the image-safety model's score.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"      # 2: boilerplate scores
+SCHEMA_VERSION = "3"      # 2: boilerplate scores; 3: images' phash, unsafe_score, source_inner_offset
 
 ITEM_TEXT = "text"
 ITEM_IMAGE = "image"
@@ -39,8 +39,11 @@ IMAGE = pa.struct([
     pa.field("original_format", pa.string()),
     pa.field("original_bytes", pa.int64()),
     pa.field("sha256", pa.string()),                      # of the original bytes
-    pa.field("source_file", pa.string()),                 # archive the bytes came from
-    pa.field("source_offset", pa.int64()),
+    pa.field("source_file", pa.string()),                 # archive the bytes came from (the URL if downloaded)
+    pa.field("source_offset", pa.int64()),                # its record's gzip member there (-1 if downloaded)
+    pa.field("source_inner_offset", pa.int64()),          # the record inside that member (whole-file gzip), else 0
+    pa.field("phash", pa.string()),                       # 64-bit pHash of the decoded image, 16 hex digits
+    pa.field("unsafe_score", pa.float32()),               # the image-safety model's score; null: no model ran
 ])
 
 SCORES = pa.struct([

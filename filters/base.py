@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+from contract.reasons import AnyReason, typed_reason
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -12,8 +14,15 @@ class Verdict:
     scores that decided it (stored on the document so thresholds can be re-run)."""
 
     keep: bool
-    reason: Optional[str] = None
+    reason: Optional[AnyReason] = None     # a contract.reasons.Reason member (a family member: .of(detail))
     scores: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.keep:
+            if self.reason is not None:
+                raise ValueError(f"a kept verdict has no reason, got {self.reason!r}")
+        else:
+            typed_reason(self.reason)
 
     def __bool__(self) -> bool:  # lets callers write ``if verdict:``
         return self.keep
@@ -23,5 +32,5 @@ def keep(**scores: Any) -> Verdict:
     return Verdict(True, None, dict(scores))
 
 
-def drop(reason: str, **scores: Any) -> Verdict:
+def drop(reason: AnyReason, **scores: Any) -> Verdict:
     return Verdict(False, reason, dict(scores))

@@ -42,6 +42,7 @@ import re
 from collections import Counter
 from typing import Dict, List, Sequence
 
+from contract.reasons import Reason
 from filters.base import Verdict, drop, keep
 
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
@@ -156,16 +157,16 @@ def filter_boilerplate(paragraphs: Sequence[str], cfg) -> Verdict:
     if (s["duplicate_line_fraction"] > cfg.max_duplicate_line_fraction
             and s["prose_paragraphs"] < cfg.listing_max_prose_paragraphs) or \
             s["duplicate_line_char_fraction"] > cfg.max_duplicate_line_char_fraction:
-        return drop("repeated_lines", **s)
+        return drop(Reason.REPEATED_LINES, **s)
     if s["top_2gram_fraction"] > cfg.max_top_2gram_fraction or s["top_3gram_fraction"] > cfg.max_top_3gram_fraction \
             or s["top_4gram_fraction"] > cfg.max_top_4gram_fraction:
-        return drop("repeated_ngrams", **s)
+        return drop(Reason.REPEATED_NGRAMS, **s)
     if s["stop_words"] < cfg.min_stop_words:
-        return drop("no_stop_words", **s)
+        return drop(Reason.NO_STOP_WORDS, **s)
     if s["prose_paragraphs"] < 3 and (s["short_line_fraction"] > cfg.max_short_line_fraction or
                                       s["punctuated_line_fraction"] < cfg.min_punctuated_line_fraction):
-        return drop("navigation_heavy", **s)
+        return drop(Reason.NAVIGATION_HEAVY, **s)
     if (s["prose_char_fraction"] < cfg.min_prose_char_fraction
             and s["prose_paragraphs"] < cfg.listing_max_prose_paragraphs):
-        return drop("navigation_heavy", **s)
+        return drop(Reason.NAVIGATION_HEAVY, **s)
     return keep(**s)

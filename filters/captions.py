@@ -14,6 +14,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import List, Optional
 
+from contract.reasons import Reason
 from filters.base import Verdict, drop, keep
 from filters.boilerplate import FUNCTION_WORDS
 from filters.config import CaptionConfig
@@ -187,36 +188,36 @@ def judge_caption(caption: str, cfg: CaptionConfig, lid=None, language: str = "e
     """Keep a caption that describes an image in words of the wanted language."""
     text = caption.strip()
     if not text:
-        return drop("no_caption")
+        return drop(Reason.NO_CAPTION)
     if (text.lower().startswith(("http://", "https://", "www.")) or _FILENAME.match(text) or _CAMERA.match(text)
             or _IDENTIFIER.match(text) or _DOMAIN.match(text)):
-        return drop("caption_filename")
+        return drop(Reason.CAPTION_FILENAME)
     words = caption_words(text)
     norm = " ".join(w.lower() for w in words)
     scores = {"words": len(words)}
     if says_site_element(words, cfg):
-        return drop("boilerplate_caption", **scores)
+        return drop(Reason.BOILERPLATE_CAPTION, **scores)
     if len(words) < cfg.min_words:
-        return drop("caption_too_short", **scores)
+        return drop(Reason.CAPTION_TOO_SHORT, **scores)
     if len(words) > cfg.max_words:
-        return drop("caption_too_long", **scores)
+        return drop(Reason.CAPTION_TOO_LONG, **scores)
     if _TEASER.search(text.lower()):
-        return drop("caption_teaser", **scores)
+        return drop(Reason.CAPTION_TEASER, **scores)
     label = host_label(page_url) if page_url else ""
     joined = "".join(norm.split())
     if len(label) >= 5 and len(words) <= cfg.site_name_max_words and label in joined and (
             joined.startswith(label) or len(label) >= 0.6 * len(joined)):
         # the site's name is what the caption says first, or most of it (not "Michaela
         # Vais from Elavegan chopping carrots" on elavegan.com)
-        return drop("caption_site_name", site=label, **scores)
+        return drop(Reason.CAPTION_SITE_NAME, site=label, **scores)
     shape = caption_shape(words, text)
     if keyword_list(words, shape):
-        return drop("caption_keyword_list", **scores, **shape)
+        return drop(Reason.CAPTION_KEYWORD_LIST, **scores, **shape)
     if lid is not None and cfg.min_language_score > 0:
         # lower case: fastText's lid model misreads Title Case (book titles, headlines)
         top, top_score, wanted = lid.score(text.lower(), language)
         scores.update(language=top, language_score=round(wanted, 4))
         # A short text spreads fastText's mass thin: English as the top label is enough.
         if top != language and wanted < cfg.min_language_score:
-            return drop("caption_not_english" if language == "en" else f"caption_not_{language}", **scores)
+            return drop(Reason.CAPTION_NOT.of("english" if language == "en" else language), **scores)
     return keep(**scores)

@@ -8,9 +8,14 @@ practice where it is silent (fastText lid.176, Gopher/NeMo/OBELICS spam ratios).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 from contract.settings import SectionedConfig
+
+# Where image bytes come from (fetch.source): a Literal, so the config refuses any
+# other value when it is loaded and nothing downstream checks it again.
+FetchSource = Literal["archive", "http", "archive_then_http"]
+FETCH_SOURCES = get_args(FetchSource)
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,7 @@ class RecordConfig:
     # Attributes kept per tag before parsing (libxml2 is quadratic in them).
     max_attributes: int = 256
     # A WARC file larger than this is read in byte ranges of this size, each by any
-    # worker, starting at its first record boundary (transforms/warc.py); a runner
+    # worker, starting at its first record boundary (archives/ranges.py); a runner
     # may split a range further while it is read. 0 reads every file whole.
     split_bytes: int = 64 * 1024 * 1024
     # Records one bundle of the reading stage reads before the ranges (or files)
@@ -112,7 +117,7 @@ class FetchConfig:
     """Where image bytes come from, and how the HTTP downloader behaves (img2dataset-like)."""
     # "archive": image records of the input archives; "http": download every image;
     # "archive_then_http": the archives first, then HTTP for what they do not hold.
-    source: str = "archive"
+    source: FetchSource = "archive"
     concurrency: int = 32                   # requests in flight per worker thread pool
     per_host: int = 4                       # of those, at most this many to one host
     connect_timeout: float = 10.0           # seconds
@@ -202,6 +207,46 @@ class CaptionConfig:
 
 
 @dataclass(frozen=True)
+class SafetyConfig:
+    # What makes the kept data safe to publish (README "Safe to publish"). Sites and
+    # URLs, decided on the URL before any extraction (filters/safety_urls.py): FineWeb's
+    # UT1 adult-domain list (shipped in the datatrove package) and its banned words and
+    # subwords in the URL; plus a user's own lists, one domain per line.
+    block_adult_sites: bool = True
+    block_domains_file: Optional[str] = None
+    allow_domains_file: Optional[str] = None         # never blocked, whatever the lists say
+    # Opt-outs stated by the page (filters/opt_out.py): X-Robots-Tag of the archived
+    # response, <meta name="robots">, TDM reservation (header and meta).
+    respect_opt_out: bool = True
+    # Flagged words (filters/flagged_words.py): the share of a document's words on the list.
+    max_flagged_word_ratio: float = 0.01
+    # Personal data (filters/pii.py) replaced by fixed placeholders in every kept text.
+    redact_emails: bool = True
+    redact_ips: bool = True
+    redact_phones: bool = False
+    # Image safety (filters/image_safety.py): "opennsfw" (Yahoo's open_nsfw, in the lock),
+    # "nudenet" (optional extra, AGPL) or "none"; threshold 0 = the scorer's own default.
+    image_scorer: str = "opennsfw"
+    image_model_path: Optional[str] = None
+    image_threshold: float = 0.0
+    # Evaluation sets to keep out of the data (filters/decontaminate.py; kosmos curate
+    # --decontaminate FILE...): captions, 13-word n-grams, perceptual hashes of images.
+    decontaminate: tuple = ()
+    decontaminate_images_root: Optional[str] = None
+    decontaminate_ngram_words: int = 13
+    # The same picture under many URLs (filters/image_hash.py): a 64-bit pHash within this
+    # Hamming distance is one image, for the repeated-image count, pair dedup and the
+    # evaluation images; documents with identical image sets deduplicated (OBELICS).
+    same_image_max_distance: int = 8
+    dedup_image_sets: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "decontaminate", tuple(self.decontaminate))
+        if self.image_scorer not in ("opennsfw", "nudenet", "none"):
+            raise ValueError(f"safety.image_scorer must be opennsfw, nudenet or none, not {self.image_scorer!r}")
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     # Rejected documents and images kept per (level, status, reason) for auditors,
     # chosen by a seeded hash (DataTrove's exclusion writer, without writing every reject).
@@ -224,6 +269,16 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class RunnerConfig:
+    # Beam's local runner (DirectRunner) is run with four changes of ours
+    # (pipeline/local_runner.py), tested on one Beam version; where one does not apply
+    # to the installed Beam, the run is refused before it starts unless this is true,
+    # and then runs on Beam's runner as it is (run.json says so). No other runner
+    # loads them; no dataset's bytes depend on it.
+    allow_unpatched: bool = False
+
+
+@dataclass(frozen=True)
 class CurationConfig(SectionedConfig):
     """Every threshold and switch of the curation job, one section per step; its
     JSON is recorded in ``run.json`` and its sha256 in ``stats.json``."""
@@ -236,9 +291,7 @@ class CurationConfig(SectionedConfig):
     documents: DocumentConfig = field(default_factory=DocumentConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     captions: CaptionConfig = field(default_factory=CaptionConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-
-    def validate(self) -> None:
-        if self.fetch.source not in ("archive", "http", "archive_then_http"):
-            raise ValueError("fetch.source must be archive, http or archive_then_http")
+    runner: RunnerConfig = field(default_factory=RunnerConfig)

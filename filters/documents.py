@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import List, Sequence, Tuple
 
+from contract.reasons import Reason
+from contract.hashing import stable_unit_interval
 from filters.base import Verdict, drop, keep
-
-
-def stable_unit_interval(seed: int, key: str) -> float:
-    """A number in [0, 1) from a seeded hash: the same on every runner and rerun."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
 
 
 def interspersed(n_images: int, n_text_items: int) -> Verdict:
     """Step 2: images interspersed with text: at least one image and some text."""
     if n_images == 0:
-        return drop("no_images_in_content", images=n_images, text_items=n_text_items)
+        return drop(Reason.NO_IMAGES_IN_CONTENT, images=n_images, text_items=n_text_items)
     if n_text_items == 0:
-        return drop("no_text_in_content", images=n_images, text_items=n_text_items)
+        return drop(Reason.NO_TEXT_IN_CONTENT, images=n_images, text_items=n_text_items)
     return keep(images=n_images, text_items=n_text_items)
 
 
@@ -37,5 +32,5 @@ def drop_half_of_single_image_docs(doc_id: str, n_images: int, seed: int,
         return keep()
     u = stable_unit_interval(seed, doc_id)
     if u < fraction:
-        return drop("single_image_dropped", single_image_hash=round(u, 6))
+        return drop(Reason.SINGLE_IMAGE_DROPPED, single_image_hash=round(u, 6))
     return keep(single_image_hash=round(u, 6))

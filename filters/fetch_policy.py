@@ -7,8 +7,9 @@
   (IPv4-mapped, 6to4 2002::/16, NAT64 64:ff9b::/96 and 64:ff9b:1::/48, Teredo
   2001::/32) are judged by the IPv4 they reach.
   Loopback can be allowed for tests only.
-* Opt-outs: ``X-Robots-Tag: noai`` or ``noimageai`` (also ``none``-style lists, or
-  scoped to a user agent: ``ourbot: noai``) drops the image.
+* Opt-outs: ``X-Robots-Tag: noai`` or ``noimageai`` (in a list, or scoped to our user
+  agent: ``ourbot: noai``; ``otherbot: noindex, noai`` is for otherbot only) drops the image.
+  ``robots_directives`` is the one parser; filters/opt_out.py reads archived pages with it.
 * Retries: 408, 429 and 5xx (and connection errors, timeouts) are retried with
   exponential backoff; ``Retry-After`` (seconds or an HTTP date) is honoured up to
   a cap.
@@ -74,22 +75,39 @@ def _wrapped_ipv4(addr: ipaddress.IPv6Address):
     return []
 
 
-def robots_opt_out(values: Iterable[str], user_agent: str = "") -> bool:
-    """True when an ``X-Robots-Tag`` value forbids AI use of the image, for every
-    crawler or for ours (``agent: directives``)."""
-    ours = user_agent.split("/", 1)[0].strip().lower()
+# Robots rules that carry a value after a colon (Google's list): "max-snippet: 20" names no
+# user agent.
+_VALUED_DIRECTIVES = frozenset({"max-snippet", "max-image-preview", "max-video-preview", "unavailable_after"})
+AI_OPT_OUTS = frozenset({"noai", "noimageai"})
+
+
+def robots_directives(values: Iterable[str], user_agent: str = "", agents: Iterable[str] = ()) -> frozenset:
+    """The rules of ``X-Robots-Tag`` values that apply to us, lower-cased: those for every
+    crawler and those scoped to our user agent's product token, to ``*`` or to a name in
+    ``agents``. A value ``otherbot: noindex, noai`` scopes every rule after the name to
+    ``otherbot`` (Google's reading: one header, one agent), until another ``name:`` part."""
+    ours = {user_agent.split("/", 1)[0].strip().lower(), "*"} | {a.strip().lower() for a in agents}
+    ours.discard("")
+    found = set()
     for value in values:
+        applies = True                          # each header value starts unscoped
         for part in value.split(","):
             part = part.strip().lower()
             if ":" in part:
-                agent, _, directive = part.partition(":")
-                agent, directive = agent.strip(), directive.strip()
-                if agent not in (ours, "*"):
-                    continue
-                part = directive
-            if part in ("noai", "noimageai"):
-                return True
-    return False
+                name, _, rest = part.partition(":")
+                name = name.strip()
+                if name not in _VALUED_DIRECTIVES and " " not in name:
+                    applies = name in ours
+                    part = rest.strip()
+            if applies and part:
+                found.add(part.split(":", 1)[0].strip() if ":" in part else part)
+    return frozenset(found)
+
+
+def robots_opt_out(values: Iterable[str], user_agent: str = "") -> bool:
+    """True when an ``X-Robots-Tag`` value forbids AI use of the image, for every
+    crawler or for ours (``agent: directives``)."""
+    return bool(robots_directives(values, user_agent) & AI_OPT_OUTS)
 
 
 def retry_after_seconds(value: Optional[str], now: Optional[float] = None) -> Optional[float]:

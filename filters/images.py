@@ -30,8 +30,10 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from contract.reasons import Reason
 from filters.base import Verdict, drop, keep
 from filters.config import ImageConfig
+from filters.image_hash import phash
 
 
 _PATH_WORDS = re.compile(r"[a-z]+")
@@ -59,6 +61,15 @@ class StoredImage:
     original_bytes: int
     sha256: str            # of the original bytes, as fetched
     frames: int
+    phash: str = ""        # 64-bit perceptual hash of the decoded image, 16 hex digits (filters/image_hash.py)
+    unsafe_score: Optional[float] = None   # the image-safety model's unsafe score; None without a scorer
+
+    @property
+    def identity(self) -> str:
+        """What makes two stored images the same picture: the pHash (a resized or
+        re-encoded copy has the same one), or the sha256 of the original bytes when
+        there is no pHash. Exact equality of the hash, so that it can key a shuffle."""
+        return self.phash or "sha256:" + self.sha256
 
 
 def sniff_format(data: bytes) -> str:
@@ -165,13 +176,18 @@ def tiff_frames(data: bytes, cap: int = MAX_FRAMES) -> Optional[int]:
     return len(seen)
 
 
-def judge_image(data: bytes, cfg: ImageConfig) -> Tuple[Verdict, Optional[StoredImage]]:
-    """Decide on one image; on keep also return it re-encoded for storage."""
+def judge_image(data: bytes, cfg: ImageConfig, safety=None, eval_index=None) -> Tuple[Verdict, Optional[StoredImage]]:
+    """Decide on one image; on keep also return it re-encoded for storage. Once the
+    image has passed the checks on its pixels: with ``eval_index`` (a
+    filters.decontaminate.DecontaminationIndex) an image within its distance of an
+    evaluation image is ``eval_contaminated``; with ``safety`` (a
+    filters.image_safety.ImageSafety) an image the model finds unsafe is
+    ``unsafe_image``, its scores kept on either verdict. Both before it is stored."""
     sniffed = sniff_format(data)
     sha = hashlib.sha256(data).hexdigest()
     base = {"bytes": len(data), "sniffed_format": sniffed, "sha256": sha}
     if not data:
-        return drop("empty", **base), None
+        return drop(Reason.EMPTY, **base), None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -181,38 +197,52 @@ def judge_image(data: bytes, cfg: ImageConfig) -> Tuple[Verdict, Optional[Stored
             dims = dict(base, width=width, height=height, format=fmt)
             # Our own bomb check on the header, before any pixel is decoded.
             if width * height > cfg.max_pixels:
-                return drop("decompression_bomb", **dims), None
+                return drop(Reason.DECOMPRESSION_BOMB, **dims), None
             if min(width, height) < cfg.min_side:
-                return drop("too_small", **dims), None
+                return drop(Reason.TOO_SMALL, **dims), None
             aspect = max(width, height) / min(width, height)
             if cfg.max_aspect_ratio and aspect > cfg.max_aspect_ratio:
-                return drop("extreme_aspect_ratio", aspect_ratio=round(aspect, 2), **dims), None
+                return drop(Reason.EXTREME_ASPECT_RATIO, aspect_ratio=round(aspect, 2), **dims), None
             if fmt == "tiff":
                 frames = tiff_frames(data)
                 if frames is None:
-                    return drop("too_many_frames", max_frames=MAX_FRAMES, **dims), None
+                    return drop(Reason.TOO_MANY_FRAMES, max_frames=MAX_FRAMES, **dims), None
             else:
                 frames = int(getattr(img, "n_frames", 1) or 1)
             img.seek(0)
             img.load()
     except Image.DecompressionBombError:
-        return drop("decompression_bomb", **base), None
+        return drop(Reason.DECOMPRESSION_BOMB, **base), None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        return drop("undecodable", error=type(exc).__name__, **base), None
+        return drop(Reason.UNDECODABLE, error=type(exc).__name__, **base), None
     except Exception as exc:  # Pillow plugins raise odd things on hostile input
-        return drop("undecodable", error=type(exc).__name__, **base), None
+        return drop(Reason.UNDECODABLE, error=type(exc).__name__, **base), None
 
     try:
         rgb = _to_rgb(img)
     except Exception as exc:
-        return drop("undecodable", error=type(exc).__name__, **dims), None
+        return drop(Reason.UNDECODABLE, error=type(exc).__name__, **dims), None
     single, spread = _is_single_colour(rgb, cfg.single_color_tolerance)
     dims["colour_spread"] = spread
     if single:
-        return drop("single_color", **dims), None
+        return drop(Reason.SINGLE_COLOR, **dims), None
     dims.update(uniformity(rgb, cfg.uniform_distance))
     if dims["dominant_fraction"] >= cfg.uniform_max_fraction or dims["pixel_std"] < cfg.min_pixel_std:
-        return drop("near_uniform", **dims), None
+        return drop(Reason.NEAR_UNIFORM, **dims), None
+
+    image_hash = phash(rgb)
+    if eval_index is not None:
+        distance = eval_index.image_contaminated(image_hash)
+        if distance is not None:
+            return drop(Reason.EVAL_CONTAMINATED, contaminated_by="image", contaminated_match=distance,
+                        phash=image_hash, **dims), None
+    unsafe_score = None
+    if safety is not None:
+        judged = safety.verdict(rgb)
+        if not judged.keep:
+            return drop(judged.reason, phash=image_hash, **dims, **judged.scores), None
+        dims.update(judged.scores)
+        unsafe_score = judged.scores["unsafe_score"]
 
     stored = rgb
     if max(stored.size) > cfg.store_max_side:
@@ -224,5 +254,6 @@ def judge_image(data: bytes, cfg: ImageConfig) -> Tuple[Verdict, Optional[Stored
     result = StoredImage(
         data=out.getvalue(), format=cfg.store_format.lower(), width=stored.size[0],
         height=stored.size[1], original_width=width, original_height=height,
-        original_format=fmt, original_bytes=len(data), sha256=sha, frames=frames)
+        original_format=fmt, original_bytes=len(data), sha256=sha, frames=frames, phash=image_hash,
+        unsafe_score=unsafe_score)
     return keep(**dims), result

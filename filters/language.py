@@ -6,6 +6,7 @@ import os
 import re
 from typing import List, Optional, Tuple
 
+from contract.reasons import Reason
 from filters.base import Verdict, drop, keep
 
 _SPACES = re.compile(r"\s+")
@@ -54,7 +55,7 @@ def language_filter(identifier: LanguageIdentifier, text: str, language: str,
     scores = {"language": top, "language_score": round(top_score, 4),
               f"{language}_score": round(wanted, 4)}
     if not text.strip():
-        return drop("no_text", **scores)
+        return drop(Reason.NO_TEXT, **scores)
     if wanted < min_score:
-        return drop("non_english" if language == "en" else f"not_{language}", **scores)
+        return drop(Reason.NON_ENGLISH if language == "en" else f"not_{language}", **scores)
     return keep(**scores)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from contract.reasons import Reason
+from archives.records import ArchiveRecord
 from filters.images import sniff_format
 
 HTML_TYPES = {"text/html", "application/xhtml+xml"}
@@ -41,20 +43,20 @@ def looks_like_html(payload: bytes) -> bool:
     return head.startswith((b"<!doctype html", b"<html", b"<head", b"<!--")) and b"<html" in payload[:4096].lower()
 
 
-def classify(rec) -> RecordClass:
-    """A record (transforms.warc.ArchiveRecord: ``rec_type``, ``target_uri``,
-    ``http_status``, ``mime``, ``payload``) sorted for the job."""
+def classify(rec: ArchiveRecord) -> RecordClass:
+    """A record (its ``rec_type``, ``target_uri``, ``http_status``, ``mime`` and
+    ``payload``) sorted for the job."""
     if rec.rec_type in SKIPPED_TYPES:
-        return RecordClass(RecordKind.SKIPPED, f"warc_type_{rec.rec_type}")
+        return RecordClass(RecordKind.SKIPPED, Reason.WARC_TYPE.of(rec.rec_type))
     if rec.rec_type not in ("response", "resource"):
-        return RecordClass(RecordKind.SKIPPED, "warc_type_other")
+        return RecordClass(RecordKind.SKIPPED, Reason.WARC_TYPE.of("other"))
     uri = rec.target_uri.lower()
     if not uri.startswith(("http://", "https://")):
-        return RecordClass(RecordKind.SKIPPED, "not_http")
+        return RecordClass(RecordKind.SKIPPED, Reason.NOT_HTTP)
     if rec.http_status is None and rec.rec_type == "response":
-        return RecordClass(RecordKind.BROKEN, "bad_http")
+        return RecordClass(RecordKind.BROKEN, Reason.BAD_HTTP)
     if rec.http_status is not None and not 200 <= rec.http_status < 300:
-        return RecordClass(RecordKind.SKIPPED, f"http_{rec.http_status // 100}xx")
+        return RecordClass(RecordKind.SKIPPED, Reason.HTTP_STATUS.of(f"{rec.http_status // 100}xx"))
     mime = rec.mime
     if mime in HTML_TYPES:
         return PAGE
@@ -65,4 +67,4 @@ def classify(rec) -> RecordClass:
             return PAGE
         if sniff_format(rec.payload) in RASTER_FORMATS:
             return IMAGE
-    return RecordClass(RecordKind.SKIPPED, "not_html_or_image")
+    return RecordClass(RecordKind.SKIPPED, Reason.NOT_HTML_OR_IMAGE)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from contract.reasons import Reason
 from filters.base import Verdict, drop, keep
 from filters.boilerplate import filter_boilerplate, navigation_paragraph, tail_heading, word_list_paragraph
 from filters.config import TextQualityConfig
@@ -57,13 +58,13 @@ def text_signals(text: str) -> Dict[str, float]:
 
 def _spam_reason(sig: Dict[str, float], cfg: TextQualityConfig, max_special: float):
     if sig["emoji_ratio"] > cfg.max_emoji_ratio:
-        return "spam_emoji"
+        return Reason.SPAM.of("emoji")
     if sig["hashtag_ratio"] > cfg.max_hashtag_ratio:
-        return "spam_hashtags"
+        return Reason.SPAM.of("hashtags")
     if sig["url_char_ratio"] > cfg.max_url_char_ratio:
-        return "spam_urls"
+        return Reason.SPAM.of("urls")
     if sig["special_char_ratio"] > max_special:
-        return "special_characters"
+        return Reason.SPECIAL_CHARACTERS
     return None
 
 
@@ -136,11 +137,11 @@ def filter_document_text(paragraphs: Sequence[str], cfg: TextQualityConfig) -> V
     text = "\n".join(paragraphs)
     sig = _rounded(text_signals(text))
     if sig["words"] < cfg.min_words:
-        return drop("too_few_words", **sig)
+        return drop(Reason.TOO_FEW_WORDS, **sig)
     reason = _spam_reason(sig, cfg, cfg.max_special_char_ratio_document)
     if reason:
         return drop(reason, **sig)
     if sig["alpha_word_ratio"] < cfg.min_alpha_word_ratio:
-        return drop("gibberish", **sig)
+        return drop(Reason.GIBBERISH, **sig)
     bp = filter_boilerplate(paragraphs, cfg)
     return Verdict(bp.keep, bp.reason, {**sig, **bp.scores})

@@ -31,6 +31,8 @@ def _refuse(command: str, message: str) -> int:
 def _curate(args, beam_args: List[str]) -> int:
     from contract.reasons import FUNNEL_BLOCKS
     from filters.config import CurationConfig
+    from pipeline.inputs import DEFAULT_PATHS_PREFIX
+    from pipeline.local_runner import unpatched as unpatched_local_runner
     from pipeline.run import Refused, run_curation
     from pipeline.stats import format_stats
 
@@ -49,8 +51,12 @@ def _curate(args, beam_args: List[str]) -> int:
         overrides["output.num_shards"] = args.num_shards
     if args.no_resolve_revisits:
         overrides["records.resolve_revisits"] = False
-    if args.images:
+    if args.images is not None:
         overrides["fetch.source"] = args.images
+    if args.decontaminate:
+        overrides["safety.decontaminate"] = list(args.decontaminate)
+    if args.decontaminate_images:
+        overrides["safety.decontaminate_images_root"] = args.decontaminate_images
     if overrides:
         try:
             cfg = cfg.override(overrides)
@@ -65,7 +71,8 @@ def _curate(args, beam_args: List[str]) -> int:
         worker_log = os.path.join(tempfile.gettempdir(), f"kosmos-curate-{os.getpid()}.log")
     try:
         stats = run_curation(args.input, args.output, cfg, beam_args, num_workers=args.num_workers,
-                             paths_prefix=args.paths_prefix, wait=not args.no_wait,
+                             paths_prefix=DEFAULT_PATHS_PREFIX if args.paths_prefix is None else args.paths_prefix,
+                             wait=not args.no_wait,
                              worker_log=worker_log or None, overwrite=args.overwrite,
                              progress=not args.quiet)
     except Refused as e:         # inputs or output refused before anything ran
@@ -78,6 +85,8 @@ def _curate(args, beam_args: List[str]) -> int:
         print(f"submitted; results will be written under {args.output}")
         return 0
     print(format_stats(stats))
+    if unpatched_local_runner():        # runner.allow_unpatched: also in run.json
+        print(f"WARNING: {unpatched_local_runner()}")
     print(f"shards:     {args.output.rstrip('/')}/documents/ (_manifest.json lists them)")
     for name in ("text", "pairs", "outcomes"):
         if name in stats.get("outputs", {}):
@@ -279,6 +288,8 @@ def _explain(args, _beam_args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from filters.config import FETCH_SOURCES     # both load neither Beam nor torch
+    from trainer.config import EVAL_TASKS
     parser = argparse.ArgumentParser(prog="kosmos", description="Kosmos-1 data curation and training")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -299,13 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--num_workers", type=int,
                    help="worker processes for the local runner (default 1, in-process); one file's byte "
                         "ranges are spread over them, with the same outputs as one worker")
-    c.add_argument("--paths_prefix", default="https://data.commoncrawl.org/",
+    c.add_argument("--paths_prefix",
                    help="prefix for relative entries of warc.paths listings (default: Common Crawl's "
                         "public HTTPS access; s3://commoncrawl/ needs AWS credentials)")
-    c.add_argument("--images", choices=["archive", "http", "archive_then_http"],
+    c.add_argument("--images", metavar="{" + ",".join(FETCH_SOURCES) + "}",     # the config checks it
                    help="where image bytes come from (config fetch.source; default archive): the input "
                         "archives' image records, HTTP downloads (Common Crawl WARCs hold no images), "
                         "or the archives first and HTTP for the rest")
+    c.add_argument("--decontaminate", nargs="+", metavar="FILE",
+                   help="evaluation sets to keep out of the data (COCO Karpathy / Flickr30k JSON, VQAv2 questions, "
+                        "JSONL of texts): pages sharing a 13-word n-gram, pairs with an evaluation caption and "
+                        "(with --decontaminate_images) near copies of their images are dropped as eval_contaminated")
+    c.add_argument("--decontaminate_images", metavar="DIR",
+                   help="where the evaluation files' images are (the COCO/Flickr30k image root)")
     c.add_argument("--no_resolve_revisits", action="store_true",
                    help="skip the revisit join (Common Crawl WARCs hold no revisit records)")
     c.add_argument("--print_config", action="store_true", help="print the effective settings and exit")
@@ -371,8 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="zero-/few-shot evaluation of a checkpoint (the paper's protocols)")
     e.add_argument("checkpoint", help="a checkpoint directory, a checkpoint root or a run's output")
-    e.add_argument("--task", required=True, choices=["caption", "vqa", "raven", "classify", "perplexity",
-                                                     "choice"])
+    e.add_argument("--task", required=True, choices=EVAL_TASKS)
     e.add_argument("--data", required=True, action="append",
                    help="the task's file (Karpathy/COCO JSON, VQAv2/VizWiz JSON, JSONL) or shards; repeatable")
     e.add_argument("--images_root", help="directory (or URL) the data's image paths are relative to")

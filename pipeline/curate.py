@@ -31,9 +31,11 @@ from contract.manifest import (DUPLICATES_DIR, ERRORS, FETCH_FAILURES, FETCHED_D
 from contract.reasons import TEXT
 from contract.schema import DOCUMENTS, OUTCOME_TRAIL, PAIRS, TEXTS
 from filters.config import CurationConfig
+from filters.decontaminate import build_index
+from filters.safety_urls import BlockedSites
 from pipeline.stats import build_stats, reject_samples_parquet
-from transforms.accounting import OUTCOMES, AccountOutcomes
-from transforms.assemble import AssembleDocument
+from transforms.accounting import AccountedParDo, AccountOutcomes, ApplyFilter, ledger_of
+from transforms.assemble import AssembleDocuments
 from transforms.corpora import PairsBeforeImages, PairsWithImages, TextRow
 from transforms.dedup import Deduplicate
 from transforms.http_images import (HTTP_FAILED, ArchiveThenHttp, HttpImages, WriteFetchedWarcs, failure_line,
@@ -56,44 +58,50 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
         return rows | label >> WriteShards(at(dataset.directory), out.num_shards, out.compression,
                                            out.row_group_size, dataset)
 
-    outcomes, audits = [], []
+    audits = []
+
+    # The evaluation sets to keep out (--decontaminate), hashed once here into a side
+    # input every worker reads: captions, 13-word n-grams, images' perceptual hashes.
+    eval_index = None
+    if cfg.safety.decontaminate:
+        index = build_index(list(cfg.safety.decontaminate), cfg.safety.decontaminate_images_root,
+                            ngram_words=cfg.safety.decontaminate_ngram_words,
+                            image_max_distance=cfg.safety.same_image_max_distance)
+        eval_index = beam.pvalue.AsSingleton(p | "EvaluationIndex" >> beam.Create([index]))
 
     # 1. Archives -> records -> HTML pages, revisits resolved; image records by location.
     files = (p
              | "ListInputFiles" >> beam.Create(paths)
              | "SpreadFilesOverWorkers" >> beam.Reshuffle())
     read = files | "ReadArchives" >> ReadAndResolve(cfg.records, progress_dir)
-    outcomes.append(read.outcomes)
     (read.inputs
      | "InputLines" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
      | "WriteInputManifest" >> WriteSortedLines(at(INPUTS)))
 
-    # 2. Cheap checks, extraction, English, spam/gibberish, images in text: once per
-    #    page for the three outputs.
-    candidates = read.pages | "PagesToCandidates" >> PagesToCandidates(cfg, progress_dir)
-    outcomes.append(candidates.outcomes)
+    # 2. Sites not to be used (adult domains, banned words in the URL, the user's own
+    #    lists), decided on the URL before anything reads the page; then the cheap
+    #    checks, extraction, English, spam/gibberish, images in text: once per page for
+    #    the three outputs.
+    pages = read.pages | "BlockedSites" >> ApplyFilter(BlockedSites(cfg.safety))
+    candidates = pages.output | "PagesToCandidates" >> PagesToCandidates(cfg, progress_dir, eval_index)
 
     # 3. Dedup on text (URL, exact, near), before any image is fetched or decoded.
     documents = candidates.documents | "Deduplicate" >> Deduplicate(cfg.dedup)
-    outcomes.append(documents.outcomes)
     audits.append(documents.audit)
 
     # 4. Image references meet their bytes: one source for documents and pairs, each
     #    image judged once, images used by many pages (logos, icons) removed.
-    refs = documents.kept | "ListImageReferences" >> beam.ParDo(
+    refs = documents.kept | "ListImageReferences" >> AccountedParDo(
         ListImageReferences(cfg.documents.max_image_references, cfg.images.furniture_url_words,
-                            cfg.captions)).with_outputs(SETTLED, OUTCOMES, main="refs")
-    outcomes.append(refs[OUTCOMES])
+                            cfg.captions, cfg.safety), SETTLED, main="refs")
     all_refs = [refs["refs"]]
     if out.pairs:
         pairs = candidates.pairs | "DistinctPairs" >> PairsBeforeImages()
-        outcomes.append(pairs.outcomes)
         all_refs.append(pairs.output | "PairImageReferences" >> beam.Map(lambda c: (c.url, (c.ref, 0))))
     images = (tuple(all_refs)
               | "AllImageReferences" >> beam.Flatten()
-              | "FetchImages" >> FetchImages(image_source(p, read.image_records, cfg), cfg.dedup.image_max_repeats,
+              | "FetchImages" >> FetchImages(image_source(p, read.image_records, cfg, eval_index), cfg.dedup.image_max_repeats,
                                              candidates.sightings))
-    outcomes.append(images.events)
     if images.fetched is not None:
         (images.events
          | "OnlyFetchFailures" >> beam.Filter(lambda e: e.name == HTTP_FAILED)
@@ -103,35 +111,31 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
             images.fetched | "WriteFetchedWarcs" >> WriteFetchedWarcs(at(FETCHED_DIR), out.num_shards)
     results = (images.results, refs[SETTLED]) | "AllImageResults" >> beam.Flatten()
 
-    # 5. Documents meet their images: at most 5, half of the single-image ones dropped.
+    # 5. Documents meet their images: at most 5, one of each set of images (the newest),
+    #    half of the single-image ones dropped.
     document_results = (results
                         | "DocumentResults" >> beam.Filter(lambda kv: not kv[0].is_pair)
                         | "KeyResultsByDocId" >> beam.Map(lambda kv: (kv[0].page, kv[1])))
-    assembled = ({"doc": documents.kept | "KeyByDocId" >> beam.Map(lambda c: (c.doc_id, c)),
-                  "images": document_results}
-                 | "JoinDocumentsWithImages" >> beam.CoGroupByKey()
-                 | "CapImagesAndDropHalfOfSingleImageDocs" >> beam.ParDo(
-                     AssembleDocument(cfg.documents)).with_outputs(OUTCOMES, main="rows"))
-    outcomes.append(assembled[OUTCOMES])
+    assembled = ((documents.kept, document_results)
+                 | "AssembleDocuments" >> AssembleDocuments(cfg.documents, cfg.safety.dedup_image_sets))
     manifests = {"manifest": write_shards(assembled["rows"], "WriteShards", DOCUMENTS)}
 
     # The other two Kosmos corpora: image-caption pairs and text-only documents.
     if out.pairs:
         pair_results = results | "PairResults" >> beam.Filter(lambda kv: kv[0].is_pair)
         pair_rows = pairs.output | "PairsWithImages" >> PairsWithImages(pair_results)
-        outcomes.append(pair_rows.outcomes)
         manifests["pairs_manifest"] = write_shards(pair_rows.output, "WritePairShards", PAIRS)
     if out.text:
         texts = candidates.texts | "DeduplicateText" >> Deduplicate(cfg.dedup, TEXT)
-        text_rows = texts.kept | "TextRows" >> beam.ParDo(TextRow()).with_outputs(OUTCOMES, main="rows")
-        outcomes += [texts.outcomes, text_rows[OUTCOMES]]
+        text_rows = texts.kept | "TextRows" >> AccountedParDo(TextRow(), main="rows")
         audits.append(texts.audit)
         manifests["text_manifest"] = write_shards(text_rows["rows"], "WriteTextShards", TEXTS)
 
-    # 6. The audit trail and the accounting: every record and reference in one place.
+    # 6. The audit trail and the accounting: every record and reference in one place
+    #    (every accounted step entered its outcomes in the pipeline's ledger).
     (tuple(audits) | "AllDuplicateLines" >> beam.Flatten()
      | "WriteDuplicates" >> WriteShardedLines(at(DUPLICATES_DIR), out.num_shards))
-    accounting = (tuple(outcomes)
+    accounting = (ledger_of(p)
                   | "AccountOutcomes" >> AccountOutcomes(cfg.audit.samples_per_reason, cfg.audit.seed,
                                                          trail=cfg.audit.outcomes))
     counts = accounting.counts
@@ -156,14 +160,16 @@ def build_pipeline(p: beam.Pipeline, paths: List[str], output: str, cfg: Curatio
         write_stats, **{name: beam.pvalue.AsSingleton(m) for name, m in manifests.items()})
 
 
-def image_source(p: beam.Pipeline, image_records, cfg: CurationConfig) -> beam.PTransform:
-    """The image source chosen by ``fetch.source`` (all follow one contract)."""
+def image_source(p: beam.Pipeline, image_records, cfg: CurationConfig, eval_index=None) -> beam.PTransform:
+    """The image source chosen by ``fetch.source`` (all follow one contract; the
+    config refused any other value when it was loaded)."""
     f = cfg.fetch
     allowed = read_url_list(p, f.only_urls) if f.only_urls else None
     if f.source == "archive":
-        return InArchiveImages(image_records, cfg.images, cfg.records.max_image_bytes)
+        return InArchiveImages(image_records, cfg.images, cfg.records.max_image_bytes, safety=cfg.safety,
+                               eval_index=eval_index)
     if f.source == "http":
-        return HttpImages(f, cfg.images, cfg.records.max_image_bytes, allowed)
-    if f.source == "archive_then_http":
-        return ArchiveThenHttp(image_records, cfg.images, f, cfg.records.max_image_bytes, allowed)
-    raise ValueError(f"fetch.source must be archive, http or archive_then_http, not {f.source!r}")
+        return HttpImages(f, cfg.images, cfg.records.max_image_bytes, allowed, safety=cfg.safety,
+                          eval_index=eval_index)
+    return ArchiveThenHttp(image_records, cfg.images, f, cfg.records.max_image_bytes, allowed,  # archive_then_http
+                           safety=cfg.safety, eval_index=eval_index)

@@ -1,7 +1,7 @@
 """Input expansion: local paths, globs and Common Crawl ``warc.paths(.gz)``
 listings, on any file system Beam's ``FileSystems`` knows (gs://, s3:// with the
 matching extras installed), and HTTP(S) URLs (no globs there), which
-``transforms/remote.py`` streams with resume."""
+``archives/remote.py`` streams with resume."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Dict, Iterable, List
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.remote import input_size, is_http, open_input
+from archives.remote import input_size, is_http
+from transforms.filesystems import open_input
 
 # Common Crawl listings name files relative to the bucket root; its public access is
 # HTTPS (s3://commoncrawl/ needs AWS credentials).

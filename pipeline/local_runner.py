@@ -31,16 +31,23 @@ scheduling (Dataflow, Flink, Spark) never load them.
    records of those ranges are never read. The fix collects every worker's
    residuals into the merged response.
 
-``install()`` applies all four; each is skipped, with the reason returned, on a Beam
-whose runner lacks what it replaces. It also has glibc's allocator hand freed
-memory back (``return_freed_memory``).
+They replace private classes and methods of Beam's runner, read against Beam
+``TESTED_BEAM`` (setup.py pins it). ``problems()`` says, before a job starts, which
+change does not apply to the Beam of this process: another version, or a class,
+attribute or method it relies on missing or of another shape (the two buffers are
+also run side by side with Beam's own on a few elements and must give the same
+bytes). ``install()`` applies all four, or none: where one does not apply it raises
+``NotApplicable`` (``kosmos curate`` refuses the run), or with ``allow_unpatched``
+leaves Beam's runner as it is and says so (``run.json: local_runner``). It also has
+glibc's allocator hand freed memory back (``return_freed_memory``).
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import threading
-from typing import Dict, Iterable, Iterator, List, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 COMPRESS_ABOVE = 256      # bytes: smaller encodings (ids, counts, short rows) gain little from compressing
 BUNDLE_BYTES = 8 << 20    # encoded input of one bundle of the local runner (32 MB before; see return_freed_memory)
@@ -50,6 +57,13 @@ BUNDLE_BYTES = 8 << 20    # encoded input of one bundle of the local runner (32 
 MMAP_THRESHOLD = 4 << 20
 TRIM_THRESHOLD = 16 << 20
 COMPRESS_LEVEL = 1        # zstd: on web pages 3x zlib level 1's speed both ways, and smaller
+# The Beam (major, minor) whose runner the changes replace parts of, read and tested
+# against; setup.py pins apache-beam to it. Any other version is refused (problems()).
+TESTED_BEAM = (2, 77)
+ALLOW_UNPATCHED = "runner.allow_unpatched"
+# A packed piece's first byte, checked when it is read: a piece that did not come
+# through _pack is refused (unless it starts with one by chance: Beam's encoded windowed
+# values start with their timestamp, 0x7f before 1970 and 0x80 after).
 _RAW, _ZSTD = b"\x00", b"\x02"
 _codecs = threading.local()   # zstd contexts are not to be shared between threads (parallel bundles)
 
@@ -71,11 +85,29 @@ def _pack(encoded: bytes) -> bytes:
 
 
 def _unpack(packed: bytes) -> bytes:
-    return _zstd().decompress(packed[1:]) if packed[:1] == _ZSTD else packed[1:]
+    """What ``_pack`` was given; a piece it did not make (no tag of its own) is refused,
+    never read as if it had one."""
+    if not isinstance(packed, (bytes, bytearray)):
+        raise TypeError(f"local runner buffer: expected a piece packed by pipeline/local_runner.py, "
+                        f"got a {type(packed).__name__}")
+    tag = packed[:1]
+    if tag == _ZSTD:
+        return _zstd().decompress(packed[1:])
+    if tag == _RAW:
+        return packed[1:]
+    raise ValueError(f"local runner buffer: a piece of {len(packed)} bytes starting {bytes(packed[:8])!r} "
+                     f"has no tag of pipeline/local_runner.py ({_RAW!r} raw, {_ZSTD!r} zstd); it was not "
+                     f"packed there")
 
 
 _originals: List[Tuple[object, str, object]] = []   # (owner, name, Beam's own), in the order replaced
 _installed = ""
+_unpatched = ""       # why this process runs Beam's local runner as it is (runner.allow_unpatched)
+
+
+class NotApplicable(RuntimeError):
+    """A change to the local runner does not apply to this process's Beam; the message
+    (one line) names the change, the version and how to run anyway."""
 
 
 def _replace(owner, name: str, new) -> None:
@@ -83,25 +115,94 @@ def _replace(owner, name: str, new) -> None:
     setattr(owner, name, new)
 
 
-def install() -> str:
-    """Apply the changes to the local runner of this process; returns what was done."""
-    global _installed
-    if _originals:
-        return _installed
+def _changes():
+    """(name, check, apply) of each change, in the order applied: a later one may wrap
+    an earlier one (the bounded bundles wrap the residuals' BundleManager.process_bundle)."""
+    return (("compact shuffle buffers", _check_grouping_buffer, _compact_grouping_buffer),
+            ("compact stage buffers", _check_list_buffer, _compact_list_buffer),
+            ("residuals of parallel bundles", _check_parallel_residuals, _parallel_residuals),
+            ("bundles of at most %d MB" % (BUNDLE_BYTES >> 20), _check_bounded_bundles, _bounded_bundles))
+
+
+def beam_version() -> str:
+    try:
+        import apache_beam
+        return apache_beam.__version__
+    except ImportError:
+        return "(not installed)"
+
+
+def _tested(version: str) -> bool:
+    parts = version.split(".")
+    try:
+        return (int(parts[0]), int(parts[1])) == TESTED_BEAM
+    except (IndexError, ValueError):
+        return False
+
+
+def problems() -> List[Tuple[str, str]]:
+    """(change, why it does not apply) for each change that does not apply to the Beam of
+    this process: not the tested version, or something of Beam's runner it replaces or
+    relies on missing or of another shape. Empty: all apply."""
     try:
         from apache_beam.runners.portability.fn_api_runner import execution, fn_runner
     except ImportError as exc:
-        return f"not installed: {exc}"
+        return [(name, f"no FnApiRunner ({exc})") for name, _, _ in _changes()]
+    tested = _tested(beam_version())
+    out = []
+    for name, check, _ in _changes():
+        try:
+            why = check(execution, fn_runner)
+        except Exception as exc:        # a shape so far from the expected that looking at it fails
+            why = f"checking it failed: {type(exc).__name__}: {exc}"
+        if why is None and not tested:
+            why = "not tested on this version"
+        if why is not None:
+            out.append((name, why))
+    return out
+
+
+def refusal(found: List[Tuple[str, str]]) -> str:
+    """The one line that stops a run whose local runner the changes do not apply to."""
+    major, minor = TESTED_BEAM
+    what = "; ".join(f"{name}: {why}" for name, why in found)
+    return (f"the local runner's changes (pipeline/local_runner.py) do not apply to Beam {beam_version()} "
+            f"(tested on {major}.{minor}.x, as setup.py pins): {what}. Install apache-beam=={major}.{minor}.*, "
+            f"or run on Beam's own local runner without them (without the compact buffers and bounded "
+            f"bundles one Common Crawl WARC can need tens of GB of memory; more than one worker can lose "
+            f"records): --set {ALLOW_UNPATCHED}=true")
+
+
+def install(allow_unpatched: bool = False) -> str:
+    """Apply the changes to the local runner of this process; returns what was done.
+    All or none: where one does not apply (``problems()``), raises NotApplicable, or
+    with ``allow_unpatched`` leaves Beam's runner as it is and says so."""
+    global _installed, _unpatched
+    if _originals:
+        return _installed
+    found = problems()
+    if found and not allow_unpatched:
+        raise NotApplicable(refusal(found))
     done = []
-    for name, patch in (("compact shuffle buffers", _compact_grouping_buffer),
-                        ("compact stage buffers", _compact_list_buffer),
-                        ("residuals of parallel bundles", _parallel_residuals),
-                        ("bundles of at most %d MB" % (BUNDLE_BYTES >> 20), _bounded_bundles)):
-        why = patch(execution, fn_runner)
-        done.append(name if why is None else f"{name} not installed ({why})")
+    if found:
+        _unpatched = (f"the local runner ran unpatched ({ALLOW_UNPATCHED}; Beam {beam_version()}): "
+                      + "; ".join(f"{name} not applied ({why})" for name, why in found))
+        done.append(_unpatched)
+    else:
+        from apache_beam.runners.portability.fn_api_runner import execution, fn_runner
+        _unpatched = ""
+        for name, _, apply in _changes():
+            apply(execution, fn_runner)
+            done.append(name)
     done.append(return_freed_memory())
     _installed = "; ".join(done)
     return _installed
+
+
+def unpatched() -> str:
+    """Why this process's local runner runs without the changes ("" when it has them, or
+    when none was installed)."""
+    return "" if _originals else _unpatched
 
 
 def return_freed_memory() -> str:
@@ -140,19 +241,65 @@ def return_freed_memory() -> str:
 def uninstall() -> None:
     """Beam's own code again (for tests that compare the two), undone in reverse order:
     a later change may wrap an earlier one."""
+    global _unpatched
+    _unpatched = ""
     while _originals:
         owner, name, old = _originals.pop()
         setattr(owner, name, old)
 
 
-def _compact_grouping_buffer(execution, fn_runner):
+# What every check looks at is Beam's own code, also once the changes are installed.
+def _own(owner, name: str):
+    for o, n, old in _originals:
+        if o is owner and n == name:
+            return old
+    return getattr(owner, name, None)
+
+
+def _lacks(cls, label: str, *methods: str) -> Optional[str]:
+    missing = [m for m in methods if not callable(getattr(cls, m, None))]
+    return f"{label} has no {', '.join(missing)}" if missing else None
+
+
+def _takes(func, label: str, *params: str) -> Optional[str]:
+    """None when ``func`` is a method taking exactly ``params`` (after self)."""
+    try:
+        got = tuple(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return f"{label} has no signature to read"
+    if got == ("self",) + params:
+        return None
+    return f"{label} takes ({', '.join(got[1:])}), not ({', '.join(params)})"
+
+
+def _lacks_attributes(obj, label: str, expected: Dict[str, type]) -> Optional[str]:
+    """None when ``obj`` has each attribute, of its type."""
+    wrong = [f"{name} ({type(getattr(obj, name)).__name__}, not {tp.__name__})" if hasattr(obj, name) else name
+             for name, tp in expected.items()
+             if not isinstance(getattr(obj, name, None), tp)]
+    return f"{label} has no {', '.join(wrong)}" if wrong else None
+
+
+def _names(func) -> set:
+    """The global and attribute names that a function's code and the functions it defines use."""
+    code = getattr(func, "__code__", None)
+    names, stack = set(), [code] if code is not None else []
+    while stack:
+        c = stack.pop()
+        names.update(c.co_names)
+        stack.extend(k for k in c.co_consts if inspect.iscode(k))
+    return names
+
+
+def _sample_elements():
+    """A few (key, value) pairs, some values above COMPRESS_ABOVE, keys repeated."""
+    return [(f"k{i % 3}".encode(), {"i": i, "text": "word " * (i * 40)}) for i in range(7)]
+
+
+def _grouping_buffer_class(base):
     from apache_beam.coders.coder_impl import create_InputStream, create_OutputStream
     from apache_beam.transforms.window import GlobalWindow, GlobalWindows
     from apache_beam.utils import windowed_value
-
-    base = getattr(execution, "GroupingBuffer", None)
-    if base is None or not all(hasattr(base, n) for n in ("append", "extend", "partition", "copy")):
-        return "this Beam's runner has no GroupingBuffer of the expected shape"
 
     class CompactGroupingBuffer(base):
         """Beam's GroupingBuffer with each value kept encoded (and compressed when
@@ -178,6 +325,20 @@ def _compact_grouping_buffer(execution, fn_runner):
             while stream.size() > 0:
                 key, value = coder_impl.decode_from_stream(stream, True).value
                 table[key_impl.encode(key)].append(_pack(value_impl.encode(value)))
+
+        def extend(self, input_buffer) -> None:
+            # Beam's own merges the tables as they are: a table of Beam's own buffer
+            # (decoded values) joins this one's packed values packed.
+            if isinstance(input_buffer, base) and getattr(input_buffer, "_compact", False) != self._compact:
+                if not (self._compact and input_buffer._windowing.is_default()):
+                    raise RuntimeError("grouping buffers of different windowings cannot be merged")
+                if self._grouped_output or getattr(self, "_read", False):
+                    raise RuntimeError("Grouping table append after read.")
+                value_impl = self._value_coder_impl
+                for key, values in input_buffer._table.items():
+                    self._table[key].extend(_pack(value_impl.encode(v)) for v in values)
+                return None
+            return super().extend(input_buffer)
 
         def _grouped(self, n: int) -> Iterator[Tuple[int, bytes]]:
             """(partition, encoded grouped elements) in pieces of about 1 MB (at most
@@ -222,20 +383,66 @@ def _compact_grouping_buffer(execution, fn_runner):
             self._read = True
             return (data for _, data in self._grouped(1))
 
-    _replace(execution, "GroupingBuffer", CompactGroupingBuffer)
+    return CompactGroupingBuffer
+
+
+def _check_grouping_buffer(execution, fn_runner) -> Optional[str]:
+    """GroupingBuffer as CompactGroupingBuffer uses it, and the two group a sample alike."""
+    import collections
+
+    from apache_beam.coders import coders
+    from apache_beam.coders.coder_impl import create_OutputStream
+    from apache_beam.transforms import core, window
+
+    base = _own(execution, "GroupingBuffer")
+    if not isinstance(base, type):
+        return "Beam's runner has no execution.GroupingBuffer"
+    why = (_lacks(base, "GroupingBuffer", "append", "extend", "partition", "copy", "__iter__")
+           or _takes(base.__init__, "GroupingBuffer.__init__", "pre_grouped_coder", "post_grouped_coder", "windowing"))
+    if why:
+        return why
+    kv = coders.TupleCoder([coders.BytesCoder(), coders.FastPrimitivesCoder()])
+    grouped = coders.TupleCoder([coders.BytesCoder(), coders.IterableCoder(coders.FastPrimitivesCoder())])
+    pre = coders.WindowedValueCoder(kv, coders.GlobalWindowCoder())
+    post = coders.WindowedValueCoder(grouped, coders.GlobalWindowCoder())
+    windowing = core.Windowing(window.GlobalWindows())
+    theirs = base(pre, post, windowing)
+    why = _lacks_attributes(theirs, "a GroupingBuffer", {
+        "_table": collections.defaultdict, "_grouped_output": type(None), "_pre_grouped_coder": coders.Coder,
+        "_post_grouped_coder": coders.Coder, "_key_coder": coders.Coder, "_windowing": core.Windowing})
+    if why:
+        return why
+    if theirs._table.default_factory is not list:
+        return "GroupingBuffer._table is not a defaultdict of lists"
+    stream = create_OutputStream()
+    for kv_pair in _sample_elements():
+        pre.get_impl().encode_to_stream(window.GlobalWindows.windowed_value(kv_pair), stream, True)
+    data = stream.get()
+    compact = _grouping_buffer_class(base)
+    ours, ours_whole = compact(pre, post, windowing), compact(pre, post, windowing)
+    theirs_whole = base(pre, post, windowing)
+    for buffer in (theirs, ours, ours_whole, theirs_whole):
+        buffer.append(data)
+    if ([b"".join(p) for p in ours.partition(2)] != [b"".join(p) for p in theirs.partition(2)]
+            or b"".join(ours_whole) != b"".join(theirs_whole)):
+        return "GroupingBuffer's grouped output differs from its compact copy's on a sample"
     return None
 
 
-def _compact_list_buffer(execution, fn_runner):
-    base = getattr(execution, "ListBuffer", None)
-    if base is None or getattr(fn_runner, "ListBuffer", None) is not base or not all(
-            hasattr(base, n) for n in ("append", "extend", "partition", "copy", "clear", "reset")):
-        return "this Beam's runner has no ListBuffer of the expected shape"
+def _compact_grouping_buffer(execution, fn_runner) -> None:
+    _replace(execution, "GroupingBuffer", _grouping_buffer_class(execution.GroupingBuffer))
 
+
+def _list_buffer_class(base):
     class CompactListBuffer(base):
         """Beam's ListBuffer (a stage's output held for the next stage: a Flatten of
         several stages' outputs, a side input, deferred work) with each piece of
         encoded elements compressed as it arrives and expanded as it is read."""
+
+        def copy(self) -> "CompactListBuffer":
+            new = CompactListBuffer(self._coder_impl)
+            new._inputs = list(self._inputs)
+            return new
 
         def append(self, element: bytes) -> None:
             super().append(_pack(element))
@@ -245,7 +452,10 @@ def _compact_list_buffer(execution, fn_runner):
                 raise RuntimeError("Trying to append to a cleared ListBuffer.")
             if self._grouped_output:
                 raise RuntimeError("ListBuffer append after read.")
-            self._inputs.extend(extra._inputs)      # pieces of another CompactListBuffer: packed alike
+            if isinstance(extra, CompactListBuffer):
+                self._inputs.extend(extra._inputs)      # packed alike
+            else:                                       # Beam's own ListBuffer: its pieces as they are
+                self._inputs.extend(_pack(x) for x in extra._inputs)
 
         def partition(self, n: int) -> List[List[bytes]]:
             if self.cleared:
@@ -266,16 +476,100 @@ def _compact_list_buffer(execution, fn_runner):
                 raise RuntimeError("Trying to iterate through a cleared ListBuffer.")
             return (_unpack(x) for x in self._inputs)
 
-    _replace(execution, "ListBuffer", CompactListBuffer)
-    _replace(fn_runner, "ListBuffer", CompactListBuffer)
+    return CompactListBuffer
+
+
+def _check_list_buffer(execution, fn_runner) -> Optional[str]:
+    """ListBuffer as CompactListBuffer uses it (the class fn_runner makes too), and the
+    two hand out a sample alike."""
+    from apache_beam.coders import coders
+    from apache_beam.transforms import window
+
+    base = _own(execution, "ListBuffer")
+    if not isinstance(base, type):
+        return "Beam's runner has no execution.ListBuffer"
+    if _own(fn_runner, "ListBuffer") is not base:
+        return "fn_runner.ListBuffer is not execution.ListBuffer"
+    why = (_lacks(base, "ListBuffer", "append", "extend", "partition", "copy", "clear", "reset", "__iter__")
+           or _takes(base.__init__, "ListBuffer.__init__", "coder_impl"))
+    if why:
+        return why
+    impl = coders.WindowedValueCoder(coders.FastPrimitivesCoder(), coders.GlobalWindowCoder()).get_impl()
+    theirs = base(impl)
+    why = _lacks_attributes(theirs, "a ListBuffer", {"_inputs": list, "_grouped_output": type(None),
+                                                      "cleared": bool, "_coder_impl": object})
+    if why:
+        return why
+    pieces = [b"".join(impl.encode_nested(window.GlobalWindows.windowed_value(e)) for e in _sample_elements()[k:])
+              for k in range(3)]
+    compact = _list_buffer_class(base)
+    ours, one_theirs, one_ours = compact(impl), base(impl), compact(impl)
+    for piece in pieces:
+        theirs.append(piece)
+        ours.append(piece)
+    one_theirs.append(pieces[0])
+    one_ours.append(pieces[0])
+    joined = compact(impl)
+    joined.extend(ours)
+    joined.extend(theirs)
+    if (list(ours) != pieces or ours.partition(2) != theirs.partition(2) or list(ours.copy()) != pieces
+            or one_ours.partition(3) != one_theirs.partition(3) or list(joined) != pieces + pieces):
+        return "ListBuffer hands out a sample otherwise than its compact copy"
+    ours.clear()
+    ours.reset()
+    if ours.cleared or list(ours):
+        return "ListBuffer.clear and reset do not empty it for reuse"
     return None
 
 
-def _parallel_residuals(execution, fn_runner):
-    single = getattr(fn_runner, "BundleManager", None)
-    parallel = getattr(fn_runner, "ParallelBundleManager", None)
-    if single is None or parallel is None or not hasattr(parallel, "process_bundle"):
-        return "this Beam's runner has no ParallelBundleManager"
+def _compact_list_buffer(execution, fn_runner) -> None:
+    compact = _list_buffer_class(execution.ListBuffer)
+    _replace(execution, "ListBuffer", compact)
+    _replace(fn_runner, "ListBuffer", compact)
+
+
+PROCESS_BUNDLE = ("inputs", "expected_outputs", "fired_timers", "expected_output_timers", "dry_run")
+
+
+def _check_bundle_manager(manager, label: str, **context) -> Optional[str]:
+    """A bundle manager class whose process_bundle takes PROCESS_BUNDLE and whose
+    instances keep their bundle context manager as ``bundle_context_manager``."""
+    if not isinstance(manager, type):
+        return f"Beam's runner has no fn_runner.{label}"
+    why = _takes(_own(manager, "process_bundle"), f"{label}.process_bundle", *PROCESS_BUNDLE)
+    if why:
+        return why
+    import types
+    context_manager = types.SimpleNamespace(**context)
+    if getattr(manager(context_manager), "bundle_context_manager", None) is not context_manager:
+        return f"a {label} keeps no bundle_context_manager"
+    return None
+
+
+def _lacks_fields(message, label: str, *names: str) -> Optional[str]:
+    missing = [n for n in names if n not in message.DESCRIPTOR.fields_by_name]
+    return f"{label} has no field {', '.join(missing)}" if missing else None
+
+
+def _check_parallel_residuals(execution, fn_runner) -> Optional[str]:
+    from apache_beam.portability.api import beam_fn_api_pb2
+
+    single, parallel = _own(fn_runner, "BundleManager"), _own(fn_runner, "ParallelBundleManager")
+    if not (isinstance(single, type) and isinstance(parallel, type) and issubclass(parallel, single)):
+        return "Beam's runner has no BundleManager with a ParallelBundleManager under it"
+    own_process = _own(parallel, "process_bundle")
+    why = (_check_bundle_manager(single, "BundleManager")
+           or _check_bundle_manager(parallel, "ParallelBundleManager", num_workers=2)
+           or _lacks_fields(beam_fn_api_pb2.ProcessBundleResponse, "ProcessBundleResponse", "residual_roots"))
+    if why:
+        return why
+    if "BundleManager" not in _names(own_process) or "process_bundle" not in _names(own_process):
+        return "ParallelBundleManager.process_bundle does not run its workers' bundles with BundleManager"
+    return None
+
+
+def _parallel_residuals(execution, fn_runner) -> None:
+    single, parallel = fn_runner.BundleManager, fn_runner.ParallelBundleManager
     single_process, parallel_process = single.process_bundle, parallel.process_bundle
     collecting: Dict[int, list] = {}          # id(bundle context) -> residuals of its workers' bundles
     lock = threading.Lock()
@@ -303,7 +597,6 @@ def _parallel_residuals(execution, fn_runner):
 
     _replace(single, "process_bundle", process_one)
     _replace(parallel, "process_bundle", process_parallel)
-    return None
 
 
 def _pieces(data: Iterable[bytes], limit: int) -> Iterator[List[bytes]]:
@@ -320,16 +613,25 @@ def _pieces(data: Iterable[bytes], limit: int) -> Iterator[List[bytes]]:
         yield piece
 
 
-def _bounded_bundles(execution, fn_runner):
-    try:
-        from apache_beam.metrics import monitoring_infos
-        from apache_beam.portability.api import beam_fn_api_pb2
-    except ImportError as exc:
-        return str(exc)
-    manager = getattr(fn_runner, "BundleManager", None)
-    if manager is None or not hasattr(manager, "process_bundle"):
-        return "this Beam's runner has no BundleManager"
-    inner = manager.process_bundle         # with the residual fix when that is installed
+def _check_bounded_bundles(execution, fn_runner) -> Optional[str]:
+    from apache_beam.metrics import monitoring_infos
+    from apache_beam.portability.api import beam_fn_api_pb2
+
+    if not callable(getattr(monitoring_infos, "consolidate", None)):
+        return "Beam has no monitoring_infos.consolidate"
+    return (_check_bundle_manager(_own(fn_runner, "BundleManager"), "BundleManager")
+            or _lacks_fields(beam_fn_api_pb2.InstructionResponse, "InstructionResponse", "instruction_id",
+                             "process_bundle", "error")
+            or _lacks_fields(beam_fn_api_pb2.ProcessBundleResponse, "ProcessBundleResponse", "monitoring_infos",
+                             "residual_roots"))
+
+
+def _bounded_bundles(execution, fn_runner) -> None:
+    from apache_beam.metrics import monitoring_infos
+    from apache_beam.portability.api import beam_fn_api_pb2
+
+    manager = fn_runner.BundleManager
+    inner = manager.process_bundle         # with the residual fix (installed first)
 
     def process_bounded(self, inputs, expected_outputs, fired_timers, expected_output_timers, dry_run=False):
         """One bundle per ``BUNDLE_BYTES`` of a stage's single data input, one after
@@ -362,4 +664,3 @@ def _bounded_bundles(execution, fn_runner):
         return response, all_splits
 
     _replace(manager, "process_bundle", process_bounded)
-    return None

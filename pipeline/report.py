@@ -18,8 +18,8 @@ from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from contract.manifest import MANIFEST, REJECT_SAMPLES, RUN_RECORD, STATS, SUCCESS_MARKER
-from contract.reasons import (DROPPED, ERROR, FUNNEL_BLOCKS, IMAGE, IMAGE_FILTER_REASONS, IMAGE_SOURCE, RECORD_STAGES,
-                              record_stage)
+from contract.reasons import (DROPPED, ERROR, FUNNEL_BLOCKS, IMAGE, IMAGE_SOURCE, KEPT, RECORD, TEXT, CountKey, Reason,
+                              Stage, parse_reason, record_stage)
 from contract.schema import DOCUMENTS
 
 
@@ -106,8 +106,8 @@ def funnel(stats: Dict) -> List[Tuple[str, int]]:
     removed = dict(rec[DROPPED])
     for reason, n in rec[ERROR].items():
         removed[reason] = removed.get(reason, 0) + n
-    gone = {stage: 0 for stage, _ in RECORD_STAGES}
-    gone[RECORD_STAGES[0][0]] += rec.get(IMAGE_SOURCE, 0)      # image records leave with the HTML pages
+    gone = {stage: 0 for stage in Stage}
+    gone[Stage.HTML] += rec.get(IMAGE_SOURCE, 0)      # image records leave with the HTML pages
     unregistered = {}
     for reason, n in removed.items():
         stage = record_stage(reason)
@@ -117,13 +117,13 @@ def funnel(stats: Dict) -> List[Tuple[str, int]]:
             gone[stage] += n
     rows = [("records read", rec["in"])]
     remaining = rec["in"]
-    for stage, _ in RECORD_STAGES:
+    for stage in Stage:
         remaining -= gone[stage]
-        rows.append((stage, remaining))
+        rows.append((stage.label, remaining))
     for reason, n in sorted(unregistered.items()):
         remaining -= n
         rows.append((f"unregistered reason {reason}", remaining))
-    rows.append(("documents kept", rec["kept"]))
+    rows.append(("documents kept", rec[KEPT]))
     return rows
 
 
@@ -139,19 +139,20 @@ def summary(run: Dict) -> Dict:
         block = stats[level]
         total = block["in"] or 1
         drops[level] = {f"{status}:{reason}": {"count": n, "rate": n / total}
-                        for status in ("dropped", "error") for reason, n in block[status].items()}
+                        for status in (DROPPED, ERROR) for reason, n in block[status].items()}
     d = run["distributions"]
     return {
         "run_dir": run["dir"],
         "accounting": {level: {"in": stats[level]["in"], "out": stats[level]["out"],
-                               "kept": stats[level]["kept"], "balanced": stats[level]["balanced"]}
+                               "kept": stats[level][KEPT], "balanced": stats[level]["balanced"]}
                        for level in levels_of(stats)},
         "documents": stats["documents"],
         "outputs": stats.get("outputs", {}),
         "image_decodes": stats.get("image_decodes", {}),
         "funnel": [{"stage": s, "remaining": n} for s, n in funnel(stats)],
         "drops": drops,
-        "samples_per_reason": dict(Counter(f"{s['level']}/{s['status']}/{s['reason']}" for s in run["samples"])),
+        "samples_per_reason": dict(Counter(CountKey.of_codes(s["level"], s["status"], s["reason"]).render()
+                                         for s in run["samples"])),
         "distributions": {k: {"n": len(v), "mean": (sum(v) / len(v)) if v else None} for k, v in d.items()},
     }
 
@@ -210,7 +211,8 @@ def histogram(values: Sequence[float], bins: int = 12, integer: bool = False, co
 def _thumbnail(sample: Dict, max_side: int = 96) -> Optional[str]:
     """Re-read the dropped image's record from its archive and shrink it; None when
     the archive is not at hand or the bytes do not decode."""
-    if sample["level"] != IMAGE or sample["reason"] not in IMAGE_FILTER_REASONS:
+    reason = parse_reason(sample["reason"])
+    if sample["level"] != IMAGE or reason is None or not reason.judged_on_image:
         return None
     rec = _read_record(sample)
     if rec is None:
@@ -296,16 +298,14 @@ def _kept_documents_html(shown: List[Dict]) -> str:
     return "\n".join(parts)
 
 
-# Stages whose rejects were read as documents: shown as the job extracted them.
-_READ_AS_DOCUMENTS = {stage for stage, _ in RECORD_STAGES[2:]}
-
 
 def reject_reader(sample: Dict, text_cfg=None) -> Optional[str]:
     """A page rejected after extraction, re-read from its archive and extracted again:
     its paragraphs in reading order (the ones the job cut marked with their reason) and
     where its images stand. None when the archive is not at hand or the reason is
     decided before extraction."""
-    if sample["level"] not in ("record", "text") or record_stage(sample["reason"]) not in _READ_AS_DOCUMENTS:
+    stage = record_stage(sample["reason"])
+    if sample["level"] not in (RECORD, TEXT) or stage is None or not stage.reads_as_document:
         return None
     rec = _read_record(sample)
     if rec is None:
@@ -319,7 +319,7 @@ def reject_reader(sample: Dict, text_cfg=None) -> Optional[str]:
     except Exception:
         return None
     cuts = iter(paragraph_cuts([i.text for i in content.items if i.kind == "text"], text_cfg or TextQualityConfig(),
-                               english=sample["reason"] != "non_english"))
+                               english=sample["reason"] != Reason.NON_ENGLISH))
     seq: List[Tuple[str, object]] = []
     for item in content.items:
         if item.kind == "text":
@@ -344,7 +344,7 @@ def _read_record(sample: Dict):
     if not path or offset is None or offset < 0 or sample.get("inner_offset") or not os.path.exists(path):
         return None
     try:
-        from transforms.warc import ArchiveRecord, iter_archive
+        from archives.records import ArchiveRecord, iter_archive
         with open(path, "rb") as fh:
             fh.seek(offset)
             rec = next(iter(iter_archive(fh, path)), None)
@@ -389,7 +389,7 @@ def _accounting_html(stats: Dict) -> str:
 def _drops_table(stats: Dict, level: str) -> str:
     b = stats[level]
     total = b["in"] or 1
-    rows = sorted(((s, r, n) for s in ("dropped", "error") for r, n in b[s].items()), key=lambda x: -x[2])
+    rows = sorted(((s, r, n) for s in (DROPPED, ERROR) for r, n in b[s].items()), key=lambda x: -x[2])
     body = "".join(f"<tr><td>{_esc(s)}</td><td>{_esc(r)}</td><td class='num'>{n:,}</td>"
                    f"<td class='num'>{100 * n / total:.2f}%</td></tr>" for s, r, n in rows)
     return (f"<table><tr><th>status</th><th>reason</th><th class='num'>count</th><th class='num'>rate</th></tr>"
@@ -431,8 +431,8 @@ def _other_outputs_html(stats: Dict) -> str:
     for level, (out_name, title) in titles.items():
         if level not in stats:
             continue
-        items = sorted(((f"{r}", n) for r, n in stats[level]["dropped"].items()), key=lambda x: -x[1])
-        rows = stats.get("outputs", {}).get(out_name, {}).get("rows", stats[level]["kept"])
+        items = sorted(((f"{r}", n) for r, n in stats[level][DROPPED].items()), key=lambda x: -x[1])
+        rows = stats.get("outputs", {}).get(out_name, {}).get("rows", stats[level][KEPT])
         parts.append(f"<h2>{title}</h2><p>{rows:,} written to <code>{out_name}/</code>.</p>"
                      f"<div class='grid'><div>{bar_chart(items, width=560, label_w=220, color='#2e86c1')}</div>"
                      f"<div>{_drops_table(stats, level)}</div></div>")
@@ -449,8 +449,8 @@ def render_report(run: Dict) -> str:
     d = run["distributions"]
     inputs = meta.get("inputs", [])
     total_bytes = sum((i.get("bytes") or i.get("size") or 0) for i in inputs)
-    drop_items = sorted(((f"{r}", n) for r, n in stats["records"]["dropped"].items()), key=lambda x: -x[1])
-    image_items = sorted(((f"{r}", n) for r, n in stats["images"]["dropped"].items()), key=lambda x: -x[1])
+    drop_items = sorted(((f"{r}", n) for r, n in stats["records"][DROPPED].items()), key=lambda x: -x[1])
+    image_items = sorted(((f"{r}", n) for r, n in stats["images"][DROPPED].items()), key=lambda x: -x[1])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Curation report: {_esc(run['dir'])}</title>
 <style>{CSS}</style></head><body>
@@ -497,11 +497,11 @@ def compare(a: Dict, b: Dict) -> Dict:
     for level in [lv for lv in levels_of(a["stats"]) if lv in b["stats"]]:
         keys = set()
         for run in (a, b):
-            for status in ("dropped", "error"):
-                keys |= {(status, r) for r in run["stats"][level][status]}
-            keys.add(("kept", ""))
+            for status in (DROPPED, ERROR):
+                keys |= {(status.value, r) for r in run["stats"][level][status]}
+            keys.add((KEPT.value, ""))
         for status, reason in sorted(keys):
-            get = (lambda s: s["stats"][level]["kept"]) if status == "kept" else \
+            get = (lambda s: s["stats"][level][KEPT]) if status == KEPT else \
                 (lambda s: s["stats"][level][status].get(reason, 0))
             na, nb = get(a), get(b)
             rows.append({"level": level, "status": status, "reason": reason, "a": na, "b": nb, "diff": nb - na})
@@ -514,7 +514,7 @@ def render_compare(cmp: Dict, a: Dict, b: Dict) -> str:
     body = "".join(f"<tr data-changed='{str(bool(r['diff'])).lower()}'><td>{_esc(r['level'])}</td><td>{_esc(r['status'])}</td>"
                    f"<td>{_esc(r['reason'])}</td><td class='num'>{r['a']:,}</td><td class='num'>{r['b']:,}</td>"
                    f"<td class='num {cls(r['diff'])}'>{r['diff']:+,}</td></tr>" for r in cmp["rows"])
-    changed = bar_chart([(f"{r['level']}/{r['reason'] or r['status']}", abs(r["diff"])) for r in cmp["changed"]],
+    changed = bar_chart([(f"{r['level']}: {r['reason'] or r['status']}", abs(r["diff"])) for r in cmp["changed"]],
                         color="#c0392b")
     cfg_a, cfg_b = a["run"].get("config", {}), b["run"].get("config", {})
     cfg_diff = [f"{sec}.{k}: {cfg_a[sec][k]!r} -> {cfg_b.get(sec, {}).get(k)!r}"

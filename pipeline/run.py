@@ -28,9 +28,10 @@ from contract.manifest import (DUPLICATES_DIR, ERRORS, FETCH_FAILURES, FETCHED_D
                                RUN_RECORD, STATS, SUCCESS_MARKER)
 from contract.schema import DATASETS, OUTCOME_TRAIL
 from filters.config import CurationConfig
+from filters.image_safety import ModelUnavailable, run_note
+from pipeline import graph_cache, local_runner
 from pipeline.curate import build_pipeline
 from pipeline.inputs import DEFAULT_PATHS_PREFIX, expand_inputs
-from pipeline.local_runner import install as install_local_runner_fixes
 from pipeline.stats import IMAGES_HINT
 from transforms.progress import ProgressPrinter, open_terminal
 from transforms.write import TEMP_PREFIX, atomic_write
@@ -124,6 +125,10 @@ class OptionRefused(Refused, ValueError):
     pass
 
 
+class RunnerRefused(Refused, RuntimeError):
+    """The local runner's changes do not apply to the installed Beam (pipeline/local_runner.py)."""
+
+
 # Everything a run (and `kosmos report` by default) writes into its output directory:
 # the one list --overwrite removes. tests/test_hostile_runs.py checks that a whole run
 # writes nothing outside it, so an output added to the job without being added here
@@ -198,6 +203,10 @@ class OutputClaim:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _read_claim(fd)
+                deadline = time.monotonic() + 2.0
+                while holder is None and time.monotonic() < deadline:
+                    time.sleep(0.05)        # the holder has the lock and is writing its record
+                    holder = _read_claim(fd)
                 os.close(fd)
                 raise OutputRefused(f"{self.output} is being written by another run ({_describe_claim(holder)}); "
                                     f"wait for it to end or choose another --output") from None
@@ -209,8 +218,9 @@ class OutputClaim:
                 break
             os.close(fd)           # the holder removed it between our open and our lock
         self.stale = _read_claim(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(self.record, indent=2).encode(), 0)
+        data = json.dumps(self.record, indent=2).encode()
+        os.pwrite(fd, data, 0)              # written over the old record, then cut to its length:
+        os.ftruncate(fd, len(data))         # a reader never finds the file empty
         os.fsync(fd)
         self._fd = fd
 
@@ -378,6 +388,9 @@ def check_runner_args(beam_args: List[str], own_options: Iterable[str] = ()) -> 
                         f"else must be one of Beam's pipeline options)")
 
 
+ALLOW_UNPATCHED_SETTING = "runner.allow_unpatched=true"
+
+
 def run_curation(inputs: List[str], output: str, cfg: CurationConfig, beam_args: List[str],
                  num_workers: Optional[int] = None, paths_prefix: str = DEFAULT_PATHS_PREFIX,
                  wait: bool = True, worker_log: Optional[str] = None, overwrite: bool = False,
@@ -389,19 +402,37 @@ def run_curation(inputs: List[str], output: str, cfg: CurationConfig, beam_args:
         files = expand_inputs(inputs, paths_prefix)
     except (FileNotFoundError, IsADirectoryError) as e:
         raise InputRefused(str(e)) from e
+    local_fixes = None
+    if _arg_value(default_beam_args(beam_args, num_workers), "--runner") in ("DirectRunner", "direct"):
+        try:        # before the output is claimed: a refused run leaves nothing behind
+            local_fixes = local_runner.install(cfg.runner.allow_unpatched)
+        except local_runner.NotApplicable as e:
+            raise RunnerRefused(str(e)) from None
+        workers = int(_arg_value(default_beam_args(beam_args, num_workers), "--direct_num_workers") or 1)
+        if local_runner.unpatched() and workers > 1:
+            # Beam's own multi-worker mode drops splittable-DoFn residuals: records that
+            # are never read are never counted either, so nothing would show the loss.
+            raise RunnerRefused(f"the local runner is unpatched ({ALLOW_UNPATCHED_SETTING}) and {workers} workers "
+                                f"would lose records without a trace (Beam drops splittable-DoFn residuals in "
+                                f"its multi-worker mode); run with --num_workers 1")
+    try:        # the image-safety model: a run that cannot load it is refused before it starts
+        safety = run_note(cfg.safety)
+    except ModelUnavailable as e:
+        raise RunnerRefused(f"{e} (or run with safety.image_scorer=none)") from None
     claim = OutputClaim(output).acquire(overwrite)
     try:
         prepare_output(output, overwrite, claim.stale)
-        return _run(files, output, cfg, beam_args, num_workers, wait, worker_log, progress, progress_out)
+        return _run(files, output, cfg, beam_args, num_workers, wait, worker_log, progress, progress_out,
+                    local_fixes, safety)
     finally:
         claim.release()
 
 
 def _run(files: List[Dict], output: str, cfg: CurationConfig, beam_args: List[str], num_workers: Optional[int],
-         wait: bool, worker_log: Optional[str], progress: bool, progress_out) -> Optional[Dict]:
+         wait: bool, worker_log: Optional[str], progress: bool, progress_out,
+         local_fixes: Optional[str], safety: Optional[Dict] = None) -> Optional[Dict]:
     args = default_beam_args(beam_args, num_workers)
     options = PipelineOptions(args)
-    local_fixes = install_local_runner_fixes() if _arg_value(args, "--runner") in ("DirectRunner", "direct") else None
     started = time.time()
     run_record = {
         "kind": "curation",
@@ -423,9 +454,18 @@ def _run(files: List[Dict], output: str, cfg: CurationConfig, beam_args: List[st
                                               f"{seen['pages']} pages and no image")
             run_record["warnings"] = [warning]
             print(f"warning: {warning}", file=sys.stderr, flush=True)
+    if local_fixes and local_runner.unpatched():
+        run_record.setdefault("warnings", []).append(local_runner.unpatched())
+        print(f"warning: {local_runner.unpatched()}", file=sys.stderr, flush=True)
+    if safety is not None:
+        run_record["image_safety"] = safety         # the model, its sha256 and threshold; or the warning
+        if "warning" in safety:
+            run_record.setdefault("warnings", []).append(safety["warning"])
+            print(f"warning: {safety['warning']}", file=sys.stderr, flush=True)
     atomic_write(FileSystems.join(output, RUN_RECORD), json.dumps(run_record, indent=2).encode())
 
     progress_dir = tempfile.mkdtemp(prefix="kosmos-progress-") if progress and wait else None
+    graph_cache.install()      # Beam's signature look-ups, memoised: a cheaper graph
     p = beam.Pipeline(options=options)
     build_pipeline(p, [f["path"] for f in files], output, cfg, progress_dir)
     printer = None
@@ -466,8 +506,8 @@ def probe_for_images(paths: List[str], max_records: int = 600, max_files: int = 
     """Pages and image records among the first records of the first inputs: enough to
     tell a Common Crawl WARC (pages only) from a browser crawl before the job starts."""
     from filters.records import RecordKind, classify
-    from transforms.remote import open_input
-    from transforms.warc import ArchiveRecord, iter_archive
+    from archives.records import ArchiveRecord, iter_archive
+    from transforms.filesystems import open_input
     seen = {"records": 0, "pages": 0, "images": 0}
     for path in paths[:max_files]:
         try:

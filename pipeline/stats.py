@@ -9,36 +9,37 @@ import io
 import json
 from typing import Dict, List, Optional
 
-from contract.reasons import (DEDUP, DROPPED, ERROR, FETCH, FUNNELS, IMAGE_SOURCE, KEPT, OPTIONAL_LEVELS, RECORD,
-                              TEXT_DEDUP, count_key)
+from contract.reasons import (DEDUP, DROPPED, ERROR, FETCH, FUNNELS, IMAGE_SOURCE, KEPT, OPTIONAL_LEVELS, TEXT_DEDUP,
+                              CountKey, Level, Work)
 from contract.schema import DOCUMENTS, OUTCOME_TRAIL, PAIRS, REJECT_SCHEMA, TEXTS
+from filters.image_safety import NO_SCORER_WARNING
 
 IMAGES_HINT = ("images come only from the input archives (--images archive), and {what}: Common Crawl "
                "WARCs hold pages, not images, so every document would end as no_usable_images. "
                "Use --images http (download them) or --images archive_then_http.")
 
+Counts = Dict[CountKey, int]
 
-def summarize(counts: Dict[str, int]) -> Dict:
-    """Nested statistics with the balance check, from ``{"level/status/reason": n}``."""
+
+def summarize(counts: Counts) -> Dict:
+    """Nested statistics with the balance check, from the run's counts."""
     levels = {}
+    present = {key.level for key in counts}
     for funnel in FUNNELS:
         level = funnel.level
-        if level in OPTIONAL_LEVELS and not any(k.startswith(level + "/") for k in counts):
+        if level in OPTIONAL_LEVELS and level not in present:
             continue          # an output that was switched off
         block = {"in": 0, KEPT: 0, IMAGE_SOURCE: 0, DROPPED: {}, ERROR: {}}
         for key, n in counts.items():
-            parts = key.split("/", 2)
-            if parts[0] != level:
+            if key.level != level:
                 continue
-            status = parts[1]
-            reason = parts[2] if len(parts) > 2 else ""
-            if status == funnel.entry:
+            if key.status == funnel.entry:
                 block["in"] += n
-            elif status in (KEPT, IMAGE_SOURCE):
-                block[status] += n
-            elif status in (DROPPED, ERROR):
-                block[status][reason] = block[status].get(reason, 0) + n
-        if level != RECORD:
+            elif key.status in (KEPT, IMAGE_SOURCE):
+                block[key.status] += n
+            elif key.status in (DROPPED, ERROR):
+                block[key.status][key.code] = block[key.status].get(key.code, 0) + n
+        if level != Level.RECORD:
             block.pop(IMAGE_SOURCE)
         out_total = block[KEPT] + block.get(IMAGE_SOURCE, 0) + sum(block[DROPPED].values()) + sum(
             block[ERROR].values())
@@ -46,8 +47,13 @@ def summarize(counts: Dict[str, int]) -> Dict:
         block[ERROR] = dict(sorted(block[ERROR].items()))
         block["out"] = out_total
         block["balanced"] = out_total == block["in"]
-        levels[funnel.block] = block
+        levels[funnel.block] = {str(k): v for k, v in block.items()}
     return levels
+
+
+def _details(counts: Counts, level: Level, work: Work) -> Dict[str, int]:
+    """The counts of one kind of counted work, by detail."""
+    return {key.code: n for key, n in counts.items() if key.level == level and key.status == work and key.code}
 
 
 def no_images_warning(image_source: str, image_records: int, image_references: int) -> List[str]:
@@ -58,7 +64,7 @@ def no_images_warning(image_source: str, image_records: int, image_references: i
                                     f"references of its pages")]
 
 
-def build_stats(counts: Dict[str, int], config_json: str, image_source: str, manifest: Dict,
+def build_stats(counts: Counts, config_json: str, image_source: str, manifest: Dict,
                 text_manifest: Optional[Dict] = None, pairs_manifest: Optional[Dict] = None,
                 outcomes_manifest: Optional[Dict] = None) -> Dict:
     """``stats.json``: the funnels, what each output holds, the work counted beside them."""
@@ -69,30 +75,33 @@ def build_stats(counts: Dict[str, int], config_json: str, image_source: str, man
     for dataset, m in ((TEXTS, text_manifest), (PAIRS, pairs_manifest), (OUTCOME_TRAIL, outcomes_manifest)):
         if m is not None:
             stats["outputs"][dataset.directory] = {"rows": m["rows"], "shards": len(m["shards"])}
-    decoded = count_key(FETCH, "decoded")
-    stats["image_decodes"] = {k.split("/", 1)[1]: v for k, v in counts.items() if k.startswith(decoded)}
+    decoded = {key.status.value: n for key, n in counts.items()
+               if key.level == FETCH and key.status in (Work.DECODED, Work.DECODED_SHARED)}
+    stats["image_decodes"] = dict(sorted(decoded.items()))
     if image_source != "archive":
-        failed = count_key(FETCH, "http_failed") + "/"
-        http = {"fetched": counts.get(count_key(FETCH, "http_fetched"), 0), "failed": {}}
-        for k, v in counts.items():
-            if k.startswith(failed):
-                http["failed"][k.rsplit("/", 1)[1]] = v
+        http = {"fetched": counts.get(CountKey(FETCH, Work.HTTP_FETCHED), 0),
+                "failed": dict(sorted(_details(counts, FETCH, Work.HTTP_FAILED).items()))}
         http["urls"] = http["fetched"] + sum(http["failed"].values())
         stats["http"] = http
-    unsettled = "cc_unsettled_components"
-    stats["dedup"] = {unsettled: counts.get(count_key(DEDUP, unsettled), 0)}
+    unsettled = Work.UNSETTLED.value
+    stats["dedup"] = {unsettled: counts.get(CountKey(DEDUP, Work.UNSETTLED), 0)}
     if text_manifest is not None:
-        stats["dedup"]["text_" + unsettled] = counts.get(count_key(TEXT_DEDUP, unsettled), 0)
+        stats["dedup"]["text_" + unsettled] = counts.get(CountKey(TEXT_DEDUP, Work.UNSETTLED), 0)
     if outcomes_manifest is not None:
         # duplicate clusters whose kept copy was dropped later (transforms/accounting.SurvivorFates)
         for level, name in ((DEDUP, "clusters_survivor_dropped"), (TEXT_DEDUP, "text_clusters_survivor_dropped")):
-            prefix = count_key(level, "survivor_dropped") + "/"
-            stats["dedup"][name] = {k[len(prefix):]: v for k, v in counts.items() if k.startswith(prefix)}
+            stats["dedup"][name] = dict(sorted(_details(counts, level, Work.SURVIVOR_DROPPED).items()))
+    # personal data replaced in what each corpus keeps (filters/pii.py)
+    stats["pii_replaced"] = {name: dict(sorted(_details(counts, level, Work.PII_REPLACED).items()))
+                             for level, name in ((Level.RECORD, DOCUMENTS.directory), (Level.TEXT, TEXTS.directory),
+                                                 (Level.PAIR, PAIRS.directory))}
     warnings = no_images_warning(image_source, stats["records"].get(IMAGE_SOURCE, 0),
                                  stats.get("images", {}).get("in", 0))
+    if json.loads(config_json).get("safety", {}).get("image_scorer") == "none":
+        warnings.append(NO_SCORER_WARNING)
     if warnings:
         stats["warnings"] = warnings
-    stats["counts"] = dict(sorted(counts.items()))
+    stats["counts"] = dict(sorted((key.render(), n) for key, n in counts.items()))
     stats["config_sha256"] = hashlib.sha256(config_json.encode()).hexdigest()
     return stats
 

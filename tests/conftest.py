@@ -42,12 +42,59 @@ def run_job(inputs, out_dir, cfg=None, beam_args=None, num_workers=2, overrides=
 IN_MEMORY = ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
+def _session_root(tmp_path_factory) -> Path:
+    """A directory every process of this pytest session sees: the base temporary
+    directory, or with pytest-xdist the one its workers' base directories share."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def cached_run(tmp_path_factory, name, inputs, **job):
+    """``run_job(inputs, ..., **job)`` once per pytest session, however many xdist
+    workers ask: the first runs it under a file lock, the others wait and read its
+    output (for tests that only read a run's outputs). Returns (output, stats)."""
+    import fcntl
+    import json
+    root = _session_root(tmp_path_factory) / "runs"
+    root.mkdir(parents=True, exist_ok=True)
+    out, done = root / name, root / (name + ".done")
+    with open(root / (name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            run_job(inputs, out, **job)
+            done.touch()
+    return out, json.loads((out / "stats.json").read_text())
+
+
 @pytest.fixture(scope="session")
 def shared_run(tmp_path_factory):
     """The job over every WARC/ARC in ../shared/data/warc, local runner, 2 workers."""
-    out = tmp_path_factory.mktemp("shared") / "run"
-    stats = run_job(all_shared_warcs(), out)
-    return out, stats
+    return cached_run(tmp_path_factory, "shared", all_shared_warcs())
+
+
+MONA_LISA = "webarchive-discovery__flashfrozen-jwat-recompressed.warc.gz"   # two captures of one article
+
+
+@pytest.fixture(scope="session")
+def mona_run(tmp_path_factory):
+    """The job over the Mona Lisa archive, default config, one in-memory worker."""
+    return cached_run(tmp_path_factory, "mona", [shared_warc(MONA_LISA)], beam_args=IN_MEMORY)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under ``--dist loadgroup`` (make test) the tests of a module that share a
+    module-scoped fixture go to one worker, so the fixture is computed once; every
+    other test is handed out on its own. Session fixtures share through cached_run."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        if fixtures is None or item.get_closest_marker("xdist_group"):
+            continue
+        for name in fixtures.names_closure:
+            defs = fixtures.name2fixturedefs.get(name) or ()
+            if any(d.scope in ("module", "package", "class") for d in defs):
+                item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+                break
 
 
 def free_port() -> int:

@@ -75,8 +75,7 @@ def equivalence(parallel: str, out: str, total: int) -> None:
             part = mine[used:used + cap]
             used += len(part)
             mbs.append(batch_of(part) if part else dict(collate([], SpecialIds(pieces).pad), source="interleaved"))
-        m = trainer.train_step(mbs)
-        losses.append(m["loss"])
+        losses.append(trainer.train_step(mbs).loss)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     sd = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if d.rank == 0:
@@ -128,7 +127,7 @@ def mixed(parallel: str, out: str, n_text: int, n_images: int, shard: int = 0) -
                 mbs.append(dict(batch_of(part), sources=names))
             else:
                 mbs.append(dict(collate([], SpecialIds(pieces).pad), sources=[None]))
-        m = trainer.train_step(mbs)
+        m = trainer.train_step(mbs).as_dict()
         history.append({k: v for k, v in m.items() if k.startswith("loss") or k == "target_tokens"})
         layouts.append(layout)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -9,7 +9,7 @@ from filters.boilerplate import filter_boilerplate, navigation_paragraph
 from filters.config import TextQualityConfig
 from filters.html import decode_html, extract_content
 from filters.text_quality import filter_document_text, filter_paragraphs
-from transforms.warc import ArchiveRecord, iter_archive
+from archives.records import ArchiveRecord, iter_archive
 
 CFG = TextQualityConfig()
 

@@ -35,7 +35,7 @@ def test_one_run_writes_three_balanced_datasets(shared_run):
         sum(v for k, v in stats["text_documents"]["dropped"].items() if "duplicate" in k)
 
 
-def test_image_of_a_document_and_a_pair_is_decoded_once(shared_run, tmp_path):
+def test_image_of_a_document_and_a_pair_is_decoded_once(shared_run, mona_run, tmp_path):
     run, stats = shared_run
     doc_urls = {im["url"] for d in rows(run, "documents") for im in d["images"]}
     pair_urls = {p["image"]["url"] for p in rows(run, "pairs")}
@@ -45,13 +45,13 @@ def test_image_of_a_document_and_a_pair_is_decoded_once(shared_run, tmp_path):
     # The Mona Lisa article: its pictures' captions (Wikipedia's caption blocks) make
     # pairs, and the images a document and a pair share are decoded once, not twice.
     mona = shared_warc("webarchive-discovery__flashfrozen-jwat-recompressed.warc.gz")
-    with_pairs = run_job([mona], tmp_path / "with", beam_args=IN_MEMORY)
+    with_dir, with_pairs = mona_run                 # the default config: pairs on
     without = run_job([mona], tmp_path / "without", beam_args=IN_MEMORY, overrides={"output.pairs": False})
-    pairs = rows(tmp_path / "with", "pairs")
+    pairs = rows(with_dir, "pairs")
     assert len(pairs) == with_pairs["outputs"]["pairs"]["rows"] == 6
     assert {p["caption_source"] for p in pairs} == {"caption_block"}
     assert "Vacant wall in the Salon Carré, Louvre" in {p["caption"] for p in pairs}
-    shared = {im["url"] for d in rows(tmp_path / "with", "documents") for im in d["images"]} & \
+    shared = {im["url"] for d in rows(with_dir, "documents") for im in d["images"]} & \
         {p["image"]["url"] for p in pairs}
     assert len(shared) == 5
     # the extra decodes are two captioned images outside the article (a padlock icon and
@@ -64,7 +64,7 @@ def test_image_of_a_document_and_a_pair_is_decoded_once(shared_run, tmp_path):
 
 def _image_bytes():
     """A real JPEG from the books.toscrape archive (a 'A Light in the Attic' cover)."""
-    from transforms.warc import ArchiveRecord, iter_archive
+    from archives.records import ArchiveRecord, iter_archive
     with open(shared_warc("node-warc__books.toscrape.warc"), "rb") as fh:
         for item in iter_archive(fh, "books"):
             if (isinstance(item, ArchiveRecord) and len(item.payload) > 1000
@@ -186,7 +186,7 @@ def test_caption_blocks_of_wikipedia_and_wordpress():
     """A CMS's caption beside the image (no <figure>): Wikipedia's thumbcaption on the
     real Mona Lisa page, WordPress's wp-caption-text; an icon inside a caption gets none."""
     from filters.captions import find_image_captions
-    from transforms.warc import ArchiveRecord, iter_archive
+    from archives.records import ArchiveRecord, iter_archive
     path = shared_warc("webarchive-discovery__flashfrozen-jwat-recompressed.warc.gz")
     page = next(r for r in iter_archive(open(path, "rb"), path) if isinstance(r, ArchiveRecord)
                 and r.rec_type == "response" and r.target_uri == "http://en.wikipedia.org/wiki/Mona_Lisa")

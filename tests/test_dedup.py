@@ -96,13 +96,12 @@ def test_lsh_precision_recall_match_theory():
 
 
 # -- the job on real data ----------------------------------------------------------------
-def test_mona_lisa_captured_twice_gives_one_document(tmp_path):
-    stats = run_job([shared_warc("webarchive-discovery__flashfrozen-jwat-recompressed.warc.gz")],
-                    tmp_path / "mona", beam_args=IN_MEMORY)
-    docs = read_docs(tmp_path / "mona")
+def test_mona_lisa_captured_twice_gives_one_document(mona_run):
+    out, stats = mona_run           # the job over the Mona Lisa archive, default config (conftest)
+    docs = read_docs(out)
     assert [d["url"] for d in docs] == ["http://en.wikipedia.org/wiki/Mona_Lisa"]
     assert stats["records"]["dropped"]["duplicate_url"] == 1
-    audit = [json.loads(l) for f in sorted((tmp_path / "mona" / "duplicates").glob("*.jsonl"))
+    audit = [json.loads(l) for f in sorted((out / "duplicates").glob("*.jsonl"))
              for l in f.read_text().splitlines()]
     docs_audit = [a for a in audit if a["output"] == "documents"]
     assert [a["reason"] for a in docs_audit] == ["duplicate_url"]

@@ -127,7 +127,7 @@ def test_validation_loss_is_the_same_on_every_call(trained):
     from trainer.train import Trainer
     t = Trainer(trained["cfg"])
     a, b = t.validate(), t.validate()
-    assert a["val_loss"] == b["val_loss"] and a["val_tokens"] == b["val_tokens"] > 0
+    assert a.val_loss == b.val_loss and a.val_tokens == b.val_tokens > 0
 
 
 def test_held_out_data_may_not_be_training_data(trained, tmp_path):

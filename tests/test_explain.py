@@ -12,7 +12,7 @@ from conftest import all_shared_warcs
 from contract.manifest import shard_files
 from pipeline.cli import main
 from pipeline.explain import describe, find
-from transforms.warc import iter_archive
+from archives.records import iter_archive
 
 
 def trail(out):

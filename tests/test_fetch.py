@@ -14,7 +14,7 @@ from warcgen import article_with_images, http_response, write_warc
 
 def book_covers(n):
     """Real JPEG covers from the books.toscrape archive."""
-    from transforms.warc import ArchiveRecord, iter_archive
+    from archives.records import ArchiveRecord, iter_archive
     out = []
     with open(shared_warc("node-warc__books.toscrape.warc"), "rb") as fh:
         for item in iter_archive(fh, "books"):
@@ -207,7 +207,7 @@ def test_fetcher_refuses_names_that_resolve_to_private_addresses():
     """DNS is checked: a public-looking name pointing at a private address is refused
     before any connection, as is a non-http scheme."""
     from filters.config import FetchConfig
-    from transforms.http_fetch import ImageFetcher
+    from filters.http_fetch import ImageFetcher
     f = ImageFetcher(FetchConfig(retries=0), 1 << 20, resolver=lambda host, port: ["192.168.0.10"])
     r = f.fetch("http://images.example.com/a.jpg")
     assert r.reason == "blocked_address" and "192.168.0.10" in r.message and f.requests_sent == 0

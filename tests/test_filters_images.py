@@ -9,7 +9,7 @@ from conftest import shared_warc
 from filters.config import ImageConfig
 from filters.images import judge_image, sniff_format
 from filters.records import classify
-from transforms.warc import ArchiveRecord, iter_archive
+from archives.records import ArchiveRecord, iter_archive
 
 CFG = ImageConfig()
 

@@ -59,7 +59,7 @@ def server():
 
 def fetcher(**kw):
     from filters.config import FetchConfig
-    from transforms.http_fetch import ImageFetcher
+    from filters.http_fetch import ImageFetcher
     cfg = dict(allow_loopback=True, read_timeout=1.0, connect_timeout=1.0, retries=2, backoff_base=0.01)
     cfg.update(kw)
     return ImageFetcher(FetchConfig(**cfg), 1 << 20)

@@ -31,7 +31,7 @@ BOMBS = {
 
 
 def _read(data: bytes, cap: int):
-    from transforms.warc import ArchiveRecord, iter_archive
+    from archives.records import ArchiveRecord, iter_archive
     items = list(iter_archive(io.BytesIO(data), "mem", max_payload_bytes=cap))
     return [i for i in items if isinstance(i, ArchiveRecord)], [i for i in items if not isinstance(i, ArchiveRecord)]
 
@@ -54,7 +54,7 @@ def test_a_content_encoding_bomb_stops_at_the_cap_without_being_held(encoding):
 
 
 def test_brotli_that_cannot_cap_its_output_is_fed_in_small_pieces(monkeypatch):
-    from transforms import warc
+    from archives import decoding as warc
     monkeypatch.setattr(warc, "_brotli_process", lambda dec, data: None)     # as brotli before 1.1
     tracemalloc.start()
     got, _ = _read(encoded_response("http://example.com/bomb", brotli_of_zeros(256), "br"), cap=1 * MIB)
@@ -250,7 +250,7 @@ def test_bounded_inflating_gives_what_zlib_and_brotli_give_in_one_call(monkeypat
 
     import brotli
 
-    from transforms import warc
+    from archives import decoding as warc
     monkeypatch.setattr(warc, "INFLATE_STEP", 777)
     monkeypatch.setattr(warc, "_ZLIB_PIECE", 13)
     rng = random.Random(3)

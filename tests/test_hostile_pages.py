@@ -57,7 +57,7 @@ def test_blocks_are_cut_where_they_are_whatever_the_case_of_the_text_before():
 
 
 def test_a_call_over_its_budget_is_killed_and_the_next_one_runs():
-    from transforms.budget import ChildFailed, OverBudget, TimeBoundCalls
+    from filters.budget import ChildFailed, OverBudget, TimeBoundCalls
     calls = TimeBoundCalls(budget_s=3.0)
     try:
         assert calls.call(len, "abc") == 3               # starts the child

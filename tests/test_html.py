@@ -5,7 +5,7 @@ from conftest import SHARED, shared_warc
 from filters.html import base_href, decode_html, extract_content, has_img_tag, resolve_url, rough_text
 from filters.urls import normalize_url
 from filters.records import classify
-from transforms.warc import ArchiveRecord, iter_archive
+from archives.records import ArchiveRecord, iter_archive
 
 
 def test_resolve_against_base_href_and_page_url():

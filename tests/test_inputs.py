@@ -103,7 +103,7 @@ def test_a_listing_mixing_relative_s3_and_gs_entries(tmp_path):
 
 @pytest.mark.parametrize("honour_range", [True, False], ids=["range", "range_ignored"])
 def test_a_dropped_connection_resumes_at_the_byte_it_stopped(crawl, honour_range):
-    from transforms.remote import ResumingHttpReader
+    from archives.remote import ResumingHttpReader
     root, seg = crawl
     server = ArchiveServer(root, honour_range=honour_range)
     try:
@@ -171,7 +171,7 @@ def test_pages_without_image_records_warn_and_name_the_flag(tmp_path, capsys):
     seen = probe_for_images([warc])
     assert seen["pages"] > 100 and seen["images"] == 0
     # The whole job on a slice of it (the warning does not depend on the size).
-    from transforms.warc import ArchiveRecord, iter_archive
+    from archives.records import ArchiveRecord, iter_archive
     with open(warc, "rb") as fh:
         first = [item for _, item in zip(range(90), iter_archive(fh, warc))]
     sliced = tmp_path / "slice.warc.gz"
@@ -204,8 +204,8 @@ def test_images_flag_sets_the_image_source():
                          ids=["plain", "per_record_gzip", "whole_file_gzip"])
 def test_a_record_is_read_back_by_its_offset(name, tmp_path):
     """Revisits get their original's payload this way (no payload crosses the digest join)."""
-    from transforms.remote import read_record_at
-    from transforms.warc import ArchiveRecord, iter_archive
+    from transforms.filesystems import read_record_at
+    from archives.records import ArchiveRecord, iter_archive
     path = shared_warc(name)
     with open(path, "rb") as fh:
         recs = [r for r in iter_archive(fh, path) if isinstance(r, ArchiveRecord)]
@@ -216,8 +216,8 @@ def test_a_record_is_read_back_by_its_offset(name, tmp_path):
 
 
 def test_a_record_is_read_back_over_http_with_a_range(crawl):
-    from transforms.remote import read_record_at
-    from transforms.warc import ArchiveRecord, iter_archive
+    from transforms.filesystems import read_record_at
+    from archives.records import ArchiveRecord, iter_archive
     root, seg = crawl
     local = str(seg / FILES[1])
     with open(local, "rb") as fh:

@@ -90,7 +90,7 @@ def test_every_range_is_read_when_bundles_hand_ranges_back_on_two_workers(instal
     from contract.reasons import READ, RECORD
     from filters.config import CurationConfig
     from transforms.read import ReadAndResolve
-    from transforms.warc import iter_archive
+    from archives.records import iter_archive
 
     path = str(SHARED / "warc" / "aut__example.warc.gz")
     with open(path, "rb") as fh:

@@ -266,7 +266,7 @@ def test_flops_follow_the_documented_formula():
 
 # ------------------------------------------------------------------------------ weight decay
 def _groups(scope):
-    from trainer.train import param_groups
+    from trainer.optim import param_groups
     model = _tiny()
     groups = param_groups(model, 0.01, scope)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -292,7 +292,7 @@ def test_weight_decay_matrices_leaves_out_norms_biases_embeddings_latents():
 
 def test_weight_decay_scope_is_a_validated_setting():
     from trainer.config import TrainConfig
-    from trainer.train import param_groups
+    from trainer.optim import param_groups
     assert TrainConfig().optim.weight_decay_scope == "all"
     assert TrainConfig().override({"optim.weight_decay_scope": "matrices"}).optim.weight_decay_scope == "matrices"
     with pytest.raises(ValueError, match="optim.weight_decay_scope"):

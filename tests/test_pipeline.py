@@ -93,9 +93,9 @@ def test_danish_pages_are_dropped_as_non_english(tmp_path):
 MONA_LISA = "webarchive-discovery__flashfrozen-jwat-recompressed.warc.gz"   # two captures of one article
 
 
-def test_mona_lisa_yields_one_document_with_five_large_images(tmp_path):
-    stats = run_job([shared_warc(MONA_LISA)], tmp_path / "mona", beam_args=IN_MEMORY)
-    docs = read_docs(tmp_path / "mona")
+def test_mona_lisa_yields_one_document_with_five_large_images(mona_run):
+    out, stats = mona_run           # the job over MONA_LISA, default config, one in-memory worker (conftest)
+    docs = read_docs(out)
     assert len(docs) == 1
     doc = docs[0]
     assert doc["url"] == "http://en.wikipedia.org/wiki/Mona_Lisa" and doc["num_images"] == 5
@@ -126,7 +126,7 @@ def _cover_thumbnails(sides):
 
     from PIL import Image
 
-    from transforms.warc import ArchiveRecord, iter_archive
+    from archives.records import ArchiveRecord, iter_archive
     with open(shared_warc("node-warc__books.toscrape.warc"), "rb") as fh:
         covers = [r.payload for r in iter_archive(fh, "books")
                   if isinstance(r, ArchiveRecord) and "/media/cache/" in r.target_uri and len(r.payload) > 1000]
@@ -240,12 +240,14 @@ def test_revisits_resolve_through_the_digest_join(tmp_path):
     assert off["records"]["image_source"] == 4
 
 
-def test_a_second_run_into_the_same_directory_needs_overwrite(tmp_path):
+def test_a_second_run_into_the_same_directory_needs_overwrite(mona_run, tmp_path):
+    import shutil
+
     from filters.config import CurationConfig
     from pipeline.run import run_curation
     src = [shared_warc(MONA_LISA)]
     out = tmp_path / "out"
-    run_curation(src, str(out), CurationConfig(), IN_MEMORY, worker_log=str(tmp_path / "log"))
+    shutil.copytree(mona_run[0], out)         # a finished run of src with this config, in a directory of its own
     stale = out / "documents" / "part-00099-of-00100.parquet"
     stale.write_bytes(b"left over from an older run")
     with pytest.raises(FileExistsError):

@@ -96,7 +96,8 @@ def test_instruction_tuning_keeps_the_pretrained_model_and_activation(demo, pret
 
 def test_a_model_setting_that_contradicts_the_init_checkpoint_is_refused(demo, pretrained, tmp_path):
     from trainer.checkpoint import CheckpointMismatchError
-    from trainer.train import resolve_model, run_training
+    from trainer.build import resolve_model
+    from trainer.train import run_training
     cfg = config(demo, "instruct-tiny", tmp_path / "inst", **{"run.init": str(pretrained), "run.max_steps": 1,
                                                               "model.vision_quick_gelu": False})
     with pytest.raises(CheckpointMismatchError) as err:

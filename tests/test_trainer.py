@@ -206,7 +206,7 @@ def test_instruction_loss_counts_only_output_tokens(corpus):
     """Changing a prompt token's target leaves the loss unchanged; changing an output
     token's target changes it. Image slots are never targets."""
     from trainer.data import Chunker, instruction_rows
-    from trainer.train import build_model
+    from trainer.build import build_model
     row = instruction_rows(json.loads(INSTRUCTIONS.read_text().splitlines()[1]))[0]
     ch = Chunker("instructions", corpus["tok"], 8, 256, 224)(row, "test")[0]
     ids = torch.tensor([ch.ids])
@@ -301,7 +301,7 @@ def test_instruct_stage_from_pretrained_checkpoint(corpus, tmp_path):
     assert {"loss.instructions", "loss.interleaved"} <= set(hist[-1])
     # the initial weights are the checkpoint's, not a fresh init
     from trainer import checkpoint as ckpt
-    from trainer.train import build_model
+    from trainer.build import build_model
     m = build_model(cfg, corpus["tok"].vocab_size)
     fresh = m.decoder.embed_tokens.weight.clone()
     ckpt.load_model_weights(str(init), m)

@@ -10,7 +10,8 @@ import pytest
 
 from tests.conftest import ROOT, SHARED
 from tests.hostile.archives import archive, pages, record
-from transforms.warc import ArchiveRecord, archive_layout, iter_archive, iter_archive_range, sync_point
+from archives.ranges import archive_layout, iter_archive_range, sync_point
+from archives.records import ArchiveRecord, iter_archive
 
 
 def _signature(item):

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import SHARED, all_shared_warcs, shared_warc
 from filters.records import classify
-from transforms.warc import ArchiveRecord, ReadError, iter_archive
+from archives.records import ArchiveRecord, ReadError, iter_archive
 
 
 def read_all(data: bytes, name="mem"):

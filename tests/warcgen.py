@@ -15,8 +15,9 @@ def _record(rec_type: str, uri: str, date: str, block: bytes, content_type: str)
     return ("\r\n".join(headers) + "\r\n\r\n").encode() + block + b"\r\n\r\n"
 
 
-def http_response(uri: str, body: bytes, mime: str, date: str = "2024-01-01T00:00:00Z") -> bytes:
-    head = f"HTTP/1.1 200 OK\r\nContent-Type: {mime}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+def http_response(uri: str, body: bytes, mime: str, date: str = "2024-01-01T00:00:00Z", headers=()) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: {mime}\r\n{extra}Content-Length: {len(body)}\r\n\r\n".encode()
     return _record("response", uri, date, head + body, "application/http; msgtype=response")
 
 

@@ -391,7 +391,7 @@ def _legacy_meta(path: str) -> Dict[str, Any]:
 
 def fit_problems(path: str, expected: Dict[str, Any]) -> List[str]:
     """How the checkpoint at ``path`` differs from what this run would write
-    (``expected``: a meta dict, see ``trainer.train.checkpoint_meta``): one line per
+    (``expected``: a meta dict, see ``trainer.build.checkpoint_meta``): one line per
     setting of ``model`` that both record and that differs, and the tokenizer's digest."""
     meta = read_meta(path)
     legacy = meta is None

@@ -19,6 +19,8 @@ from contract.settings import SectionedConfig
 SOURCES = ("text", "pairs", "interleaved", "instructions")
 DEFAULT_MODEL = "kosmos-1"
 STAGES = ("pretrain", "instruct")
+# ``kosmos eval --task`` (trainer/evaluate.py): here, so the command line lists them without loading torch
+EVAL_TASKS = ("caption", "vqa", "raven", "classify", "perplexity", "choice")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ exactly the next micro-batch.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -45,6 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from contract.hashing import seeded_hash
 from contract.schema import DATASETS, ITEM_IMAGE, ITEM_TEXT
 from contract.tokens import IGNORE_INDEX, SpecialIds
 from trainer.config import TrainConfig
@@ -439,8 +439,7 @@ class Chunker:
 
 # --------------------------------------------------------------------------- readers
 def seeded_order(n: int, *key) -> List[int]:
-    seed = int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "little")
-    return list(np.random.default_rng(seed).permutation(n))
+    return list(np.random.default_rng(seeded_hash(*key)).permutation(n))
 
 
 Position = Tuple[int, int, int, int]   # (epoch, index in the epoch's unit order, row, chunk)

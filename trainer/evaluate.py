@@ -44,7 +44,6 @@ every rank takes its share of the examples and rank 0 scores and writes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -54,12 +53,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
+from contract.hashing import seeded_hash
+from trainer.config import EVAL_TASKS
 from trainer.inference import Prompter
 from trainer.shards import url_to_fs
 
 log = logging.getLogger(__name__)
 
-TASKS = ("caption", "vqa", "raven", "classify", "perplexity", "choice")
 CAPTION_PROMPT = "An image of"
 CLASSIFY_PROMPT = "The photo of the"
 
@@ -346,17 +346,13 @@ def _jsonl_examples(s: EvalSettings, path: str) -> List[Dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- helpers
-def _hash_rank(*key) -> int:
-    return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "little")
-
-
 def pick_demos(query_id: str, pool: Sequence[Dict[str, Any]], k: int, seed: int) -> List[Dict[str, Any]]:
     """k demonstrations for a query: the pool's examples other than the query, ordered
     by a seeded hash of (query, candidate): the same choice on every run."""
     if k <= 0:
         return []
     others = [e for e in pool if e["id"] != query_id]
-    others.sort(key=lambda e: _hash_rank(seed, query_id, e["id"]))
+    others.sort(key=lambda e: seeded_hash(seed, query_id, e["id"]))
     return others[:k]
 
 
@@ -684,8 +680,8 @@ class Evaluator:
                     "tokens": tokens, "sequences": seqs}
 
     def run(self) -> Tuple[List[Dict], Dict]:
-        if self.s.task not in TASKS:
-            raise ValueError(f"unknown task {self.s.task!r}; tasks: {', '.join(TASKS)}")
+        if self.s.task not in EVAL_TASKS:
+            raise ValueError(f"unknown task {self.s.task!r}; tasks: {', '.join(EVAL_TASKS)}")
         if self.s.predict_only and self.s.task not in ("caption", "vqa"):
             raise ValueError(f"--predict_only is for caption and vqa; {self.s.task} has nothing to predict "
                              "without its answers")

@@ -123,7 +123,7 @@ def load_for_inference(path: str, tokenizer: Optional[str] = None, device: str =
     from trainer import checkpoint as ckpt
     from trainer.config import TrainConfig
     from trainer.tokenizer import Tokenizer
-    from trainer.train import build_model, resolve_activation
+    from trainer.build import build_model, resolve_activation
     step_dir = resolve_checkpoint(path)
     fs, _ = url_to_fs(step_dir)
     with fs.open(url_to_fs(join(step_dir, "config.json"))[1], "r") as fh:

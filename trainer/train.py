@@ -4,6 +4,10 @@ One optimizer step = the data schedule's micro-batches (gradient accumulation up
 to the per-step token budget). The loss of a step is the sum of next-token losses
 over every target token of the step on all ranks, divided by that number, so
 2 ranks x b sequences train exactly as 1 rank x 2b.
+
+The parts: trainer/build.py (the model a run trains), trainer/optim.py (AdamW and
+the learning-rate schedule), trainer/train_metrics.py (what a step measures and the
+writer of it), trainer/checkpoint.py (what survives a restart).
 """
 
 from __future__ import annotations
@@ -15,224 +19,65 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from itertools import groupby
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from torch import nn
 
 from contract.tokens import IGNORE_INDEX
 from trainer import checkpoint as ckpt
-from trainer.config import TrainConfig
+from trainer.build import model_for_run, resolve_model
+from trainer.config import SOURCES, TrainConfig
 from trainer.distributed import Dist, init_distributed, unwrap
-from trainer.model.config import get_config
 from trainer.model.kosmos import KosmosModel
+from trainer.optim import lr_at, make_optimizer
 from trainer.parallelize import parallelize
+from trainer.train_metrics import (MetricsWriter, StepMetrics, StepSums, TokenCounts, ValidationMetrics,
+                                   pack, peak_bf16_flops, unpack)
 
 log = logging.getLogger(__name__)
 
-# Dense bf16 peak FLOP/s for MFU, by substring of torch.cuda.get_device_name().
-# Longer names first, so that "H100 PCIe" is not read as an SXM H100 nor "L40" as an L4.
-PEAK_BF16 = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12, "H100": 989e12, "A100": 312e12,
-             "L40S": 362e12, "L40": 181e12, "A10G": 70e12, "L4": 121e12}
-NO_DECAY_NAMES = ("embed_tokens", "latents", "positional_embedding", "class_embedding")
+Run = Tuple[int, int, int]      # (source index, first row, end row): rows of one source in a micro-batch
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to the peak over ``warmup_steps``, then linear decay to 0 at ``steps``."""
-    o = cfg.optim
-    if o.warmup_steps > 0 and step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    span = max(1, o.steps - o.warmup_steps)
-    return o.lr * max(0.0, (o.steps - step) / span)
-
-
-def param_groups(model: nn.Module, weight_decay: float, scope: str = "all") -> List[Dict[str, Any]]:
-    """The optimizer's parameter groups (``optim.weight_decay_scope``): "all" decays
-    every trainable parameter, as fairseq's Adam did for Kosmos-1; "matrices" leaves
-    out norms, biases, embeddings and latents (1-D tensors and ``NO_DECAY_NAMES``)."""
-    if scope not in ("all", "matrices"):
-        raise ValueError(f"optim.weight_decay_scope must be 'all' or 'matrices', not {scope!r}")
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if scope == "matrices" and (p.ndim < 2 or any(n in name for n in NO_DECAY_NAMES)):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def resolve_activation(cfg: TrainConfig) -> TrainConfig:
-    """The run records the CLIP activation it decided from the weights, so that its
-    checkpoints load with the same one anywhere (``kosmos generate``, ``kosmos eval``)."""
-    import dataclasses
-
-    from trainer.model.vision import quick_gelu_for
-    if cfg.model.vision_quick_gelu is not None:
-        return cfg
-    quick = quick_gelu_for(get_config(cfg.model.name).vision_model, cfg.model.vision_pretrained)
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vision_quick_gelu=quick))
-
-
-# The model settings that define the network: a run from run.init takes them from the
-# checkpoint's recorded config, and refuses an explicit one that says otherwise.
-INHERITED_MODEL_SETTINGS = ("config", "vision_pretrained", "vision_quick_gelu")
-
-
-def recorded_config(path: str) -> TrainConfig:
-    """The settings a checkpoint's run recorded (its ``config.json``)."""
-    from trainer.shards import join, url_to_fs
-    fs, local = url_to_fs(join(path, "config.json"))
-    if not fs.exists(local):
-        raise FileNotFoundError(f"{join(path, 'config.json')} missing: run.init must be a checkpoint directory "
-                                "(CHECKPOINTS/step-N) written by `kosmos train`")
-    with fs.open(local, "r") as fh:
-        return TrainConfig.from_dict(json.load(fh))
-
-
-def inherit_model(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with the model settings of its ``run.init`` checkpoint: every one left
-    unset (None) takes the checkpoint's; one set to another value is refused, naming
-    both and the checkpoint. Dropout is taken when unset but may differ (no weight
-    depends on it)."""
-    import dataclasses
-    path = cfg.run.init
-    theirs = resolve_activation(recorded_config(path)).model      # an old record may leave the activation open
-    changes: Dict[str, Any] = {}
-    for name in INHERITED_MODEL_SETTINGS:
-        mine, recorded = getattr(cfg.model, name), (theirs.name if name == "config" else getattr(theirs, name))
-        if mine is None:
-            changes[name] = recorded
-        elif mine != recorded:
-            raise ckpt.CheckpointMismatchError(
-                f"model.{name} is {mine!r} here, but the checkpoint run.init={path} was trained with "
-                f"model.{name}={recorded!r}; a run from a checkpoint keeps its model: leave "
-                f"model.{name} unset to take the checkpoint's")
-    if cfg.model.dropout is None:
-        changes["dropout"] = theirs.dropout
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))
-
-
-def resolve_model(cfg: TrainConfig) -> TrainConfig:
-    """Every model setting decided, as the run records it: from ``run.init``'s
-    checkpoint when there is one, else the defaults (the model config's name and
-    dropout, the CLIP weights' activation)."""
-    import dataclasses
-    if cfg.run.init:
-        cfg = inherit_model(cfg)
-    dropout = cfg.model.dropout if cfg.model.dropout is not None else get_config(cfg.model.name).decoder.dropout
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, config=cfg.model.name, dropout=dropout))
-    return resolve_activation(cfg)
-
-
-# Settings of the built model that are not part of what its checkpoint must match:
-# dropout (no weight), the context length (xPos has no table of weights), loss chunking,
-# and what ``checkpoint_meta`` records from the run's own settings.
-_META_FREE = {"name", "vision_pretrained", "vision_quick_gelu", "loss_chunk_tokens", "decoder.dropout",
-              "decoder.attention_dropout", "decoder.activation_dropout", "decoder.max_seq_len"}
-
-
-def checkpoint_meta(cfg: TrainConfig, model: KosmosModel, tokenizer=None) -> Dict[str, Any]:
-    """What a checkpoint is a checkpoint of (its ``meta.json``): ``model``, the settings a
-    run must share to load it (checked before loading, trainer/checkpoint.py); ``other``,
-    recorded only; ``tokenizer``, its path and the sha256 of its .model file."""
-    import dataclasses
-    built: Dict[str, Any] = {}
-    for key, value in dataclasses.asdict(model.cfg).items():
-        for k, v in (value.items() if isinstance(value, dict) else [(None, value)]):
-            built[f"{key}.{k}" if k else key] = v
-    must = {f"model.{n}": getattr(cfg.model, n) for n in INHERITED_MODEL_SETTINGS}
-    must.update({k: v for k, v in built.items() if k not in _META_FREE})
-    tok = None
-    if tokenizer is not None:
-        tok = {"path": tokenizer.path, "sha256": tokenizer.sha256, "num_pieces": tokenizer.num_pieces}
-    return {"model": must, "tokenizer": tok,
-            "other": {"run.stage": cfg.run.stage, "run.init": cfg.run.init, "model.dropout": cfg.model.dropout,
-                      "decoder.max_seq_len": built.get("decoder.max_seq_len")}}
-
-
-def build_model(cfg: TrainConfig, vocab_size: int) -> KosmosModel:
-    import dataclasses
-    mcfg = get_config(cfg.model.name)
-    dec = dataclasses.replace(mcfg.decoder, vocab_size=vocab_size,
-                              max_seq_len=max(mcfg.decoder.max_seq_len, cfg.data.seq_len))
-    if cfg.model.dropout is not None:
-        dec = dataclasses.replace(dec, dropout=cfg.model.dropout)
-    mcfg = dataclasses.replace(mcfg, decoder=dec, vision_pretrained=cfg.model.vision_pretrained or None,
-                               vision_quick_gelu=cfg.model.vision_quick_gelu)
-    model = KosmosModel(mcfg)
-    if model.vision is not None and model.vision.image_size != cfg.data.image_size:
-        raise ValueError(f"data.image_size is {cfg.data.image_size} but the vision tower {mcfg.vision_model} "
-                         f"takes {model.vision.image_size} px images; set data.image_size={model.vision.image_size}")
-    return model
-
-
-class MetricsWriter:
-    """Console (progress bar or lines), ``metrics.jsonl`` and TensorBoard, rank 0 only."""
-
-    def __init__(self, output: str, total: int, start: int, enabled: bool, tensorboard: bool, bar: bool):
-        self.enabled = enabled
-        self.fh = self.tb = self.bar = None
-        if not enabled:
-            return
-        self.fh = open(os.path.join(output, "metrics.jsonl"), "a", encoding="utf-8")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(os.path.join(output, "tb"))
-            except ImportError as exc:     # tensorboard is optional at run time
-                log.warning("TensorBoard disabled: %s", exc)
-        if bar and sys.stderr.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
-
-    def _record(self, m: Dict[str, Any]) -> None:
-        """One line of ``metrics.jsonl`` and its numbers in TensorBoard."""
-        self.fh.write(json.dumps(m, sort_keys=True) + "\n")
-        self.fh.flush()
-        if self.tb is not None:
-            for k, v in m.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(k.replace(".", "/"), v, m["step"])
-
-    def _say(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            print(text, flush=True)
-
-    def write(self, m: Dict[str, Any], line: bool) -> None:
-        if not self.enabled:
-            return
-        self._record(m)
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}", refresh=False)
-        if line:
-            per = " ".join(f"{k[5:]} {v:.4f}" for k, v in sorted(m.items()) if k.startswith("loss.")
-                           and isinstance(v, float))
-            mfu = f" mfu {m['mfu']:.1%}" if "mfu" in m else ""
-            self._say(f"step {m['step']:>6d}  loss {m['loss']:.4f}  [{per}]  lr {m['lr']:.3e}  "
-                      f"grad norm {m['grad_norm']:.3f}  {m['tokens_per_s']:,.0f} tok/s{mfu}")
-
-    def write_validation(self, m: Dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self._record(m)
-        per = " ".join(f"{k[9:]} {v:.4f}" for k, v in sorted(m.items()) if k.startswith("val_loss."))
-        self._say(f"validation at step {m['step']}: loss {m['val_loss']:.4f}  [{per}]"
-                  + ("  (best so far)" if m.get("best") else ""))
-
-    def close(self) -> None:
-        for x in (self.bar, self.tb, self.fh):
-            if x is not None:
-                x.close()
+def count_targets(micro_batches: List[Dict[str, Any]], pad: int) -> Tuple[TokenCounts, List[List[Run]]]:
+    """The step's token counts on the host, from the labels, and each micro-batch's
+    runs of rows of one source. A micro-batch names the source of each row in
+    ``sources`` (or of all of them in ``source``; ``None``: a padding row)."""
+    source_targets, targets, tokens = [0] * len(SOURCES), 0, 0.0
+    runs: List[List[Run]] = []
+    for mb in micro_batches:
+        rows = mb["labels"].shape[0]
+        names = mb.get("sources")
+        if names is None:
+            names = [mb.get("source")] * rows
+        if len(names) != rows:
+            raise ValueError(f"a micro-batch of {rows} rows names the sources of {len(names)}")
+        row_targets = (mb["labels"][:, 1:] != IGNORE_INDEX).sum(1).tolist()
+        mine, start = [], 0
+        for name, group in groupby(names):
+            end = start + len(list(group))
+            got = sum(row_targets[start:end])
+            if name is None:
+                if got:
+                    raise ValueError(f"rows {start}-{end - 1} have {got} target tokens but no source")
+            elif name not in SOURCES:
+                raise ValueError(f"unknown source {name!r} in a micro-batch; sources are {', '.join(SOURCES)}")
+            else:
+                j = SOURCES.index(name)
+                source_targets[j] += got
+                mine.append((j, start, end))
+            start = end
+        runs.append(mine)
+        targets += sum(row_targets)
+        tokens += float((mb["input_ids"] != pad).sum())
+    f64 = torch.float64
+    return TokenCounts(torch.tensor(source_targets, dtype=f64), torch.tensor(targets, dtype=f64),
+                       torch.tensor(tokens, dtype=f64)), runs
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, d: Optional[Dist] = None, tokenizer=None, vocab_size: Optional[int] = None):
-        import dataclasses
         cfg = resolve_model(cfg)       # as run_training records it (idempotent)
         self.cfg = cfg
         self.d = d or init_distributed()
@@ -247,13 +92,7 @@ class Trainer:
         dev = self.d.device
         self.bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and dev.type == "cuda")
         torch.manual_seed(cfg.run.seed)          # the same initial weights on every rank
-        if cfg.run.init:   # the tower's weights come from the checkpoint: do not fetch the pretrained ones
-            model = build_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vision_pretrained=None)),
-                                vocab_size)
-            ckpt.load_model_weights(cfg.run.init, model, expected=checkpoint_meta(cfg, model, self.tokenizer))
-        else:
-            model = build_model(cfg, vocab_size)
-        self.meta = checkpoint_meta(cfg, model, self.tokenizer)     # what its checkpoints record and resume checks
+        model, self.meta = model_for_run(cfg, vocab_size, self.tokenizer)   # meta: what its checkpoints record
         self.counts = model.parameter_counts()
         model.to(dev)
         model, self.parallel = parallelize(model, self.d, cfg.run.parallel, bf16=self.bf16,
@@ -261,11 +100,8 @@ class Trainer:
                                            compile=cfg.model.compile, shard_group_size=cfg.run.shard_group_size)
         self.model = model
         self.core: KosmosModel = unwrap(model)
-        o = cfg.optim
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay, o.weight_decay_scope), lr=lr_at(0, cfg),
-                                           betas=tuple(o.betas), eps=o.eps,
-                                           fused=True if dev.type == "cuda" else None)
+        self.optimizer = make_optimizer(model, cfg, dev)
         self.step = 0
         self.image_size = cfg.data.image_size
 
@@ -290,67 +126,39 @@ class Trainer:
             self.model.set_requires_gradient_sync(last)
         return contextlib.nullcontext()
 
-    def train_step(self, micro_batches: List[Dict[str, Any]]) -> Dict[str, Any]:
+    def _images(self, mb: Dict[str, Any], placeholder: List[torch.Tensor]) -> torch.Tensor:
+        """The micro-batch's images, or one blank image: the same modules run on every
+        rank in every micro-batch (see KosmosModel.embed)."""
+        images = mb.get("images")
+        if images is None:
+            if not placeholder:
+                placeholder.append(torch.zeros(1, 3, self.image_size, self.image_size, device=self.d.device))
+            images = placeholder[0]
+        return images.to(self.d.device, non_blocking=True)
+
+    def train_step(self, micro_batches: List[Dict[str, Any]]) -> StepMetrics:
         """Forward/backward every micro-batch, clip, step. Returns the step's metrics
         (summed over ranks).
 
-        A micro-batch may mix sources: ``sources`` names the source of each row (or
-        ``source`` that of all of them; ``None``: a padding row of an empty micro-batch).
-        The host waits for the device once a step, after the gradients are clipped and
-        before the optimizer steps: target counts come from the labels on the host,
-        losses are summed per source on the device (the model's ``loss_per_seq``
-        splits a mixed micro-batch), and one transfer brings every number back. So
+        A micro-batch may mix sources (see :func:`count_targets`). The host waits for
+        the device once a step, after the gradients are clipped and before the optimizer
+        steps: target counts come from the labels on the host, losses are summed per
+        source on the device (the model's ``loss_per_seq`` splits a mixed micro-batch),
+        and one transfer brings every number back (:class:`StepSums`). So
         ``step_time_s`` ends at that wait; the optimizer's update runs on the device
         while the next step is prepared and is counted in the next step's time."""
-        from itertools import groupby
-
-        from trainer.config import SOURCES
         t0 = time.perf_counter()
         self.model.train()
         dev = self.d.device
-        n_src = len(SOURCES)
-        # host: [targets per source..., targets, real tokens] and each micro-batch's runs of one source
-        counts = torch.zeros(n_src + 2, dtype=torch.float64)
-        runs: List[List[tuple]] = []            # (source index, first row, end row)
-        for mb in micro_batches:
-            rows = mb["labels"].shape[0]
-            names = mb.get("sources")
-            if names is None:
-                names = [mb.get("source")] * rows
-            if len(names) != rows:
-                raise ValueError(f"a micro-batch of {rows} rows names the sources of {len(names)}")
-            row_targets = (mb["labels"][:, 1:] != IGNORE_INDEX).sum(1).tolist()
-            mine, start = [], 0
-            for name, group in groupby(names):
-                end = start + len(list(group))
-                got = sum(row_targets[start:end])
-                if name is None:
-                    if got:
-                        raise ValueError(f"rows {start}-{end - 1} have {got} target tokens but no source")
-                elif name not in SOURCES:
-                    raise ValueError(f"unknown source {name!r} in a micro-batch; sources are {', '.join(SOURCES)}")
-                else:
-                    j = SOURCES.index(name)
-                    counts[j] += got
-                    mine.append((j, start, end))
-                start = end
-            runs.append(mine)
-            counts[n_src] += sum(row_targets)
-            counts[n_src + 1] += float((mb["input_ids"] != self.core.ids.pad).sum())
-        counts = self.d.all_sum(counts.to(dev))        # queued: NCCL does not make the host wait
-        scale = (self.d.world_size / counts[n_src].clamp(min=1)).float()
-        losses = torch.zeros(n_src, dtype=torch.float64, device=dev)
-        placeholder = None
+        host_counts, runs = count_targets(micro_batches, self.core.ids.pad)
+        counts = unpack(self.d.all_sum(pack(host_counts).to(dev)), host_counts)   # queued: NCCL does not wait
+        scale = (self.d.world_size / counts.targets.clamp(min=1)).float()
+        losses = torch.zeros(len(SOURCES), dtype=torch.float64, device=dev)
+        placeholder: List[torch.Tensor] = []
         for i, mb in enumerate(micro_batches):
             ids = mb["input_ids"].to(dev, non_blocking=True)
             labels = mb["labels"].to(dev, non_blocking=True)
-            images = mb.get("images")
-            if images is None:
-                # the same modules run on every rank in every micro-batch (see KosmosModel.embed)
-                if placeholder is None:
-                    placeholder = torch.zeros(1, 3, self.image_size, self.image_size, device=dev)
-                images = placeholder
-            images = images.to(dev, non_blocking=True)
+            images = self._images(mb, placeholder)
             with self._sync(i == len(micro_batches) - 1), self._autocast():
                 out = self.model(ids, images=images, labels=labels)
                 (out["loss_sum"] * scale).backward()
@@ -364,12 +172,10 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
-        losses = self.d.all_sum(losses)
-        # the one wait of the step
-        totals = torch.cat([counts, losses, grad_norm.detach().reshape(1).to(counts)]).cpu()
+        sums = StepSums(counts, self.d.all_sum(losses), grad_norm.detach().to(dev, torch.float64))
+        sums = sums.to_host()            # the one wait of the step
         dt = time.perf_counter() - t0
-        target_tokens = int(totals[n_src])
-        if target_tokens == 0:
+        if int(sums.counts.targets) == 0:
             self.optimizer.zero_grad(set_to_none=True)
             raise RuntimeError("a step without a single target token")
         lr = lr_at(self.step, self.cfg)
@@ -378,28 +184,20 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        loss_sums = totals[n_src + 2:2 * n_src + 2]
-        m: Dict[str, Any] = {"step": self.step, "lr": lr, "grad_norm": float(totals[-1]),
-                             "loss": float(loss_sums.sum()) / target_tokens,
-                             "target_tokens": target_tokens, "tokens": int(totals[n_src + 1]),
-                             "step_time_s": dt, "tokens_per_s": float(totals[n_src + 1]) / dt}
-        for j, s in enumerate(SOURCES):
-            if totals[j] > 0:
-                m[f"loss.{s}"] = float(loss_sums[j] / totals[j])
+        m = StepMetrics.of(self.step, lr, sums, dt)
         if dev.type == "cuda":
-            name = torch.cuda.get_device_name(dev)
-            peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+            peak = peak_bf16_flops(dev)
             if peak and self.bf16:       # this rank's model FLOPs (KosmosModel.training_flops) over its peak
                 flops = sum(self.core.training_flops(
                     int((mb["input_ids"] != self.core.ids.pad).sum()),
                     0 if mb.get("images") is None else int(mb["images"].shape[0]),
                     int(mb["input_ids"].shape[1])) for mb in micro_batches)
-                m["mfu"] = flops / (dt * peak)
-            m["max_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
+                m.mfu = flops / (dt * peak)
+            m.max_memory_gib = torch.cuda.max_memory_allocated(dev) / 2 ** 30
         return m
 
     # -- validation ----------------------------------------------------------------------
-    def validate(self) -> Dict[str, Any]:
+    def validate(self) -> ValidationMetrics:
         """Mean next-token loss on the held-out datasets (``data.val_*``), per source and
         over all, on the same ``run.eval_sequences`` sequences every time. Every rank runs
         the same number of forward passes (a rank short of data runs empty ones)."""
@@ -416,7 +214,7 @@ class Trainer:
                     self.d.world_size, cfg.data.seed))
                 most = int(self.d.all_max(torch.tensor([float(len(batches))], device=dev)).item())
                 batches += [collate([], self.core.ids.pad)] * (most - len(batches))
-                local = torch.zeros(2, dtype=torch.float64)
+                local = torch.zeros(2, dtype=torch.float64)       # (loss, target tokens)
                 for mb in batches:
                     images = mb["images"]
                     if images is None:
@@ -428,17 +226,14 @@ class Trainer:
                 totals[source] = self.d.all_sum(local.to(dev)).cpu()
         finally:
             self.model.train()
-        m: Dict[str, Any] = {"step": self.step}
         loss = sum(float(t[0]) for t in totals.values())
         tokens = sum(float(t[1]) for t in totals.values())
-        m["val_loss"] = loss / tokens if tokens else float("nan")
-        m["val_tokens"] = int(tokens)
-        for source, t in totals.items():
-            if t[1] > 0:
-                m[f"val_loss.{source}"] = float(t[0] / t[1])
-        return m
+        return ValidationMetrics(step=self.step, val_loss=loss / tokens if tokens else float("nan"),
+                                 val_tokens=int(tokens),
+                                 loss_by_source={s: float(t[0] / t[1]) for s, t in totals.items() if t[1] > 0})
 
 
+# --------------------------------------------------------------------------- the run
 def check_held_out(cfg: TrainConfig) -> None:
     """A held-out dataset must not share a file with the training data of its source."""
     from trainer.shards import expand_dataset
@@ -452,24 +247,62 @@ def check_held_out(cfg: TrainConfig) -> None:
                              f"(e.g. {shared[0]}): held-out data must be held out")
 
 
+def prepare_run(cfg: TrainConfig, d: Dist) -> TrainConfig:
+    """The settings as the run records them (``config.json``, rank 0), checked."""
+    cfg.check_stage()
+    cfg = resolve_model(cfg)          # run.init's model settings, or the defaults: what config.json records
+    if "://" in cfg.run.output:
+        raise ValueError("run.output holds logs and must be a local (or mounted) path; put checkpoints on "
+                         "object storage with run.checkpoint_dir")
+    os.makedirs(cfg.run.output, exist_ok=True)          # every rank: nodes may not share a file system
+    if d.is_main:
+        with open(os.path.join(cfg.run.output, "config.json"), "w", encoding="utf-8") as fh:
+            fh.write(cfg.to_json())
+    check_held_out(cfg)
+    return cfg
+
+
+class BadShardLog:
+    """The shards the loader skipped, as they are found: one JSON line each in the
+    output (rank 0: ``bad_shards.jsonl``; others one file per rank) and on stderr."""
+
+    def __init__(self, output: str, d: Dist, loader, resumed: bool):
+        self.path = os.path.join(output, "bad_shards.jsonl" if d.is_main else f"bad_shards.rank{d.rank}.jsonl")
+        self.rank, self.loader = d.rank, loader
+        self.reported = len(loader.bad_shards) if resumed else 0     # a resumed loader's were reported before
+
+    def report(self) -> None:
+        new = self.loader.bad_shards[self.reported:]
+        if not new:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            for b in new:
+                fh.write(json.dumps({"rank": self.rank, **b}) + "\n")
+                print(f"rank {self.rank}: skipped {b.get('skipped', 'bad shard')} {b['path']}: {b['error']}",
+                      file=sys.stderr)
+        self.reported = len(self.loader.bad_shards)
+
+
+def _stop_saves(d: Dist) -> None:
+    """A run that fails finishes the checkpoint still being written, if it can."""
+    try:
+        if d.world_size == 1:
+            ckpt.wait_for_saves()
+        else:                        # finishing takes barriers that ranks still in a step would never meet
+            ckpt.abandon_pending()
+    except BaseException as exc:     # the error that stopped the run is the one to report
+        log.error("the checkpoint being written when the run stopped failed too: %s", exc)
+
+
 def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[str, Any]]:
     """The whole run: data, model, loop, checkpoints. ``resume``: "auto" (the newest
     checkpoint in the output, if any) or a checkpoint path. Returns rank 0's metrics."""
     from trainer.data import MixtureDataset, MixtureLoader
 
     d = init_distributed()
-    cfg.check_stage()
-    cfg = resolve_model(cfg)          # run.init's model settings, or the defaults: what config.json records
-    out = cfg.run.output
-    if "://" in out:
-        raise ValueError("run.output holds logs and must be a local (or mounted) path; put checkpoints on "
-                         "object storage with run.checkpoint_dir")
-    ckpt_root = cfg.run.checkpoint_dir or os.path.join(out, "checkpoints")
-    os.makedirs(out, exist_ok=True)          # every rank: nodes may not share a file system
-    if d.is_main:
-        with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as fh:
-            fh.write(cfg.to_json())
-    check_held_out(cfg)
+    cfg = prepare_run(cfg, d)
+    r = cfg.run
+    ckpt_root = r.checkpoint_dir or os.path.join(r.output, "checkpoints")
     trainer = Trainer(cfg, d)
     dataset = MixtureDataset(cfg, trainer.tokenizer, trainer.core.cfg.num_image_tokens, d.rank, d.world_size)
     loader = MixtureLoader(dataset, pin_memory=d.device.type == "cuda")
@@ -478,24 +311,22 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
     per_rank = {"train": trainer, "data": loader, "rng": ckpt.RngState()}
     # A checkpoint of another model or tokenizer (meta.json against trainer.meta) is refused
     # before anything is loaded; the newest that loads is taken, a damaged one reported and skipped.
+    path = resume
     if resume == "auto":
         path = ckpt.load_newest_intact(ckpt_root, sharded, per_rank, d, expected=trainer.meta)
-    else:
-        path = resume
-        if path:
-            ckpt.load(path, sharded, per_rank, d, expected=trainer.meta)
-    if path and d.is_main:
-        print(f"resumed from {path} at step {trainer.step}", flush=True)
-    total = cfg.run.max_steps or cfg.optim.steps
+    elif resume:
+        ckpt.load(resume, sharded, per_rank, d, expected=trainer.meta)
+    total = r.max_steps or cfg.optim.steps
     if d.is_main:
+        if path:
+            print(f"resumed from {path} at step {trainer.step}", flush=True)
         c = trainer.counts
         print(f"model {cfg.model.config}: {c['total']:,d} parameters ({c['trainable']:,d} trainable); "
               f"{trainer.parallel} on {d.world_size} rank(s), {d.device.type}, "
               f"{'bf16' if trainer.bf16 else 'fp32'}", flush=True)
         print(dataset.plan.describe(), flush=True)
-    metrics = MetricsWriter(out, total, trainer.step, d.is_main, cfg.run.tensorboard, cfg.run.progress_bar)
-    bad_file = os.path.join(out, "bad_shards.jsonl" if d.is_main else f"bad_shards.rank{d.rank}.jsonl")
-    reported = len(loader.bad_shards) if path else 0
+    metrics = MetricsWriter(r.output, total, trainer.step, d.is_main, r.tensorboard, r.progress_bar)
+    bad_shards = BadShardLog(r.output, d, loader, resumed=bool(path))
     history = []
     validating = bool(cfg.validation_sources())
     best = ckpt.best_so_far(ckpt_root) if validating else None
@@ -506,44 +337,30 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> List[Dict[st
             micro = loader.next_step()
             wait = time.perf_counter() - t0
             m = trainer.train_step(micro)
-            m["data_wait_s"] = wait
-            if len(loader.bad_shards) > reported:
-                with open(bad_file, "a", encoding="utf-8") as fh:
-                    for b in loader.bad_shards[reported:]:
-                        fh.write(json.dumps({"rank": d.rank, **b}) + "\n")
-                        print(f"rank {d.rank}: skipped {b.get('skipped', 'bad shard')} {b['path']}: {b['error']}",
-                              file=sys.stderr)
-                reported = len(loader.bad_shards)
-            if not all(math.isfinite(v) for v in (m["loss"], m["grad_norm"])):
-                raise FloatingPointError(f"step {m['step']}: loss {m['loss']} grad norm {m['grad_norm']}")
-            history.append(m)
-            metrics.write(m, line=m["step"] % max(1, cfg.run.log_every) == 0 or m["step"] == total)
+            m.data_wait_s = wait
+            bad_shards.report()
+            if not (math.isfinite(m.loss) and math.isfinite(m.grad_norm)):
+                raise FloatingPointError(f"step {m.step}: loss {m.loss} grad norm {m.grad_norm}")
+            history.append(m.as_dict())
+            metrics.write(m, line=m.step % max(1, r.log_every) == 0 or m.step == total)
             new_best = False
-            if validating and ((cfg.run.eval_every and m["step"] % cfg.run.eval_every == 0) or m["step"] == total):
+            if validating and ((r.eval_every and m.step % r.eval_every == 0) or m.step == total):
                 v = trainer.validate()
-                improved = math.isfinite(v["val_loss"]) and (best is None or v["val_loss"] < best)
-                v["best"] = improved
+                v.best = math.isfinite(v.val_loss) and (best is None or v.val_loss < best)
                 metrics.write_validation(v)
-                if improved:
-                    best = v["val_loss"]
-                    new_best = cfg.run.keep_best
+                if v.best:
+                    best, new_best = v.val_loss, r.keep_best
             # The best is this step's checkpoint, named by CHECKPOINTS/best and kept from pruning
             # (no second copy): a step that improves saves one even off the save_every schedule.
-            if new_best or m["step"] % cfg.run.save_every == 0 or m["step"] == total:
-                saved = ckpt.save(ckpt_root, trainer.step, sharded, per_rank, d, cfg.run.keep_last, cfg.to_json(),
+            if new_best or m.step % r.save_every == 0 or m.step == total:
+                saved = ckpt.save(ckpt_root, trainer.step, sharded, per_rank, d, r.keep_last, cfg.to_json(),
                                   meta_json, best=best if new_best else None)
                 if d.is_main:
                     print(f"checkpoint {saved}" + (f" (best: validation loss {best:.4f})" if new_best else ""),
                           flush=True)
         ckpt.wait_for_saves()            # the last one written and marked complete before the run returns
     except BaseException:
-        try:                             # a checkpoint still being written is finished, if it can be
-            if d.world_size == 1:
-                ckpt.wait_for_saves()
-            else:                        # finishing takes barriers that ranks still in a step would never meet
-                ckpt.abandon_pending()
-        except BaseException as exc:     # the error that stopped the run is the one to report
-            log.error("the checkpoint being written when the run stopped failed too: %s", exc)
+        _stop_saves(d)
         raise
     finally:
         metrics.close()

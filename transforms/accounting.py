@@ -9,15 +9,16 @@ depend on a runner's metrics). pipeline/stats.py makes ``stats.json`` of the cou
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
-from typing import Dict, Iterable, NamedTuple, Optional
+import weakref
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from contract.reasons import (DEDUP, DROPPED, ERROR, IMAGE_SOURCE, KEPT, RECORD, TEXT, TEXT_DEDUP, count_key,
-                              record_stage)
+from contract.reasons import DEDUP, ERROR, KEPT, RECORD, TEXT, TEXT_DEDUP, CountKey, Level, Reason, Work, parse_reason
 from contract.schema import REJECT_SCHEMA
 from transforms.records import Outcome
 
@@ -30,35 +31,173 @@ class Accounted(NamedTuple):
     outcomes: beam.PCollection
 
 
+# -- the ledger: every stage's outcomes, gathered without a hand-kept list -------------------
+_LEDGERS: "weakref.WeakKeyDictionary[beam.Pipeline, List[beam.PCollection]]" = weakref.WeakKeyDictionary()
+
+
+def ledger(outcomes: beam.PCollection) -> beam.PCollection:
+    """Enter a stage's outcomes (and counted events) in its pipeline's ledger; returns them.
+    Every accounted composite calls this once on what it hands on as ``outcomes``;
+    :func:`ledger_of` gives them all to :class:`AccountOutcomes`."""
+    entries = _LEDGERS.setdefault(outcomes.pipeline, [])
+    if not any(e is outcomes for e in entries):
+        entries.append(outcomes)
+    return outcomes
+
+
+def ledger_of(p: beam.Pipeline) -> Tuple[beam.PCollection, ...]:
+    return tuple(_LEDGERS.get(p, ()))
+
+
 class AccountedDoFn(beam.DoFn):
     """A DoFn whose rejects and errors go to the ``outcomes`` output, with a Beam
     counter per level, status and reason (namespace ``kosmos``)."""
 
     def _counter(self, outcome: Outcome):
         cache = self.__dict__.setdefault("_counters", {})
-        name = outcome.key.replace("/", ".")
-        if name not in cache:
-            cache[name] = Metrics.counter("kosmos", name)
-        return cache[name]
+        key = outcome.key
+        if key not in cache:
+            cache[key] = Metrics.counter("kosmos", metric_name(key))
+        return cache[key]
 
     def outcome(self, outcome: Outcome):
         self._counter(outcome).inc()
         return pvalue.TaggedOutput(OUTCOMES, outcome)
 
 
+def metric_name(key: CountKey) -> str:
+    """A count's name among the runner's metrics (``record.dropped.non_english``)."""
+    return ".".join(str(part) for part in key if str(part))
+
+
+class AccountedParDo(beam.PTransform):
+    """``beam.ParDo(dofn)`` of an :class:`AccountedDoFn` with its ``outcomes`` entered in
+    the ledger: returns the ParDo's outputs (``main`` and each of ``tags``)."""
+
+    def __init__(self, dofn: AccountedDoFn, *tags: str, main: str = "main"):
+        super().__init__()
+        self.dofn, self.tags, self.main = dofn, tags, main
+
+    def expand(self, pcoll):
+        out = pcoll | beam.ParDo(self.dofn).with_outputs(OUTCOMES, *self.tags, main=self.main)
+        ledger(out[OUTCOMES])
+        return out
+
+
+class _FilterDoFn(AccountedDoFn):
+    def __init__(self, fn: Callable, level: Level, provenance: Callable, url: Callable):
+        self.fn, self.level, self.provenance, self.url = fn, level, provenance, url
+
+    def process(self, element):
+        verdict = self.fn(element)
+        if verdict.keep:
+            yield element
+        else:
+            yield self.outcome(Outcome.of(self.level, verdict, self.provenance(element), self.url(element)))
+
+
+def _provenance(element):
+    return element.provenance
+
+
+def _url(element):
+    return element.url
+
+
+class ApplyFilter(beam.PTransform):
+    """A pure filter (``fn(element) -> filters.base.Verdict``) as a step of the graph, the
+    way DataTrove's BaseFilter wraps a filter: kept elements pass on; a dropped one ends
+    as an outcome at ``level`` with the verdict's reason and scores, counted, sampled and
+    in the trail. Elements carry ``provenance`` and ``url`` (pages, captures, candidates)
+    unless other accessors are given. ``fn`` is pickled to the workers: one that needs
+    a large resource loads it on first use. Applied to a tuple of PCollections (the pages
+    as each producer made them), it filters each where it is and returns a tuple.
+    Returns :class:`Accounted`."""
+
+    def __init__(self, fn: Callable, level: Level = RECORD, *,
+                 provenance: Callable = _provenance, url: Callable = _url):
+        super().__init__()
+        self.fn, self.level, self.provenance_of, self.url_of = fn, level, provenance, url
+
+    def _one(self, pcoll, label: str):
+        out = pcoll | label >> beam.ParDo(_FilterDoFn(self.fn, self.level, self.provenance_of, self.url_of)
+                                          ).with_outputs(OUTCOMES, main="kept")
+        return out["kept"], ledger(out[OUTCOMES])
+
+    def expand(self, pcoll) -> Accounted:
+        if isinstance(pcoll, tuple):
+            parts = [self._one(part, f"Filter{'' if i == 0 else f' [{i}]'}") for i, part in enumerate(pcoll)]
+            return Accounted(tuple(k for k, _ in parts), tuple(o for _, o in parts))
+        return Accounted(*self._one(pcoll, "Filter"))
+
+
 class Accounting(NamedTuple):
-    counts: beam.PCollection             # singleton dict {"level/status[/reason]": n}
+    counts: beam.PCollection             # singleton dict {CountKey: n}
     samples: beam.PCollection            # rows of REJECT_SCHEMA, up to n per reason
     errors: beam.PCollection             # JSON lines of errors.jsonl
     trail: Optional[beam.PCollection]    # rows of OUTCOME_SCHEMA, one per end (None: switched off)
 
 
+class CountKeys(beam.CombineFn):
+    """Outcomes and events -> ``{CountKey: n}``: counted where they are made (a
+    combiner, so only each bundle's small dict moves), never one element per key."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, element):
+        key = element.key
+        acc[key] = acc.get(key, 0) + 1
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = {}
+        for acc in accs:
+            for key, n in acc.items():
+                out[key] = out.get(key, 0) + n
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+class SampleRejects(beam.CombineFn):
+    """Rejects -> up to ``n`` per count key, those with the smallest seeded hashes
+    (ties broken by the whole outcome, so every runner picks the same)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+
+    def create_accumulator(self):
+        return {}
+
+    def _keep(self, items):
+        return heapq.nsmallest(self.n, items, key=lambda item: (item[0], repr(item[1])))
+
+    def add_input(self, acc, o):
+        items = acc.setdefault(o.key, [])
+        items.append((sample_key(o, self.seed), o))
+        if len(items) > 2 * self.n:
+            acc[o.key] = self._keep(items)
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = {}
+        for acc in accs:
+            for key, items in acc.items():
+                out.setdefault(key, []).extend(items)
+        return {key: self._keep(items) for key, items in out.items()}
+
+    def extract_output(self, acc):
+        return {key: self._keep(items) for key, items in acc.items()}
+
+
 class AccountOutcomes(beam.PTransform):
-    """The outcome PCollections of every stage -> :class:`Accounting`. Each stage's
-    outcomes are reduced where they are made (counts summed, samples cut to ``n`` per
-    reason, errors turned into lines, ends turned into compact audit rows) and only
-    those results are flattened: a Flatten of many stages' outcomes is one buffer that
-    Beam's local runner holds whole, several outcomes for every record of the input."""
+    """The outcome PCollections of every stage (the pipeline's ledger) -> :class:`Accounting`.
+    Each stage's outcomes are reduced where they are made (counts summed, samples cut to
+    ``n`` per reason, errors turned into lines, ends turned into compact audit rows) and
+    only those results are flattened: a Flatten of many stages' outcomes is one buffer
+    that Beam's local runner holds whole, several outcomes for every record of the input."""
 
     def __init__(self, n: int, seed: int, trail: bool = True):
         super().__init__()
@@ -77,50 +216,72 @@ class AccountOutcomes(beam.PTransform):
             else:
                 yield x
         for i, pc in enumerate(leaves(parts)):
-            counts.append(pc
-                          | f"KeyByOutcome {i}" >> beam.Map(lambda o: (o.key, 1))
-                          | f"SumPerOutcome {i}" >> beam.CombinePerKey(sum))
+            counts.append(pc | f"CountPerKey {i}" >> beam.CombineGlobally(CountKeys()))
             samples.append(pc
                            | f"OnlyRejects {i}" >> beam.Filter(lambda o: o.is_reject)
-                           | f"KeyByReason {i}" >> beam.Map(lambda o: (o.key, (sample_key(o, seed), o)))
-                           | f"SmallestHashes {i}" >> beam.combiners.Top.PerKey(n, key=lambda kv: kv[0],
-                                                                                 reverse=True))
+                           | f"SampleRejects {i}" >> beam.CombineGlobally(SampleRejects(n, seed)))
             errors.append(pc
                           | f"OnlyErrors {i}" >> beam.Filter(lambda o: o.is_reject and o.status == ERROR)
                           | f"ErrorLines {i}" >> beam.Map(error_line))
             if self.trail:
                 trail.append(pc | f"AuditRows {i}" >> beam.FlatMap(audit_rows))
-        rows_out = None
         if self.trail:
             fated = (tuple(trail) | "AllAuditRows" >> beam.Flatten()) | "SurvivorFates" >> SurvivorFates()
             rows_out = fated.rows
-            counts.append(fated.lost
-                          | "KeyLostClusters" >> beam.Map(lambda key: (key, 1))
-                          | "SumLostClusters" >> beam.CombinePerKey(sum))
+            counts.append(fated.lost | "CountLostClusters" >> beam.CombineGlobally(CountLost()))
+        else:
+            rows_out = None
         total = (tuple(counts) | "AllStageCounts" >> beam.Flatten()
-                 | "SumPerOutcome" >> beam.CombinePerKey(sum)
-                 | "AllCounts" >> beam.combiners.ToDict())
+                 | "AllCounts" >> beam.CombineGlobally(MergeCounts()))
         rows = (tuple(samples) | "AllStageSamples" >> beam.Flatten()
-                | "Candidates" >> beam.FlatMap(lambda kv: [(kv[0], item) for item in kv[1]])
-                | "SmallestHashes" >> beam.combiners.Top.PerKey(n, key=lambda kv: kv[0], reverse=True)
-                | "ToRows" >> beam.FlatMap(lambda kv: [sample_row(o, k) for k, o in kv[1]]))
+                | "AllSamples" >> beam.CombineGlobally(MergeSamples(n))
+                | "ToRows" >> beam.FlatMap(lambda by_key: [sample_row(o, k) for items in by_key.values()
+                                                           for k, o in items]))
         lines = tuple(errors) | "AllErrorLines" >> beam.Flatten()
         return Accounting(total, rows, lines, rows_out)
 
 
-TERMINAL = frozenset({KEPT, DROPPED, ERROR, IMAGE_SOURCE})
-DEDUP_REASONS = frozenset({"duplicate_url", "duplicate_exact", "near_duplicate"})
+class MergeCounts(CountKeys):
+    """Per-stage ``{CountKey: n}`` dicts -> one."""
+
+    def add_input(self, acc, counts):
+        for key, n in counts.items():
+            acc[key] = acc.get(key, 0) + n
+        return acc
+
+
+class CountLost(CountKeys):
+    """Count keys (one per lost duplicate cluster) -> ``{CountKey: n}``."""
+
+    def add_input(self, acc, key):
+        acc[key] = acc.get(key, 0) + 1
+        return acc
+
+
+class MergeSamples(SampleRejects):
+    """Per-stage samples -> up to ``n`` per count key over the run."""
+
+    def __init__(self, n: int):
+        super().__init__(n, 0)
+
+    def add_input(self, acc, by_key):
+        return self.merge_accumulators([acc, by_key])
+
+
+DEDUP_REASONS = frozenset({Reason.DUPLICATE_URL, Reason.DUPLICATE_EXACT, Reason.NEAR_DUPLICATE,
+                           Reason.DUPLICATE_IMAGE_SET})
 
 
 def audit_rows(o) -> Iterable[Dict]:
     """The row of ``outcomes/`` for an end (kept, dropped, error, image record);
     nothing for entry events and counted work."""
-    if not isinstance(o, Outcome) or o.status not in TERMINAL:
+    if not isinstance(o, Outcome) or not o.status.terminal:
         return
     scores = json.loads(o.scores) if o.scores else {}
     survivor = scores.get("survivor_doc_id", "") if o.reason in DEDUP_REASONS else ""
-    row = {"level": o.level, "status": o.status, "reason": o.reason,
-           "stage": (record_stage(o.reason) or "") if o.level == RECORD and o.status in (DROPPED, ERROR) else "",
+    # the trail is written with the codes as strings: the one place an outcome becomes text
+    row = {"level": o.level.value, "status": o.status.value, "reason": str(o.reason),
+           "stage": o.reason.stage.label if o.level == RECORD and o.status.rejects and o.reason.stage else "",
            "url": o.url, "file": o.file, "offset": o.offset, "inner_offset": o.inner_offset, "doc_id": o.doc_id,
            "scores": o.scores, "message": o.message[:500], "survivor_doc_id": survivor,
            "survivor_url": scores.get("survivor_url", "") if survivor else "",
@@ -165,19 +326,24 @@ def _with_fate(element):
     fates = sorted(groups["fate"])
     status, reason = fates[0] if fates else ("", "no_outcome")
     if status != KEPT and reason not in DEDUP_REASONS:
-        yield pvalue.TaggedOutput("lost", count_key(DEDUP if level == RECORD else TEXT_DEDUP, "survivor_dropped",
-                                                    reason))
+        yield pvalue.TaggedOutput("lost", CountKey(DEDUP if level == RECORD else TEXT_DEDUP, Work.SURVIVOR_DROPPED,
+                                                   parse_reason(reason) or reason))
     for row in dups:
         # the id stays the one audit_rows gave: it names the row, not what was learnt later
         yield {**row, "survivor_status": status, "survivor_reason": reason}
 
 
 def sample_row(o: Outcome, key: str) -> Dict:
-    return {name: key if name == "sample_key" else getattr(o, name) for name in REJECT_SCHEMA.names}
+    """A reject sample as the row ``rejects/samples.parquet`` writes (codes as strings)."""
+    return {name: key if name == "sample_key" else _plain(getattr(o, name)) for name in REJECT_SCHEMA.names}
+
+
+def _plain(value):
+    return str(value) if isinstance(value, (str, tuple)) else value
 
 
 def error_line(o: Outcome) -> str:
-    return json.dumps({"level": o.level, "kind": o.reason, "file": o.file, "offset": o.offset,
+    return json.dumps({"level": o.level.value, "kind": str(o.reason), "file": o.file, "offset": o.offset,
                        "inner_offset": o.inner_offset, "url": o.url, "message": o.message},
                       sort_keys=True, ensure_ascii=False)
 

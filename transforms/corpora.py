@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from contract.reasons import DROPPED, KEPT, PAIR, TEXT
+from typing import Any, Dict
+
+from contract.reasons import DROPPED, KEPT, PAIR, TEXT, Reason, Work
 from contract.schema import SCORE_FIELDS
 from filters.captions import normalize_caption, pair_id
+from filters.pii import PII_SCORE
 from filters.urls import normalize_url
-from transforms.accounting import OUTCOMES, Accounted, AccountedDoFn
+from transforms.accounting import OUTCOMES, Accounted, AccountedDoFn, ledger
 from transforms.assemble import image_row
-from transforms.records import Candidate, Outcome, PairCandidate
+from transforms.records import Candidate, Event, Outcome, PairCandidate
 
 
 def pair_rank(c: PairCandidate):
@@ -35,7 +38,7 @@ class KeepOnePair(AccountedDoFn):
         ranked = sorted(group, key=lambda x: pair_rank(cand(x)))
         yield ranked[0]
         for other in ranked[1:]:
-            yield self.outcome(_pair_outcome(cand(other), DROPPED, "duplicate_pair",
+            yield self.outcome(_pair_outcome(cand(other), DROPPED, Reason.DUPLICATE_PAIR,
                                              message=f"kept the pair of page {cand(ranked[0]).doc_id}"))
 
 
@@ -48,7 +51,7 @@ class JoinPairWithImage(AccountedDoFn):
         for c in pairs:
             res = results[0] if results else None
             if res is None:
-                yield self.outcome(_pair_outcome(c, DROPPED, "no_image_result"))
+                yield self.outcome(_pair_outcome(c, DROPPED, Reason.NO_IMAGE_RESULT))
             elif res.reason is not None:
                 yield self.outcome(_pair_outcome(c, DROPPED, res.reason, scores=res.scores or {}))
             else:
@@ -59,6 +62,7 @@ class PairRow(AccountedDoFn):
     def process(self, element):
         c, res = element
         yield self.outcome(_pair_outcome(c, KEPT))
+        yield from pii_events(self, PAIR, {PII_SCORE: c.pii_replaced})
         yield {
             "pair_id": pair_id(res.stored.sha256, c.caption), "caption": c.caption,
             "caption_source": c.caption_source,
@@ -77,7 +81,7 @@ class PairsBeforeImages(beam.PTransform):
                | "KeyByUrlAndCaption" >> beam.Map(lambda c: ((normalize_url(c.url), normalize_caption(c.caption)), c))
                | "GroupSamePairs" >> beam.GroupByKey()
                | "KeepOnePerUrlAndCaption" >> beam.ParDo(KeepOnePair()).with_outputs(OUTCOMES, main="pairs"))
-        return Accounted(out["pairs"], out[OUTCOMES])
+        return Accounted(out["pairs"], ledger(out[OUTCOMES]))
 
 
 class PairsWithImages(beam.PTransform):
@@ -94,12 +98,19 @@ class PairsWithImages(beam.PTransform):
                   | "JoinPairWithImage" >> beam.ParDo(JoinPairWithImage()).with_outputs(OUTCOMES, main="ok"))
         distinct = (joined["ok"]
                     | "KeyByContentAndCaption" >> beam.Map(
-                        lambda cr: ((cr[1].stored.sha256, normalize_caption(cr[0].caption)), cr))
+                        lambda cr: ((cr[1].stored.identity, normalize_caption(cr[0].caption)), cr))
                     | "GroupSameContent" >> beam.GroupByKey()
                     | "KeepOnePerContentAndCaption" >> beam.ParDo(KeepOnePair()).with_outputs(OUTCOMES, main="ok"))
         rows = distinct["ok"] | "PairRows" >> beam.ParDo(PairRow()).with_outputs(OUTCOMES, main="rows")
         outcomes = (joined[OUTCOMES], distinct[OUTCOMES], rows[OUTCOMES]) | "PairOutcomes" >> beam.Flatten()
-        return Accounted(rows["rows"], outcomes)
+        return Accounted(rows["rows"], ledger(outcomes))
+
+
+def pii_events(dofn: AccountedDoFn, level, scores: Dict[str, Any]):
+    """One counted event per personal-data item replaced in a kept row's text."""
+    for kind, n in sorted((scores.get(PII_SCORE) or {}).items()):
+        for _ in range(n):
+            yield dofn.outcome(Event(level, Work.PII_REPLACED, kind))
 
 
 class TextRow(AccountedDoFn):
@@ -107,6 +118,7 @@ class TextRow(AccountedDoFn):
 
     def process(self, c: Candidate):
         yield self.outcome(Outcome.at(TEXT, KEPT, c.provenance, c.url, doc_id=c.doc_id))
+        yield from pii_events(self, TEXT, c.scores)
         yield {"doc_id": c.doc_id, "url": c.url, "capture_date": c.date, "title": c.title,
                "text": "\n".join(i["text"] for i in c.items if i["type"] == "text"),
                "source_file": c.provenance.file, "source_offset": c.provenance.offset,

@@ -25,11 +25,11 @@ from typing import NamedTuple, Tuple
 import apache_beam as beam
 from apache_beam import pvalue
 
-from contract.reasons import DEDUP, DROPPED, RECORD, TEXT, TEXT_DEDUP
+from contract.reasons import DEDUP, DROPPED, RECORD, TEXT, TEXT_DEDUP, Level, Reason, Work
 from filters.config import DedupConfig
 from filters.dedup import MinHasher, band_keys, capture_time, exact_text_hash, shingle_hashes
 from filters.urls import url_key
-from transforms.accounting import OUTCOMES, AccountedDoFn
+from transforms.accounting import OUTCOMES, AccountedDoFn, ledger
 from transforms.records import Candidate, Event, Outcome, Provenance, text_snippet
 
 AUDIT = "audit"
@@ -116,11 +116,11 @@ class _GroupDedup(beam.PTransform):
 
 
 def DedupByUrl(level: str = RECORD):
-    return _GroupDedup(lambda c: url_key(c.url), "duplicate_url", level)
+    return _GroupDedup(lambda c: url_key(c.url), Reason.DUPLICATE_URL, level)
 
 
 def DedupExactText(level: str = RECORD):
-    return _GroupDedup(lambda k: k.text_hash, "duplicate_exact", level)
+    return _GroupDedup(lambda k: k.text_hash, Reason.DUPLICATE_EXACT, level)
 
 
 # -- near duplicates -----------------------------------------------------------------
@@ -230,7 +230,7 @@ class DedupNearDuplicates(beam.PTransform):
                      | "JoinLabels" >> beam.CoGroupByKey()
                      | "FlagUnsettled" >> beam.ParDo(FlagUnsettled())
                      | "CountUnsettled" >> beam.Map(lambda _, level=unsettled_level(self.level): Event(
-                         level, "cc_unsettled_components")))
+                         level, Work.UNSETTLED)))
         removed = (labels
                    | "OnlyNonSurvivors" >> beam.Filter(lambda nl: nl[0] != nl[1])
                    | "KeyByDocId" >> beam.Map(lambda nl: (nl[0][2], nl[1])))
@@ -241,7 +241,7 @@ class DedupNearDuplicates(beam.PTransform):
         return out["kept"], outcomes, out[AUDIT]
 
 
-def unsettled_level(level: str) -> str:
+def unsettled_level(level: Level) -> Level:
     """The counted level of a funnel's dedup facts (``dedup``, ``text_dedup``)."""
     return DEDUP if level == RECORD else TEXT_DEDUP
 
@@ -258,11 +258,11 @@ class DropNearDuplicates(AccountedDoFn):
                 yield c
                 continue
             survivor_url, _, survivor_id = survivors[0]
-            yield self.outcome(Outcome.at(self.level, DROPPED, c.provenance, c.url, "near_duplicate",
+            yield self.outcome(Outcome.at(self.level, DROPPED, c.provenance, c.url, Reason.NEAR_DUPLICATE,
                                           message=f"survivor {survivor_id}", snippet=c.snippet,
                                           doc_id=c.doc_id,
                                           scores={"survivor_doc_id": survivor_id, "survivor_url": survivor_url}))
-            yield pvalue.TaggedOutput(AUDIT, audit_line("near_duplicate", c, survivor_id, survivor_url, self.level))
+            yield pvalue.TaggedOutput(AUDIT, audit_line(Reason.NEAR_DUPLICATE, c, survivor_id, survivor_url, self.level))
 
 
 class Deduplicated(NamedTuple):
@@ -288,7 +288,7 @@ class Deduplicate(beam.PTransform):
         p = candidates.pipeline
         if not any(enabled for _, enabled, _ in stages):
             empty = p | "NoDedup" >> beam.Create([])
-            return Deduplicated(candidates, empty, empty)
+            return Deduplicated(candidates, ledger(empty), empty)
         keys = candidates | "DedupKeys" >> beam.ParDo(MakeDedupKeys(self.cfg))
         for name, enabled, make in stages:
             if not enabled:
@@ -300,5 +300,5 @@ class Deduplicate(beam.PTransform):
                  "kept": keys | "SurvivingIds" >> beam.Map(lambda k: (k.doc_id, None))}
                 | "JoinSurvivors" >> beam.CoGroupByKey()
                 | "OnlySurvivors" >> beam.FlatMap(lambda kv: kv[1]["doc"] if kv[1]["kept"] else []))
-        return Deduplicated(kept, tuple(outcomes) | "DedupOutcomes" >> beam.Flatten(),
+        return Deduplicated(kept, ledger(tuple(outcomes) | "DedupOutcomes" >> beam.Flatten()),
                             tuple(audits) | "DedupAudit" >> beam.Flatten())

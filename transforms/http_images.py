@@ -7,6 +7,10 @@ in flight, ``fetch.per_host`` per host). Every URL ends fetched or failed with a
 reason, as a ``fetch``-level event; failures are written to
 ``fetch_failures.jsonl`` and fetched bytes to ``fetched/*.warc.gz`` so a later run
 can take the latter as input and retry only the former (``fetch.only_urls``).
+
+Downloaded images are judged as the archive's are (transforms/images.py): the
+image-safety model (``safety``, loaded once per DoFn in ``setup``) and the evaluation
+images (``eval_index``, a side input) before anything is stored.
 """
 
 from __future__ import annotations
@@ -24,19 +28,19 @@ from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from contract.reasons import FETCH
+from contract.reasons import FETCH, Reason, Work
+from archives.writer import warc_response_record
 from filters.config import FetchConfig, ImageConfig
+from filters.http_fetch import ImageFetcher
 from filters.images import judge_image
 from filters.urls import normalize_url
-from transforms.http_fetch import ImageFetcher
-from transforms.images import EVENTS, ImageResults, InArchiveImages, decode_events
+from transforms.images import EVENTS, ImageResults, InArchiveImages, decode_events, eval_side_input, load_image_safety
 from transforms.records import Event, ImageResult, Provenance
-from transforms.warc import warc_response_record
 from transforms.write import atomic_write
 
 FETCHED = "fetched"
-HTTP_FAILED = "http_failed"
-NOT_AN_IMAGE = ("undecodable", "empty")
+HTTP_FAILED = Work.HTTP_FAILED
+NOT_AN_IMAGE = (Reason.UNDECODABLE, Reason.EMPTY)
 
 
 def _iso_date(http_date: str) -> str:
@@ -49,21 +53,23 @@ def _iso_date(http_date: str) -> str:
 class FetchBatch(beam.DoFn):
     """[(url, [(ref, position), ...]), ...] -> (ref, ImageResult) per reference."""
 
-    def __init__(self, fetch_cfg: FetchConfig, image_cfg: ImageConfig, max_bytes: int):
+    def __init__(self, fetch_cfg: FetchConfig, image_cfg: ImageConfig, max_bytes: int, safety=None):
         self.fetch_cfg, self.image_cfg, self.max_bytes = fetch_cfg, image_cfg, max_bytes
-        self.fetcher = self.pool = None
+        self.safety = safety                # filters.config.SafetyConfig, or None: no safety model
+        self.fetcher = self.pool = self.scorer = None
         self.fetched = Metrics.counter("kosmos", "fetch.http_fetched")
         self.failed = Metrics.counter("kosmos", "fetch.http_failed")
 
     def setup(self):
         self.fetcher = ImageFetcher(self.fetch_cfg, self.max_bytes)
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.fetch_cfg.concurrency))
+        self.scorer = load_image_safety(self.safety)
 
     def teardown(self):
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def process(self, batch):
+    def process(self, batch, eval_index=None):
         futures = [(url, refs, self.pool.submit(self.fetcher.fetch, url)) for url, refs in batch]
         for url, refs, fut in futures:
             r = fut.result()
@@ -76,9 +82,9 @@ class FetchBatch(beam.DoFn):
                     yield ref, ImageResult(pos, r.reason, None, prov, {"attempts": r.attempts}, url=url)
                 continue
             self.fetched.inc()
-            verdict, stored = judge_image(r.data, self.image_cfg)
-            reason = None if verdict.keep else ("not_an_image" if verdict.reason in NOT_AN_IMAGE else verdict.reason)
-            yield pvalue.TaggedOutput(EVENTS, Event(FETCH, "http_fetched", url=url, attempts=r.attempts))
+            verdict, stored = judge_image(r.data, self.image_cfg, self.scorer, eval_index)
+            reason = None if verdict.keep else (Reason.NOT_AN_IMAGE if verdict.reason in NOT_AN_IMAGE else verdict.reason)
+            yield pvalue.TaggedOutput(EVENTS, Event(FETCH, Work.HTTP_FETCHED, url=url, attempts=r.attempts))
             yield from decode_events(url, refs)
             if self.fetch_cfg.write_warc:
                 yield pvalue.TaggedOutput(FETCHED, {"url": url, "final_url": r.final_url, "date": _iso_date(r.date),
@@ -92,10 +98,11 @@ class HttpImages(beam.PTransform):
     limits downloads to those URLs; the others end with ``not_listed_reason``."""
 
     def __init__(self, fetch_cfg: FetchConfig, image_cfg: ImageConfig, max_bytes: int, allowed=None,
-                 not_listed_reason: str = "not_retried"):
+                 not_listed_reason: Reason = Reason.NOT_RETRIED, safety=None, eval_index=None):
         super().__init__()
         self.fetch_cfg, self.image_cfg, self.max_bytes = fetch_cfg, image_cfg, max_bytes
         self.allowed, self.not_listed_reason = allowed, not_listed_reason
+        self.safety, self.eval_index = safety, eval_index      # as InArchiveImages takes them
 
     def expand(self, refs) -> ImageResults:
         grouped = (refs
@@ -123,7 +130,8 @@ class HttpImages(beam.PTransform):
         fetched = (grouped
                    | "ListRefs" >> beam.MapTuple(lambda url, rs: (url, list(rs)))
                    | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.fetch_cfg.batch_size)
-                   | "Download" >> beam.ParDo(FetchBatch(self.fetch_cfg, self.image_cfg, self.max_bytes))
+                   | "Download" >> beam.ParDo(FetchBatch(self.fetch_cfg, self.image_cfg, self.max_bytes, self.safety),
+                                              **eval_side_input(self.eval_index))
                    .with_outputs(EVENTS, FETCHED, main="results"))
         results = fetched["results"]
         if settled is not None:
@@ -135,17 +143,18 @@ class ArchiveThenHttp(beam.PTransform):
     """The input archives first; what they do not hold is downloaded."""
 
     def __init__(self, image_records, image_cfg: ImageConfig, fetch_cfg: FetchConfig, max_bytes: int,
-                 allowed=None):
+                 allowed=None, safety=None, eval_index=None):
         super().__init__()
-        self.archive = InArchiveImages(image_records, image_cfg, max_bytes)
-        self.http = HttpImages(fetch_cfg, image_cfg, max_bytes, allowed, not_listed_reason="not_in_archive")
+        self.archive = InArchiveImages(image_records, image_cfg, max_bytes, safety, eval_index)
+        self.http = HttpImages(fetch_cfg, image_cfg, max_bytes, allowed, not_listed_reason=Reason.NOT_IN_ARCHIVE,
+                               safety=safety, eval_index=eval_index)
 
     def expand(self, refs) -> ImageResults:
         archive = refs | "InArchive" >> self.archive
         results = archive.results
-        hits = results | "FoundInArchive" >> beam.Filter(lambda kv: kv[1].reason != "not_in_archive")
+        hits = results | "FoundInArchive" >> beam.Filter(lambda kv: kv[1].reason != Reason.NOT_IN_ARCHIVE)
         misses = (results
-                  | "NotInArchive" >> beam.Filter(lambda kv: kv[1].reason == "not_in_archive")
+                  | "NotInArchive" >> beam.Filter(lambda kv: kv[1].reason == Reason.NOT_IN_ARCHIVE)
                   | "RefetchKey" >> beam.Map(lambda kv: (kv[1].url, (kv[0], kv[1].position))))
         http = misses | "Http" >> self.http
         return ImageResults((hits, http.results) | "ArchiveAndHttp" >> beam.Flatten(),

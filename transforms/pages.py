@@ -25,17 +25,22 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import apache_beam as beam
 from apache_beam import pvalue
 
-from contract.reasons import DROPPED, ENTERED, ERROR, PAIR, RECORD, TEXT
+from contract.reasons import DROPPED, ENTERED, ERROR, PAIR, RECORD, TEXT, AnyReason, Level, Reason, Status
 from filters.captions import find_image_captions, judge_caption
 from filters.config import CurationConfig
+from filters.budget import OverBudget, TimeBoundCalls
+from filters.decontaminate import contamination_verdict
 from filters.documents import interspersed
+from filters.flagged_words import check_flagged_words
 from filters.html import (decode_html, extract_content, has_img_tag, joined_text, language_sample, limit_attributes,
                           prose_of, rough_text, visible_runs)
 from filters.images import furniture_url
 from filters.language import LanguageIdentifier, language_filter
+from filters.opt_out import check_page_opt_out
+from filters.pii import PII_SCORE, redact_pii
+from filters.safety_urls import BlockedSites
 from filters.text_quality import english_cuts, filter_document_text, filter_paragraphs
-from transforms.accounting import OUTCOMES, AccountedDoFn
-from transforms.budget import OverBudget, TimeBoundCalls
+from transforms.accounting import OUTCOMES, AccountedDoFn, ledger
 from transforms.progress import ProgressCounters
 from transforms.records import SNIPPET_CHARS, Candidate, Outcome, Page, PairCandidate
 
@@ -46,6 +51,7 @@ class DecodedPage:
     text: str
     has_img: bool = True      # False: on its way to the text output only
     crude: str = ""           # the page's visible prose (the cheap check's sample)
+    images_opted_out: str = ""   # the signal opting the page's images out (meta robots noimageai, ...)
 
 
 @dataclass
@@ -59,6 +65,7 @@ class ExtractedPage:
     language: Dict[str, Any]              # {"language", "language_score"}
     has_img: bool
     images: Optional[List[Any]] = None    # filters.captions.ImageCaption of every <img> (pairs on)
+    images_opted_out: str = ""
     scan_failure: Optional[Tuple[str, str, str]] = None   # (status, reason, message) when the <img> scan failed
     texts: List[str] = field(default_factory=list)        # the kept paragraphs
     # filters.text_quality.filter_document_text on ``texts``, judged once for the
@@ -70,8 +77,8 @@ class ExtractedPage:
         return " ".join(self.texts)
 
 
-def _drop(page: Page, reason: str, message: str = "", status: str = DROPPED, scores=None,
-          snippet: str = "", level: str = RECORD) -> Outcome:
+def _drop(page: Page, reason: AnyReason, message: str = "", status: Status = DROPPED, scores=None,
+          snippet: str = "", level: Level = RECORD) -> Outcome:
     return Outcome.at(level, status, page.provenance, page.url, reason, scores=scores or {}, snippet=snippet,
                       message=message)
 
@@ -83,8 +90,10 @@ class _WithLanguageId(AccountedDoFn):
 
     def setup(self):
         self.lid = LanguageIdentifier(self.cfg.language.model_path, self.cfg.language.max_chars)
+        # rules scoped to a crawler name apply when they name ours (fetch.user_agent's product)
+        self.agents = (self.cfg.fetch.user_agent.partition("/")[0],)
 
-    def drops(self, page: Page, reason: str, has_img: bool = True, **kw):
+    def drops(self, page: Page, reason: AnyReason, has_img: bool = True, **kw):
         """The same end for every output the page was still on its way to."""
         if has_img:
             yield self.outcome(_drop(page, reason, **kw))
@@ -100,17 +109,24 @@ class CheapPageChecks(_WithLanguageId):
         if self.cfg.output.text:
             yield self.outcome(Outcome.at(TEXT, ENTERED, page.provenance, page.url))
         if len(page.payload) > self.cfg.records.max_html_bytes:
-            yield from self.drops(page, "too_large", scores={"bytes": len(page.payload)})
+            yield from self.drops(page, Reason.TOO_LARGE, scores={"bytes": len(page.payload)})
             return
         try:
             text, _ = decode_html(page.payload, page.content_type)
         except Exception as exc:
-            yield from self.drops(page, "undecodable_html", message=f"{type(exc).__name__}: {exc}", status=ERROR)
+            yield from self.drops(page, Reason.UNDECODABLE_HTML, message=f"{type(exc).__name__}: {exc}", status=ERROR)
             return
+        images_opted_out = ""
+        if self.cfg.safety.respect_opt_out:   # the response's X-Robots-Tag and TDM headers, the page's <meta>
+            opt = check_page_opt_out(page.policy_headers, text, agents=self.agents)
+            if not opt.keep:
+                yield from self.drops(page, opt.reason, scores=opt.scores)
+                return
+            images_opted_out = opt.scores.get("image_opt_out") or ""
         has_img = has_img_tag(text)
         runs = visible_runs(text)
         if not has_img:
-            yield self.outcome(_drop(page, "no_img_tag", snippet=joined_text(runs, SNIPPET_CHARS)))
+            yield self.outcome(_drop(page, Reason.NO_IMG_TAG, snippet=joined_text(runs, SNIPPET_CHARS)))
             if not self.cfg.output.text:
                 return
         lang = self.cfg.language
@@ -120,7 +136,7 @@ class CheapPageChecks(_WithLanguageId):
             yield from self.drops(page, verdict.reason, has_img, scores=dict(verdict.scores, stage="cheap"),
                                   snippet=crude)
             return
-        yield DecodedPage(page, text, has_img, crude)
+        yield DecodedPage(page, text, has_img, crude, images_opted_out)
 
 
 class ExtractPage(_WithLanguageId):
@@ -135,7 +151,7 @@ class ExtractPage(_WithLanguageId):
     def teardown(self):
         self.parser.close()
 
-    def process(self, decoded: DecodedPage):
+    def process(self, decoded: DecodedPage, eval_index=None):
         cfg = self.cfg
         page = decoded.page
         has_img = decoded.has_img
@@ -145,15 +161,15 @@ class ExtractPage(_WithLanguageId):
         try:
             content = self.parser.call(extract_content, text, page.url)
         except OverBudget as exc:
-            yield from self.drops(page, "over_time_budget", has_img, message=f"extraction {exc}",
+            yield from self.drops(page, Reason.OVER_TIME_BUDGET, has_img, message=f"extraction {exc}",
                                   scores={"budget_s": cfg.records.page_time_budget_s})
             return
         except Exception as exc:              # ChildFailed: extraction raised in the child
-            yield from self.drops(page, "extraction_failed", has_img, message=f"{type(exc).__name__}: {exc}",
+            yield from self.drops(page, Reason.EXTRACTION_FAILED, has_img, message=f"{type(exc).__name__}: {exc}",
                                   status=ERROR)
             return
         if not content.items:
-            yield from self.drops(page, "extraction_empty", has_img, snippet=rough_text(decoded.text, SNIPPET_CHARS))
+            yield from self.drops(page, Reason.EXTRACTION_EMPTY, has_img, snippet=rough_text(decoded.text, SNIPPET_CHARS))
             return
         texts = [i.text for i in content.items if i.kind == "text"]
         kept, removed = filter_paragraphs(texts, cfg.text)
@@ -172,18 +188,53 @@ class ExtractPage(_WithLanguageId):
                     kept[i] = False
                     removed[cut] = removed.get(cut, 0) + 1
             kept_texts = [t for t, k in zip(texts, kept) if k]
+            # safe to publish: the share of flagged words (OBELICS's rule, on the kept text)
+            flagged = check_flagged_words(" ".join(kept_texts), cfg.safety.max_flagged_word_ratio)
+            if not flagged.keep:
+                yield from self.drops(page, flagged.reason, has_img, scores=flagged.scores,
+                                      snippet=" ".join(kept_texts))
+                return
+        if eval_index is not None:      # a long n-gram of an evaluation text: the page is a leak
+            match = eval_index.text_contaminated(" ".join(kept_texts))
+            if match:
+                leak = contamination_verdict("ngram", match)
+                yield from self.drops(page, leak.reason, has_img, scores=leak.scores, snippet=" ".join(kept_texts))
+                return
         out = ExtractedPage(page, content.title, content.items, kept, removed,
                             {"language": verdict.scores["language"],
                              "language_score": verdict.scores[f"{lang.language}_score"]},
-                            has_img, texts=kept_texts, text_verdict=filter_document_text(kept_texts, cfg.text))
+                            has_img, texts=kept_texts, text_verdict=filter_document_text(kept_texts, cfg.text),
+                            images_opted_out=decoded.images_opted_out)
         if has_img and cfg.output.pairs:
             try:
                 out.images = self.parser.call(find_image_captions, text, page.url)
             except OverBudget as exc:
-                out.scan_failure = (DROPPED, "over_time_budget", f"<img> scan: {exc}")
+                out.scan_failure = (DROPPED, Reason.OVER_TIME_BUDGET, f"<img> scan: {exc}")
             except Exception as exc:          # ChildFailed
-                out.scan_failure = (ERROR, "extraction_failed", f"<img> scan: {exc}")
+                out.scan_failure = (ERROR, Reason.EXTRACTION_FAILED, f"<img> scan: {exc}")
         yield out
+
+
+class PiiCounts:
+    """Personal data in a candidate's text replaced by the fixed placeholders
+    (filters/pii.py), counted: the row builders count what each corpus keeps."""
+
+    def __init__(self, cfg: CurationConfig):
+        s = cfg.safety
+        self.emails, self.ips, self.phones = s.redact_emails, s.redact_ips, s.redact_phones
+        self.counts: Dict[str, int] = {}
+
+    def redact(self, text: str) -> str:
+        if not (self.emails or self.ips or self.phones):
+            return text
+        out = redact_pii(text, phones=self.phones, emails=self.emails, ips=self.ips)
+        for kind, n in out.counts.items():
+            if n:
+                self.counts[kind] = self.counts.get(kind, 0) + n
+        return out.text
+
+    def scores(self) -> Dict[str, Any]:
+        return {PII_SCORE: dict(self.counts)} if self.counts else {}
 
 
 def text_scores(ex: ExtractedPage, text_scores: Dict[str, Any]) -> Dict[str, Any]:
@@ -219,10 +270,11 @@ class ToDocument(AccountedDoFn):
             return
         items = []
         flags = iter(ex.kept)
+        pii = PiiCounts(self.cfg)
         for item in ex.items:
             if item.kind == "text":
                 if next(flags):
-                    items.append({"type": "text", "text": item.text})
+                    items.append({"type": "text", "text": pii.redact(item.text)})
             else:
                 items.append({"type": "image", "url": item.url or "", "src": item.src,
                               "alt": item.alt, "title": item.title})
@@ -233,7 +285,7 @@ class ToDocument(AccountedDoFn):
             return
         self.progress.add("candidates")
         yield Candidate(page.doc_id, page.url, page.date, ex.title, page.provenance, items,
-                        text_scores(ex, verdict.scores))
+                        {**text_scores(ex, verdict.scores), **pii.scores()}, images_opted_out=ex.images_opted_out)
 
 
 class ToTextDocument(AccountedDoFn):
@@ -251,17 +303,23 @@ class ToTextDocument(AccountedDoFn):
             return
         words = verdict.scores.get("words", 0)
         if words < self.cfg.text.min_words_text_only:
-            yield self.outcome(_drop(page, "too_few_words_for_text", level=TEXT, snippet=ex.joined,
+            yield self.outcome(_drop(page, Reason.TOO_FEW_WORDS_FOR_TEXT, level=TEXT, snippet=ex.joined,
                                      scores={"words": words}))
             return
+        pii = PiiCounts(self.cfg)
         yield Candidate(page.doc_id, page.url, page.date, ex.title, page.provenance,
-                        [{"type": "text", "text": t} for t in ex.texts], text_scores(ex, verdict.scores))
+                        [{"type": "text", "text": pii.redact(t)} for t in ex.texts],
+                        {**text_scores(ex, verdict.scores), **pii.scores()})
 
 
 class ToPairs(_WithLanguageId):
     """Every <img> of an English page -> a ``PairCandidate``, or dropped with a reason."""
 
-    def process(self, ex: ExtractedPage):
+    def setup(self):
+        super().setup()
+        self.sites = BlockedSites(self.cfg.safety)     # image URLs on blocked sites
+
+    def process(self, ex: ExtractedPage, eval_index=None):
         page, p = ex.page, ex.page.provenance
         if ex.scan_failure is not None:
             status, reason, message = ex.scan_failure
@@ -273,11 +331,19 @@ class ToPairs(_WithLanguageId):
             url = img.url or img.src
             yield self.outcome(Outcome.at(PAIR, ENTERED, p, url))
             if not img.url or not img.url.lower().startswith(("http://", "https://")):
-                yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, "unsupported_url", snippet=img.caption))
+                yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, Reason.UNSUPPORTED_URL, snippet=img.caption))
+                continue
+            if ex.images_opted_out:
+                yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, Reason.OPTED_OUT_IMAGE, snippet=img.caption,
+                                              scores={"opt_out_signal": ex.images_opted_out}))
+                continue
+            site = self.sites.check_url(img.url)
+            if not site.keep:
+                yield self.outcome(Outcome.of(PAIR, site, p, url, snippet=img.caption))
                 continue
             word = furniture_url(img.url, self.cfg.images.furniture_url_words)
             if word:
-                yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, "furniture_url", scores={"word": word},
+                yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, Reason.FURNITURE_URL, scores={"word": word},
                                               snippet=img.caption))
                 continue
             verdict = judge_caption(img.caption, self.cfg.captions, self.lid, self.cfg.language.language,
@@ -285,16 +351,22 @@ class ToPairs(_WithLanguageId):
             if not verdict.keep:
                 yield self.outcome(Outcome.of(PAIR, verdict, p, url, snippet=img.caption))
                 continue
+            if eval_index is not None and eval_index.caption_contaminated(img.caption):
+                leak = contamination_verdict("caption", img.caption)
+                yield self.outcome(Outcome.of(PAIR, leak, p, url, snippet=img.caption))
+                continue
             key = (img.url, img.caption.lower())
             if key in seen:
-                yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, "duplicate_in_page", snippet=img.caption))
+                yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, Reason.DUPLICATE_IN_PAGE, snippet=img.caption))
                 continue
             if len(seen) >= self.cfg.captions.max_pairs_per_page:
-                yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, "over_page_cap", snippet=img.caption))
+                yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, Reason.OVER_PAGE_CAP, snippet=img.caption))
                 continue
             seen.add(key)
-            yield PairCandidate(page.doc_id, page.url, page.date, p, img.index, img.url, img.caption, img.source,
-                                float(verdict.scores.get("language_score", 0.0)))
+            pii = PiiCounts(self.cfg)
+            caption = pii.redact(img.caption)
+            yield PairCandidate(page.doc_id, page.url, page.date, p, img.index, img.url, caption, img.source,
+                                float(verdict.scores.get("language_score", 0.0)), dict(pii.counts))
 
 
 class Candidates(NamedTuple):
@@ -310,10 +382,11 @@ class PagesToCandidates(beam.PTransform):
     """Pages -> :class:`Candidates`: the cheap checks, then extraction, once per page
     for all three outputs, then each output's own decision."""
 
-    def __init__(self, cfg: CurationConfig, progress_dir: Optional[str] = None):
+    def __init__(self, cfg: CurationConfig, progress_dir: Optional[str] = None, eval_index=None):
         super().__init__()
         self.cfg = cfg
         self.progress_dir = progress_dir
+        self.eval_index = eval_index      # AsSingleton of filters.decontaminate.DecontaminationIndex, or None
 
     def expand(self, pages) -> Candidates:
         """``pages``: a PCollection, or a tuple of them (the pages as read, the pages
@@ -323,8 +396,10 @@ class PagesToCandidates(beam.PTransform):
         parts = pages if isinstance(pages, tuple) else (pages,)
         documents, sightings, texts, pairs, outcomes = [], [], [], [], []
 
-        def decide(extracted, label: str, dofn, into: list):
-            result = extracted | label >> beam.ParDo(dofn).with_outputs(OUTCOMES, SIGHTINGS, main="kept")
+        side = {} if self.eval_index is None else {"eval_index": self.eval_index}
+
+        def decide(extracted, label: str, dofn, into: list, **kw):
+            result = extracted | label >> beam.ParDo(dofn, **kw).with_outputs(OUTCOMES, SIGHTINGS, main="kept")
             into.append(result["kept"])
             outcomes.append(result[OUTCOMES])
             return result
@@ -334,18 +409,19 @@ class PagesToCandidates(beam.PTransform):
             cheap = part | f"CheapChecks(size,img,language){tag}" >> beam.ParDo(
                 CheapPageChecks(cfg)).with_outputs(OUTCOMES, main="pages")
             extracted = cheap["pages"] | f"ExtractAndCheckLanguage{tag}" >> beam.ParDo(
-                ExtractPage(cfg)).with_outputs(OUTCOMES, main="pages")
+                ExtractPage(cfg), **side).with_outputs(OUTCOMES, main="pages")
             outcomes += [cheap[OUTCOMES], extracted[OUTCOMES]]
             sightings.append(decide(extracted["pages"], f"CleanTextAndImagesInText{tag}",
                                     ToDocument(cfg, self.progress_dir), documents)[SIGHTINGS])
             if out.text:
                 decide(extracted["pages"], f"TextOnlyDocuments{tag}", ToTextDocument(cfg), texts)
             if out.pairs:
-                decide(extracted["pages"], f"ImageCaptionPairs{tag}", ToPairs(cfg), pairs)
+                decide(extracted["pages"], f"ImageCaptionPairs{tag}", ToPairs(cfg), pairs, **side)
 
         def joined(pcolls, label):
             if not pcolls:
                 return None
             return pcolls[0] if len(pcolls) == 1 else tuple(pcolls) | label >> beam.Flatten()
         return Candidates(joined(documents, "AllCandidates"), joined(sightings, "AllImageSightings"),
-                          joined(texts, "AllTextDocuments"), joined(pairs, "AllPairCandidates"), tuple(outcomes))
+                          joined(texts, "AllTextDocuments"), joined(pairs, "AllPairCandidates"),
+                          tuple(map(ledger, outcomes)))

@@ -11,14 +11,17 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 
-from contract.reasons import DROPPED, ERROR, IMAGE_SOURCE, READ, RECORD
+from contract.reasons import DROPPED, ERROR, IMAGE_SOURCE, READ, RECORD, Reason
+from archives.ranges import archive_layout, iter_archive_range
+from archives.records import ArchiveRecord, ReadError
+from archives.remote import input_size, is_http
 from filters.config import RecordConfig
+from filters.opt_out import policy_headers
 from filters.records import RecordClass, RecordKind, classify
-from transforms.accounting import OUTCOMES, AccountedDoFn
+from transforms.accounting import OUTCOMES, AccountedDoFn, ledger
 from transforms.progress import ProgressCounters
 from transforms.records import ImageRecord, Outcome, Page, Provenance
-from transforms.remote import input_size, is_http, open_input, read_record_at
-from transforms.warc import ArchiveRecord, ReadError, archive_layout, iter_archive_range
+from transforms.filesystems import open_input, read_record_at
 
 INPUTS = "inputs"
 PAGES = "pages"
@@ -31,6 +34,7 @@ class Revisit:
     url: str
     date: str
     provenance: Provenance
+    policy_headers: Tuple[Tuple[str, str], ...] = ()     # the revisit response's own opt-out headers
 
 
 @dataclass
@@ -99,7 +103,7 @@ class ReadArchives(AccountedDoFn, beam.transforms.core.RestrictionProvider):
     """File path -> pages (main), image records, revisits, originals, outcomes.
 
     Splittable: a file is read in byte ranges (``records.split_bytes``), each from
-    its first record boundary (``transforms/warc.iter_archive_range``); every record
+    its first record boundary (``archives.ranges.iter_archive_range``); every record
     at a boundary is claimed from the restriction tracker, so a runner that splits a
     range while it is read (Dataflow's dynamic work rebalancing) gets every record
     read once. A file read as one range also gets its sha256 in ``inputs.jsonl``."""
@@ -153,7 +157,7 @@ class ReadArchives(AccountedDoFn, beam.transforms.core.RestrictionProvider):
         except Exception as exc:  # missing file, permissions, bad URL
             if tracker.try_claim(r.start):
                 yield self.outcome(Outcome(RECORD, READ, file=path, offset=r.start))
-                yield self.outcome(Outcome(RECORD, ERROR, "open_failed", file=path, offset=r.start,
+                yield self.outcome(Outcome(RECORD, ERROR, Reason.OPEN_FAILED, file=path, offset=r.start,
                                            message=f"{type(exc).__name__}: {exc}"))
             tracker.try_claim(r.stop)
             return
@@ -209,7 +213,7 @@ class ReadArchives(AccountedDoFn, beam.transforms.core.RestrictionProvider):
             self.progress.add("files_done")
             self.progress.flush(force=True)
             yield self.outcome(Outcome(RECORD, READ, file=path))
-            yield self.outcome(Outcome(RECORD, ERROR, "reader_failed", file=path, offset=last[0],
+            yield self.outcome(Outcome(RECORD, ERROR, Reason.READER_FAILED, file=path, offset=last[0],
                                        inner_offset=last[1], message=f"{type(exc).__name__}: {exc}"))
             if r.start == 0:
                 yield pvalue.TaggedOutput(INPUTS, {"path": path, "bytes": sum(c.bytes for _, c in counting),
@@ -226,24 +230,26 @@ class ReadArchives(AccountedDoFn, beam.transforms.core.RestrictionProvider):
 
         if rec.rec_type == "revisit":
             if not rec.target_uri.lower().startswith(("http://", "https://")):
-                yield dropped("not_http")
+                yield dropped(Reason.NOT_HTTP)
             elif not cfg.resolve_revisits:
-                yield dropped("revisit_not_resolved")
+                yield dropped(Reason.REVISIT_NOT_RESOLVED)
             elif not rec.payload_digest:
-                yield dropped("revisit_unresolved")
+                yield dropped(Reason.REVISIT_UNRESOLVED)
             else:
-                yield pvalue.TaggedOutput(REVISITS, (rec.payload_digest, Revisit(rec.target_uri, rec.date, prov)))
+                yield pvalue.TaggedOutput(REVISITS, (rec.payload_digest, Revisit(rec.target_uri, rec.date, prov,
+                                                                                       policy_headers(rec.http_headers))))
             return
         cls = classify(rec)
         ctype = rec.http_header("content-type") or rec.block_content_type
         if cls.kind is RecordKind.PAGE:
             self.progress.add("pages")
             if rec.oversize or len(rec.payload) > cfg.max_html_bytes:
-                yield dropped("too_large")
+                yield dropped(Reason.TOO_LARGE)
                 return
             if cfg.resolve_revisits and rec.payload_digest:
                 yield pvalue.TaggedOutput(ORIGINALS, (rec.payload_digest, Original(cls, ctype, prov)))
-            yield Page(rec.target_uri, rec.date, ctype, rec.payload, prov, truncated=rec.truncated)
+            yield Page(rec.target_uri, rec.date, ctype, rec.payload, prov, truncated=rec.truncated,
+                       policy_headers=policy_headers(rec.http_headers))
         elif cls.kind is RecordKind.IMAGE:
             oversize = rec.oversize or len(rec.payload) > cfg.max_image_bytes
             if cfg.resolve_revisits and rec.payload_digest and not oversize:
@@ -254,6 +260,7 @@ class ReadArchives(AccountedDoFn, beam.transforms.core.RestrictionProvider):
             left = not oversize and rec.inner_offset == 0
             yield pvalue.TaggedOutput(IMAGES, ImageRecord(rec.target_uri, rec.date, ctype,
                                                           b"" if oversize or left else rec.payload, prov, oversize,
+                                                          policy_headers=policy_headers(rec.http_headers),
                                                           left_in_archive=left))
         elif cls.kind is RecordKind.BROKEN:
             if cfg.resolve_revisits and rec.payload_digest:
@@ -301,22 +308,22 @@ class ResolveRevisit(AccountedDoFn):
                 message = f"original at {where.file}@{where.offset}+{where.inner_offset}: {why}"[:500]
                 for rev in revisits:
                     yield self.outcome(Outcome.at(RECORD, ERROR, rev.provenance, rev.url,
-                                                  "revisit_original_unreadable", message=message))
+                                                  Reason.REVISIT_ORIGINAL_UNREADABLE, message=message))
                 return
             payload = rec.payload
         for rev in revisits:
             prov = Provenance(rev.provenance.file, rev.provenance.offset, rev.provenance.inner_offset,
                               rev.provenance.record_id, revisit_of=digest)
             if chosen is None:
-                yield self.outcome(Outcome.at(RECORD, DROPPED, prov, rev.url, "revisit_unresolved"))
+                yield self.outcome(Outcome.at(RECORD, DROPPED, prov, rev.url, Reason.REVISIT_UNRESOLVED))
             elif chosen.cls.kind is RecordKind.PAGE:
-                yield Page(rev.url, rev.date, chosen.content_type, payload, prov)
+                yield Page(rev.url, rev.date, chosen.content_type, payload, prov, policy_headers=rev.policy_headers)
             elif not chosen.cls.usable:
                 yield self.outcome(Outcome.at(RECORD, DROPPED, prov, rev.url, chosen.cls.reason))
             else:
                 yield self.outcome(Outcome.at(RECORD, IMAGE_SOURCE, prov, rev.url))
                 yield pvalue.TaggedOutput(IMAGES, ImageRecord(rev.url, rev.date, chosen.content_type,
-                                                              payload, prov))
+                                                              payload, prov, policy_headers=rev.policy_headers))
 
 
 class OriginalsNeeded(beam.PTransform):
@@ -369,5 +376,5 @@ class ReadAndResolve(beam.PTransform):
         # (measured: all pages of the input at once), and pages are the heaviest thing
         # the job moves. ``PagesToCandidates`` processes each part in the stage that
         # made it and joins only the far smaller results.
-        return Read(tuple(pages), tuple(images) | "AllImageRecords" >> beam.Flatten(), tuple(outcomes),
+        return Read(tuple(pages), tuple(images) | "AllImageRecords" >> beam.Flatten(), tuple(map(ledger, outcomes)),
                     read[INPUTS])

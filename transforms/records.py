@@ -6,18 +6,18 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
-from contract.reasons import DROPPED, ERROR, KEPT, count_key
+from contract.reasons import DROPPED, KEPT, AnyReason, CountKey, Level, Status, Work, typed_reason
 
 
 @dataclass(frozen=True)
 class Outcome:
     """One step of one thing through a funnel (contract.reasons): a record read, a
     page entering the text funnel, an image reference dropped with its reason."""
-    level: str                  # a funnel level: RECORD, IMAGE, TEXT or PAIR
-    status: str                 # READ/ENTERED, or a terminal status
-    reason: str = ""
+    level: Level                # a funnel level: RECORD, IMAGE, TEXT or PAIR
+    status: Status              # READ/ENTERED, or a terminal status
+    reason: Union[AnyReason, str] = ""    # a Reason for a drop or an error; "" otherwise
     file: str = ""              # where the record lies (of the page, for an image reference)
     offset: int = -1
     inner_offset: int = 0
@@ -27,13 +27,25 @@ class Outcome:
     snippet: str = ""           # a little of the text, for the audit sample
     doc_id: str = ""            # the document id, for a page that became a candidate
 
+    def __post_init__(self):
+        if type(self.level) is not Level or type(self.status) is not Status:
+            raise TypeError(f"an outcome's level and status are contract.reasons members, "
+                            f"not {self.level!r}, {self.status!r}")
+        if self.status.rejects:
+            typed_reason(self.reason)
+            if self.level not in self.reason.levels:
+                raise ValueError(f"reason {self.reason} is not registered for level {self.level} "
+                                 f"(contract/reasons.py)")
+        elif self.reason:
+            raise ValueError(f"a {self.status} outcome carries no reason, got {self.reason!r}")
+
     @property
-    def key(self) -> str:
-        return count_key(self.level, self.status, self.reason)
+    def key(self) -> CountKey:
+        return CountKey(self.level, self.status, self.reason)
 
     @property
     def is_reject(self) -> bool:
-        return self.status in (DROPPED, ERROR)
+        return self.status.rejects
 
     @classmethod
     def at(cls, level: str, status: str, prov: "Provenance", url: str, reason: str = "", *,
@@ -58,16 +70,21 @@ class Event:
     """Work counted beside the funnels (level FETCH, DEDUP or TEXT_DEDUP): an image
     decoded, a download that failed after ``attempts`` tries, a dedup component
     left unsettled. Counted under ``level/name[/reason]``; never a record's end."""
-    level: str
-    name: str
-    reason: str = ""
+    level: Level
+    name: Work
+    reason: Union[AnyReason, str] = ""    # a download's failure (a Reason), or counted work's detail
     url: str = ""
     attempts: int = 0
     message: str = ""
 
+    def __post_init__(self):
+        if type(self.level) is not Level or type(self.name) is not Work:
+            raise TypeError(f"an event's level and name are contract.reasons members, not {self.level!r}, "
+                            f"{self.name!r}")
+
     @property
-    def key(self) -> str:
-        return count_key(self.level, self.name, self.reason)
+    def key(self) -> CountKey:
+        return CountKey(self.level, self.name, self.reason)
 
     is_reject = False
 
@@ -90,6 +107,9 @@ class Capture:
     payload: bytes
     provenance: Provenance
     oversize: bool = False
+    # the response's headers stating a use policy (X-Robots-Tag, tdm-reservation): the
+    # opt-out checks read them (filters/opt_out.py)
+    policy_headers: Tuple[Tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -119,6 +139,7 @@ class Candidate:
     provenance: Provenance
     items: List[Dict[str, Any]]          # {"type": "text", "text"} | {"type": "image", "url", "alt", "title"}
     scores: Dict[str, Any] = field(default_factory=dict)
+    images_opted_out: str = ""           # the page's signal opting its images out (noimageai): none is used
 
 
 @dataclass
@@ -133,6 +154,7 @@ class PairCandidate:
     caption: str
     caption_source: str
     language_score: float
+    pii_replaced: Dict[str, int] = field(default_factory=dict)    # personal data replaced in the caption
 
     @property
     def ref(self) -> "ImageRef":
@@ -160,7 +182,7 @@ class ImageRef(NamedTuple):
 class ImageResult:
     """The verdict on one image reference of one document."""
     position: int                        # index of the image item in Candidate.items
-    reason: Optional[str]                # None when kept
+    reason: Optional[AnyReason]          # None when kept
     stored: Any = None                   # filters.images.StoredImage when kept
     source: Optional[Provenance] = None
     scores: Dict[str, Any] = field(default_factory=dict)

@@ -6,7 +6,8 @@ import gzip
 import io
 from typing import List, Tuple
 
-from transforms.warc import ArchiveRecord, ReadError, iter_archive, warc_response_record
+from archives.records import ArchiveRecord, ReadError, iter_archive
+from archives.writer import warc_response_record
 
 PAGE = (b"<html><head><title>A page</title></head><body><p>" + b"Plain words in a sentence. " * 40
         + b"</p><img src='a.jpg'></body></html>")

@@ -11,6 +11,9 @@ parent takes it down).
 Costs: one process start per DoFn instance and after each overrun (about a
 second: it imports trafilatura), and pickling a page's text across a pipe (well
 under a millisecond for a typical page, against tens of milliseconds of parsing).
+
+No Beam here: it sits beside the filters whose calls it bounds (``filters/html.py``'s
+extraction, ``filters/captions.py``'s <img> scan), run under it by ``transforms/pages.py``.
 """
 
 from __future__ import annotations

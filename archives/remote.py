@@ -1,6 +1,6 @@
-"""Opening inputs: Beam's file systems (local, gs://, s3://), and HTTP(S) for
-Common Crawl's public access (``https://data.commoncrawl.org/...``), which Beam
-has no file system for.
+"""HTTP(S) inputs, for Common Crawl's public access (``https://data.commoncrawl.org/...``),
+which Beam has no file system for. No Beam here: ``transforms/filesystems.py`` opens
+an input by path, through this module for HTTP and Beam's file systems otherwise.
 
 An HTTP input is streamed, never downloaded whole first: one GET, read as the
 reader asks. When the connection drops or stalls, the next read reopens it with
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import time
-from typing import BinaryIO, Optional
+from typing import Optional
 
 HTTP_SCHEMES = ("http://", "https://")
 USER_AGENT = "kosmos-curation/0.1 (+https://github.com/kosmos-curation; WARC reader)"
@@ -164,38 +164,6 @@ def _total_size(resp) -> Optional[int]:
         return int(total) if total.isdigit() else None
     length = resp.headers.get("Content-Length", "")
     return int(length) if length.isdigit() else None
-
-
-def open_input(path: str, start: int = 0) -> BinaryIO:
-    """A binary stream of an input file from byte ``start``: HTTP(S) with resume (a
-    Range request), else Beam's file systems, seeked (compression left alone: the
-    reader recognises gzip by its magic bytes)."""
-    if is_http(path):
-        return io.BufferedReader(ResumingHttpReader(path, start=start), buffer_size=1 << 16)
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-    fh = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    if start:
-        fh.seek(start)
-    return fh
-
-
-def read_record_at(path: str, offset: int, inner_offset: int = 0, max_payload_bytes: int = 20 * 1024 * 1024):
-    """The record of ``path`` that starts at (``offset``, ``inner_offset``): the raw
-    offset of its gzip member (or of the record, uncompressed) and its offset inside
-    that member. Random access: only that member is read (a whole-file gzip is read
-    from its start up to the record). None when no record starts there."""
-    from transforms.warc import ArchiveRecord, iter_archive
-    with open_input(path, start=offset) as raw:
-        for item in iter_archive(raw, path, max_payload_bytes=max_payload_bytes):
-            if item.offset != 0 or item.inner_offset > inner_offset:
-                return None             # past it: the member or file holds no record there
-            if item.inner_offset == inner_offset:
-                if not isinstance(item, ArchiveRecord):
-                    return None
-                item.offset, item.file = offset, path
-                return item
-    return None
 
 
 def input_size(path: str) -> int:

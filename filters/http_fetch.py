@@ -1,4 +1,8 @@
-"""Downloading one image safely (no Beam here; ``transforms/images.py`` runs it).
+"""Downloading one image safely (no Beam here; ``transforms/http_images.py`` runs it).
+
+It sits in ``filters/`` beside what it obeys: the fetch policy
+(``filters/fetch_policy.py``), the URL normal form (``filters/urls.py``) and
+``filters.config.FetchConfig``. Unlike the filters it does network I/O.
 
 Every request goes to an address checked after DNS resolution: the connection is
 made to that very address (the Host header and TLS SNI carry the name), so a
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 from urllib.parse import urljoin, urlsplit
 
+from contract.reasons import Reason
 from filters.config import FetchConfig
 from filters.fetch_policy import (REDIRECT_STATUS, RETRY_STATUS, address_block_reason, backoff_seconds,
                                   retry_after_seconds, robots_opt_out)
@@ -112,7 +117,7 @@ class ImageFetcher:
                     continue
                 return FetchResult(url, exc.reason, attempts=attempts, message=exc.message)
             except Exception as exc:    # a case no branch above knows: this URL fails, the run goes on
-                return FetchResult(url, "client_error", attempts=attempts,
+                return FetchResult(url, Reason.CLIENT_ERROR, attempts=attempts,
                                    message=f"{type(exc).__name__}: {exc}"[:300])
 
     # -- one attempt: the redirect chain ---------------------------------------------
@@ -123,48 +128,48 @@ class ImageFetcher:
             if status in REDIRECT_STATUS:
                 location = headers.get("location")
                 if not location:
-                    raise FetchError(f"http_{status}", "redirect without Location")
+                    raise FetchError(Reason.HTTP_STATUS.of(str(status)), "redirect without Location")
                 try:
                     current = normalize_url(urljoin(current, location))
                 except ValueError as exc:
-                    raise FetchError("bad_url", f"redirect to {location[:200]!r}: {exc}") from exc
+                    raise FetchError(Reason.BAD_URL, f"redirect to {location[:200]!r}: {exc}") from exc
                 continue
             if status in RETRY_STATUS:
-                raise FetchError(f"http_{status}", retryable=True,
+                raise FetchError(Reason.HTTP_STATUS.of(str(status)), retryable=True,
                                  retry_after=retry_after_seconds(headers.get("retry-after")))
             if not 200 <= status < 300:
-                raise FetchError(f"http_{status}")
+                raise FetchError(Reason.HTTP_STATUS.of(str(status)))
             return FetchResult(url, None, body, current, status, headers.get("content-type", ""),
                                date=headers.get("date", ""))
-        raise FetchError("too_many_redirects", f"more than {self.cfg.max_redirects} redirects")
+        raise FetchError(Reason.TOO_MANY_REDIRECTS, f"more than {self.cfg.max_redirects} redirects")
 
     def _request(self, url: str) -> Tuple[int, Dict[str, str], Optional[bytes]]:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
-            raise FetchError("unsupported_scheme", f"{scheme or 'no'} scheme: {url[:200]}")
+            raise FetchError(Reason.UNSUPPORTED_SCHEME, f"{scheme or 'no'} scheme: {url[:200]}")
         host = parts.hostname
         if not host:
-            raise FetchError("bad_url", url[:200])
+            raise FetchError(Reason.BAD_URL, url[:200])
         try:
             port = parts.port or (443 if scheme == "https" else 80)
         except ValueError as exc:
-            raise FetchError("bad_url", f"{url[:200]}: {exc}") from exc
+            raise FetchError(Reason.BAD_URL, f"{url[:200]}: {exc}") from exc
         try:
             ips = self.resolver(host, port)
         except (socket.gaierror, UnicodeError, OSError) as exc:
-            raise FetchError("dns_failed", f"{host}: {exc}") from exc
+            raise FetchError(Reason.DNS_FAILED, f"{host}: {exc}") from exc
         if not ips:
-            raise FetchError("dns_failed", f"{host}: no address")
+            raise FetchError(Reason.DNS_FAILED, f"{host}: no address")
         for ip in ips:      # every address the name has must be allowed, not just the one we use
             why = address_block_reason(ip, self.cfg.allow_loopback)
             if why:
-                raise FetchError("blocked_address", f"{host} -> {ip} ({why})")
+                raise FetchError(Reason.BLOCKED_ADDRESS, f"{host} -> {ip} ({why})")
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
         if not path.isascii() or any(c in path for c in " \t\r\n"):
-            raise FetchError("bad_url", f"not a sendable request target: {path[:200]!r}")
+            raise FetchError(Reason.BAD_URL, f"not a sendable request target: {path[:200]!r}")
         conn_cls = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
         budget = self.cfg.connect_timeout + 3 * self.cfg.read_timeout
         with self._host_slot(host):
@@ -198,35 +203,35 @@ class ImageFetcher:
                     return status, headers, None
                 if self.cfg.respect_noai and robots_opt_out(resp.headers.get_all("X-Robots-Tag") or [],
                                                             self.cfg.user_agent):
-                    raise FetchError("opted_out", "X-Robots-Tag forbids AI use")
+                    raise FetchError(Reason.OPTED_OUT, "X-Robots-Tag forbids AI use")
                 length = headers.get("content-length")
                 if length and length.isdigit() and int(length) > self.max_bytes:
-                    raise FetchError("too_large", f"Content-Length {length} > {self.max_bytes}")
+                    raise FetchError(Reason.TOO_LARGE, f"Content-Length {length} > {self.max_bytes}")
                 chunks, size = [], 0
                 while True:
                     chunk = resp.read(65536)
                     if expired.is_set():
-                        raise FetchError("timeout", f"response took longer than {budget:g} s")
+                        raise FetchError(Reason.TIMEOUT, f"response took longer than {budget:g} s")
                     if not chunk:
                         break
                     size += len(chunk)
                     if size > self.max_bytes:
-                        raise FetchError("too_large", f"more than {self.max_bytes} bytes")
+                        raise FetchError(Reason.TOO_LARGE, f"more than {self.max_bytes} bytes")
                     chunks.append(chunk)
                 return status, headers, b"".join(chunks)
             except FetchError:
                 raise
             except Exception as exc:
                 if expired.is_set():        # whatever the shut socket raised: the deadline passed
-                    raise FetchError("timeout", f"response took longer than {budget:g} s") from exc
+                    raise FetchError(Reason.TIMEOUT, f"response took longer than {budget:g} s") from exc
                 if isinstance(exc, (socket.timeout, TimeoutError)):
-                    raise FetchError("timeout", str(exc) or "timed out", retryable=True) from exc
+                    raise FetchError(Reason.TIMEOUT, str(exc) or "timed out", retryable=True) from exc
                 if isinstance(exc, ssl.SSLError):
-                    raise FetchError("tls_error", str(exc)[:200]) from exc
+                    raise FetchError(Reason.TLS_ERROR, str(exc)[:200]) from exc
                 if isinstance(exc, (http.client.InvalidURL, UnicodeError)):
-                    raise FetchError("bad_url", f"{type(exc).__name__}: {exc}"[:200]) from exc
+                    raise FetchError(Reason.BAD_URL, f"{type(exc).__name__}: {exc}"[:200]) from exc
                 if isinstance(exc, (ConnectionError, http.client.HTTPException, OSError)):
-                    raise FetchError("connection_failed", f"{type(exc).__name__}: {exc}"[:200],
+                    raise FetchError(Reason.CONNECTION_FAILED, f"{type(exc).__name__}: {exc}"[:200],
                                      retryable=True) from exc
                 raise
             finally:
