@@ -370,5 +370,19 @@ class BlockedSites:
     def check_url(self, url: str) -> Verdict:
         return self.blocklist().check(url) if self.active else keep()
 
+    def check_image_url(self, url: str) -> Verdict:
+        """An image URL judged on its site alone (the domain lists, and the URL words of
+        its host): FineWeb's word rules are made for page URLs, and an image's file name
+        is a CMS's slug of its caption, where a hard-banned word is as often a bird
+        ("blue-tit.jpg") or a name (pages-eval: "...-chris-leong-tit-tar.jpg", a Singapore
+        food blog, was the only image URL of ../shared/data they caught)."""
+        if not self.active:
+            return keep()
+        try:
+            parts = urlsplit(url.strip())
+        except ValueError:
+            return keep()
+        return self.blocklist().check(f"{parts.scheme}://{parts.netloc}/")
+
     def __call__(self, item) -> Verdict:
         return self.check_url(item.url)

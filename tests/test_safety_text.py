@@ -326,3 +326,17 @@ def test_no_real_page_opts_out_by_mistake(real_pages):
                for v in [opt_out.check_page_opt_out(h, p)] if not v.keep or v.scores["image_opt_out"]]
     assert tripped == []
     assert any(n == "robots" for u, h, p in pages for n, c in opt_out.meta_tags(p))   # robots metas were read
+
+
+def test_image_urls_are_judged_on_their_site():
+    """pages-eval's one image URL that FineWeb's word rule caught is a food blogger's
+    photo; image file names are caption slugs, so only the site counts for images."""
+    from filters.config import SafetyConfig
+    from filters.safety_urls import BlockedSites
+    sites = BlockedSites(SafetyConfig())
+    real = ("https://3.bp.blogspot.com/-4qRt7v_u8tU/W7wSiZNv4JI/AAAAAAAAyjM/a4baQUOmnKwrUjiwIDQN3o2idoyLBKEVQCLcBGAs/"
+            "s72-c/singapore-lifestyle-blogger-reviews-chris-leong-tit-tar.jpg")
+    assert not sites.check_url(real).keep                  # as a page URL, FineWeb's rule would drop it
+    assert sites.check_image_url(real).keep
+    assert sites.check_image_url("https://www.example.org/birds/great-tit-on-a-branch.jpg").keep
+    assert not sites.check_image_url("https://porn.example.com/a.jpg").keep      # a banned word in the host

@@ -123,7 +123,7 @@ class ListImageReferences(AccountedDoFn):
             url = item["url"]
             yield self.outcome(Outcome.at(IMAGE, ENTERED, cand.provenance, url))
             ref = ImageRef(cand.doc_id)
-            site = self.sites.check_url(url) if self.sites is not None and url else None
+            site = self.sites.check_image_url(url) if self.sites is not None and url else None
             if not url or not url.lower().startswith(("http://", "https://")):
                 yield pvalue.TaggedOutput(SETTLED, (ref, ImageResult(pos, Reason.UNSUPPORTED_URL)))
             elif cand.images_opted_out:     # the page's noimageai: none of its images is used

@@ -337,7 +337,7 @@ class ToPairs(_WithLanguageId):
                 yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, Reason.OPTED_OUT_IMAGE, snippet=img.caption,
                                               scores={"opt_out_signal": ex.images_opted_out}))
                 continue
-            site = self.sites.check_url(img.url)
+            site = self.sites.check_image_url(img.url)
             if not site.keep:
                 yield self.outcome(Outcome.of(PAIR, site, p, url, snippet=img.caption))
                 continue
