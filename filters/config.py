@@ -234,9 +234,10 @@ class SafetyConfig:
     decontaminate: tuple = ()
     decontaminate_images_root: Optional[str] = None
     decontaminate_ngram_words: int = 13
-    # The same picture under many URLs (filters/image_hash.py): a 64-bit pHash within this
-    # Hamming distance is one image, for the repeated-image count, pair dedup and the
-    # evaluation images; documents with identical image sets deduplicated (OBELICS).
+    # The same picture under many URLs (filters/image_hash.py): its 64-bit pHash is its
+    # identity (exact equality, a shuffle key) for the repeated-image count, pair dedup and
+    # image sets; an image within this Hamming distance of an evaluation image is a leak.
+    # Documents with identical image sets are deduplicated (OBELICS).
     same_image_max_distance: int = 8
     dedup_image_sets: bool = True
 

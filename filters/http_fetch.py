@@ -204,6 +204,8 @@ class ImageFetcher:
                 if self.cfg.respect_noai and robots_opt_out(resp.headers.get_all("X-Robots-Tag") or [],
                                                             self.cfg.user_agent):
                     raise FetchError(Reason.OPTED_OUT, "X-Robots-Tag forbids AI use")
+                if self.cfg.respect_noai and headers.get("tdm-reservation", "").strip() == "1":
+                    raise FetchError(Reason.OPTED_OUT, "tdm-reservation: 1 (TDM rights reserved)")
                 length = headers.get("content-length")
                 if length and length.isdigit() and int(length) > self.max_bytes:
                     raise FetchError(Reason.TOO_LARGE, f"Content-Length {length} > {self.max_bytes}")

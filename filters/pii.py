@@ -100,8 +100,11 @@ def _emails(text: str, counts: Dict[str, int]) -> str:
     out, last, at = [], 0, text.find("@")
     while at != -1:
         start = at
-        while start > last and at - start <= 64 and text[start - 1] in _LOCAL_CHARS:
-            start -= 1
+        while start > last and at - start < 64 and text[start - 1] in _LOCAL_CHARS:
+            start -= 1      # a local part is at most 64 characters: a longer run ends in one
+        # in a URL ("...?from=john.smith@gmail.com") the address starts after the last of
+        # these: they are legal in a local part, and never seen in one in practice
+        start = max(start, max(text.rfind(c, start, at) for c in "/?=&") + 1)
         while start < at and text[start] == ".":   # a local part does not start with a dot
             start += 1
         m = _EMAIL.match(text, start) if start < at and at - start <= 64 else None
@@ -157,15 +160,16 @@ def _ipv4s(text: str, counts: Dict[str, int]) -> str:
 
 
 def _ipv6s(text: str, counts: Dict[str, int]) -> str:
-    out, last, n = [], 0, len(text)
+    out, last, n, scanned = [], 0, len(text), 0
     for hint in _IPV6_HINT.finditer(text):
         s, e = hint.start(), hint.end()
-        if s < last:
+        if s < max(last, scanned):      # inside a run already read: each run is walked once
             continue
         while s > last and text[s - 1] in _HEX_COLON:
             s -= 1
         while e < n and (text[e] in _HEX_COLON or text[e] == "." and e + 1 < n and text[e + 1].isdigit()):
             e += 1
+        scanned = e
         if (s and (text[s - 1].isalnum() or text[s - 1] in "_.")) or (e < n and (text[e].isalnum() or text[e] == "_")):
             continue
         cand = text[s:e]

@@ -167,7 +167,7 @@ def image_source(p: beam.Pipeline, image_records, cfg: CurationConfig, eval_inde
     allowed = read_url_list(p, f.only_urls) if f.only_urls else None
     if f.source == "archive":
         return InArchiveImages(image_records, cfg.images, cfg.records.max_image_bytes, safety=cfg.safety,
-                               eval_index=eval_index)
+                               eval_index=eval_index, user_agent=f.user_agent)
     if f.source == "http":
         return HttpImages(f, cfg.images, cfg.records.max_image_bytes, allowed, safety=cfg.safety,
                           eval_index=eval_index)

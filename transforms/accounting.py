@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-import weakref
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterable, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -32,21 +31,19 @@ class Accounted(NamedTuple):
 
 
 # -- the ledger: every stage's outcomes, gathered without a hand-kept list -------------------
-_LEDGERS: "weakref.WeakKeyDictionary[beam.Pipeline, List[beam.PCollection]]" = weakref.WeakKeyDictionary()
-
-
 def ledger(outcomes: beam.PCollection) -> beam.PCollection:
     """Enter a stage's outcomes (and counted events) in its pipeline's ledger; returns them.
     Every accounted composite calls this once on what it hands on as ``outcomes``;
     :func:`ledger_of` gives them all to :class:`AccountOutcomes`."""
-    entries = _LEDGERS.setdefault(outcomes.pipeline, [])
+    p = outcomes.pipeline
+    entries = p.__dict__.setdefault("_kosmos_ledger", [])     # it lives and dies with its pipeline
     if not any(e is outcomes for e in entries):
         entries.append(outcomes)
     return outcomes
 
 
 def ledger_of(p: beam.Pipeline) -> Tuple[beam.PCollection, ...]:
-    return tuple(_LEDGERS.get(p, ()))
+    return tuple(p.__dict__.get("_kosmos_ledger", ()))
 
 
 class AccountedDoFn(beam.DoFn):

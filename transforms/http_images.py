@@ -145,7 +145,8 @@ class ArchiveThenHttp(beam.PTransform):
     def __init__(self, image_records, image_cfg: ImageConfig, fetch_cfg: FetchConfig, max_bytes: int,
                  allowed=None, safety=None, eval_index=None):
         super().__init__()
-        self.archive = InArchiveImages(image_records, image_cfg, max_bytes, safety, eval_index)
+        self.archive = InArchiveImages(image_records, image_cfg, max_bytes, safety, eval_index,
+                                       user_agent=fetch_cfg.user_agent)
         self.http = HttpImages(fetch_cfg, image_cfg, max_bytes, allowed, not_listed_reason=Reason.NOT_IN_ARCHIVE,
                                safety=safety, eval_index=eval_index)
 

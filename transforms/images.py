@@ -150,11 +150,12 @@ class JudgeEachImageOnce(beam.DoFn):
     """(url, {refs, records}) -> (ImageRef, ImageResult) for every reference. Records
     carry where their bytes are; the chosen one is read back by offset."""
 
-    def __init__(self, cfg: ImageConfig, max_bytes: int, safety=None):
+    def __init__(self, cfg: ImageConfig, max_bytes: int, safety=None, user_agent: str = ""):
         self.cfg = cfg
         self.max_bytes = max_bytes          # records.max_image_bytes
         self.safety = safety                # filters.config.SafetyConfig, or None: no safety model
         self.respect_opt_out = safety is not None and safety.respect_opt_out
+        self.agents = (user_agent.partition("/")[0],) if user_agent else ()
         self.scorer = None
         self.decoded = Metrics.counter("kosmos", "images.decoded")
         self.shared = Metrics.counter("kosmos", "images.results_shared")
@@ -179,9 +180,10 @@ class JudgeEachImageOnce(beam.DoFn):
         # The same URL captured more than once: a fixed choice, whatever the order.
         rec = min(records, key=lambda r: (r.oversize, r.provenance.file, r.provenance.offset,
                                           r.provenance.inner_offset))
-        if self.respect_opt_out:            # the image's own archived response opts out of AI use
-            opt = check_image_opt_out(rec.policy_headers)
-            if not opt.keep:
+        if self.respect_opt_out:            # an archived response of the image opts out of AI use
+            opt = next((v for v in (check_image_opt_out(r.policy_headers, agents=self.agents) for r in records)
+                        if not v.keep), None)
+            if opt is not None:
                 for ref, pos in refs:
                     yield ref, ImageResult(pos, opt.reason, None, rec.provenance, opt.scores)
                 return
@@ -223,8 +225,10 @@ class InArchiveImages(beam.PTransform):
     """Image source: the image records of the input archives, joined on URL (their
     locations, not their bytes: see ``ImageRecord.left_in_archive``)."""
 
-    def __init__(self, image_records, cfg: ImageConfig, max_bytes: int, safety=None, eval_index=None):
+    def __init__(self, image_records, cfg: ImageConfig, max_bytes: int, safety=None, eval_index=None,
+                 user_agent: str = ""):
         super().__init__()
+        self.user_agent = user_agent        # fetch.user_agent: opt-outs scoped to our crawler apply
         self.image_records = image_records
         self.cfg = cfg
         self.max_bytes = max_bytes
@@ -236,7 +240,8 @@ class InArchiveImages(beam.PTransform):
             lambda r: (normalize_url(r.url), r))
         judged = ({"refs": refs, "records": keyed}
                   | "JoinReferencesWithRecords" >> beam.CoGroupByKey()
-                  | "JudgeEachImageOnce" >> beam.ParDo(JudgeEachImageOnce(self.cfg, self.max_bytes, self.safety),
+                  | "JudgeEachImageOnce" >> beam.ParDo(JudgeEachImageOnce(self.cfg, self.max_bytes, self.safety,
+                                                                                  self.user_agent),
                                                        **eval_side_input(self.eval_index)).with_outputs(
                       EVENTS, main="results"))
         return ImageResults(judged["results"], judged[EVENTS])

@@ -277,14 +277,16 @@ class ToDocument(AccountedDoFn):
                     items.append({"type": "text", "text": pii.redact(item.text)})
             else:
                 items.append({"type": "image", "url": item.url or "", "src": item.src,
-                              "alt": item.alt, "title": item.title})
+                              "alt": pii.redact(item.alt) if item.alt else item.alt,
+                              "title": pii.redact(item.title) if item.title else item.title})
         n_images = sum(1 for i in items if i["type"] == "image")
         shape = interspersed(n_images, len(items) - n_images)
         if not shape.keep:
             yield self.outcome(Outcome.of(RECORD, shape, page.provenance, page.url, snippet=ex.joined))
             return
         self.progress.add("candidates")
-        yield Candidate(page.doc_id, page.url, page.date, ex.title, page.provenance, items,
+        title = pii.redact(ex.title) if ex.title else ex.title
+        yield Candidate(page.doc_id, page.url, page.date, title, page.provenance, items,
                         {**text_scores(ex, verdict.scores), **pii.scores()}, images_opted_out=ex.images_opted_out)
 
 
@@ -307,8 +309,9 @@ class ToTextDocument(AccountedDoFn):
                                      scores={"words": words}))
             return
         pii = PiiCounts(self.cfg)
-        yield Candidate(page.doc_id, page.url, page.date, ex.title, page.provenance,
-                        [{"type": "text", "text": pii.redact(t)} for t in ex.texts],
+        texts = [{"type": "text", "text": pii.redact(t)} for t in ex.texts]
+        yield Candidate(page.doc_id, page.url, page.date, pii.redact(ex.title) if ex.title else ex.title,
+                        page.provenance, texts,
                         {**text_scores(ex, verdict.scores), **pii.scores()})
 
 
@@ -351,8 +354,13 @@ class ToPairs(_WithLanguageId):
             if not verdict.keep:
                 yield self.outcome(Outcome.of(PAIR, verdict, p, url, snippet=img.caption))
                 continue
-            if eval_index is not None and eval_index.caption_contaminated(img.caption):
-                leak = contamination_verdict("caption", img.caption)
+            leak = None
+            if eval_index is not None:
+                if eval_index.caption_contaminated(img.caption):
+                    leak = contamination_verdict("caption", img.caption)
+                elif (match := eval_index.text_contaminated(img.caption)):
+                    leak = contamination_verdict("ngram", match)
+            if leak is not None:
                 yield self.outcome(Outcome.of(PAIR, leak, p, url, snippet=img.caption))
                 continue
             key = (img.url, img.caption.lower())

@@ -295,7 +295,7 @@ class ResolveRevisit(AccountedDoFn):
             originals, default=None,
             key=lambda o: (not o.cls.usable, o.provenance.file, o.provenance.offset,
                            o.provenance.inner_offset))
-        payload = b""
+        payload, original_policy = b"", ()
         if chosen is not None and chosen.cls.usable:
             where = chosen.provenance
             try:
@@ -311,19 +311,22 @@ class ResolveRevisit(AccountedDoFn):
                                                   Reason.REVISIT_ORIGINAL_UNREADABLE, message=message))
                 return
             payload = rec.payload
+            original_policy = policy_headers(rec.http_headers)   # a 304 revisit may leave them out
         for rev in revisits:
             prov = Provenance(rev.provenance.file, rev.provenance.offset, rev.provenance.inner_offset,
                               rev.provenance.record_id, revisit_of=digest)
             if chosen is None:
                 yield self.outcome(Outcome.at(RECORD, DROPPED, prov, rev.url, Reason.REVISIT_UNRESOLVED))
             elif chosen.cls.kind is RecordKind.PAGE:
-                yield Page(rev.url, rev.date, chosen.content_type, payload, prov, policy_headers=rev.policy_headers)
+                yield Page(rev.url, rev.date, chosen.content_type, payload, prov,
+                           policy_headers=rev.policy_headers + original_policy)
             elif not chosen.cls.usable:
                 yield self.outcome(Outcome.at(RECORD, DROPPED, prov, rev.url, chosen.cls.reason))
             else:
                 yield self.outcome(Outcome.at(RECORD, IMAGE_SOURCE, prov, rev.url))
                 yield pvalue.TaggedOutput(IMAGES, ImageRecord(rev.url, rev.date, chosen.content_type,
-                                                              payload, prov, policy_headers=rev.policy_headers))
+                                                              payload, prov,
+                                                              policy_headers=rev.policy_headers + original_policy))
 
 
 class OriginalsNeeded(beam.PTransform):
