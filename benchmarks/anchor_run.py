@@ -65,7 +65,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _tree(pid: int):
+def process_tree(pid: int):
     """{pid: (own CPU seconds, resident bytes)} of ``pid`` and all its descendants (from /proc)."""
     children, stat = {}, {}
     for entry in os.listdir("/proc"):
@@ -104,7 +104,7 @@ def measured(cmd, env=None, cwd=None, sample: float = 0.2) -> dict:
     reader.start()
     seen, peak = {}, 0
     while proc.poll() is None:
-        tree = _tree(proc.pid)
+        tree = process_tree(proc.pid)
         for p, (cpu, _) in tree.items():
             seen[p] = cpu
         peak = max(peak, sum(rss for _, rss in tree.values()))

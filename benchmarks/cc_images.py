@@ -237,26 +237,8 @@ class ImageHosts:
 # ----------------------------------------------------------------------------------- RSS
 def tree_rss(pid: int) -> int:
     """Resident bytes of ``pid`` and all its descendants (from /proc)."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(entry))
-        except OSError:
-            continue
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/statm") as fh:
-                total += int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            pass
-        todo.extend(children.get(p, []))
-    return total
+    from anchor_run import process_tree
+    return sum(rss for _, rss in process_tree(pid).values())
 
 
 # ------------------------------------------------------------------------ img2dataset anchor

@@ -45,9 +45,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from filters.base import Verdict, drop
+from filters.config import SafetyConfig
 from filters.image_hash import SAME_PICTURE_MAX_DISTANCE, phash_int, phash_of_bytes
 
-NGRAM_WORDS = 13
+NGRAM_WORDS = SafetyConfig.decontaminate_ngram_words      # 13, as GPT-3 and DataTrove (one default: filters/config.py)
 # An evaluation text shorter than NGRAM_WORDS (a COCO caption has about 10 words) is
 # matched whole, as a window of its own length, from this many words on: DataTrove
 # skips such texts, which would let a page quoting a caption through. Shorter ones

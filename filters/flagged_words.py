@@ -28,8 +28,9 @@ from typing import FrozenSet, Optional, Tuple
 
 from contract.reasons import Reason
 from filters.base import Verdict, drop, keep
+from filters.config import SafetyConfig
 
-MAX_FLAGGED_RATIO = 0.01     # OBELICS, document level
+MAX_FLAGGED_RATIO = SafetyConfig.max_flagged_word_ratio     # 0.01, OBELICS, document level (filters/config.py)
 
 # Stripped from both ends of a word. ROOTS strips digits too; we keep them, so that the
 # list's own entries with digits ("2g1c", "18abused") can match.

@@ -36,9 +36,11 @@ from typing import Optional
 import imagehash
 from PIL import Image
 
+from filters.config import SafetyConfig
+
 HASH_BITS = 64
 HEX_DIGITS = HASH_BITS // 4
-SAME_PICTURE_MAX_DISTANCE = 8
+SAME_PICTURE_MAX_DISTANCE = SafetyConfig.same_image_max_distance    # 8 bits (one default: filters/config.py)
 _SIDE = 32                       # imagehash.phash: hash_size 8 x highfreq_factor 4
 _REDUCING_GAP = 3.0              # reduce by boxes to >= 3 x 32 px, then Lanczos
 

@@ -37,7 +37,7 @@ from filters.html import (decode_html, extract_content, has_img_tag, joined_text
 from filters.images import furniture_url
 from filters.language import LanguageIdentifier, language_filter
 from filters.opt_out import check_page_opt_out
-from filters.pii import PII_SCORE, redact_pii
+from filters.pii import PII_SCORE, Redacted, redact_pii
 from filters.safety_urls import BlockedSites
 from filters.text_quality import english_cuts, filter_document_text, filter_paragraphs
 from transforms.accounting import OUTCOMES, AccountedDoFn, ledger
@@ -71,6 +71,9 @@ class ExtractedPage:
     # filters.text_quality.filter_document_text on ``texts``, judged once for the
     # interleaved and the text-only decisions
     text_verdict: Any = None
+    # the kept paragraphs with personal data replaced (filters.pii.Redacted, one each):
+    # made once for the interleaved and the text-only outputs, for a page whose text passed
+    redacted: List[Any] = field(default_factory=list)
 
     @property
     def joined(self) -> str:
@@ -205,6 +208,8 @@ class ExtractPage(_WithLanguageId):
                              "language_score": verdict.scores[f"{lang.language}_score"]},
                             has_img, texts=kept_texts, text_verdict=filter_document_text(kept_texts, cfg.text),
                             images_opted_out=decoded.images_opted_out)
+        if out.text_verdict.keep:
+            out.redacted = PiiCounts(cfg).redact_each(kept_texts)
         if has_img and cfg.output.pairs:
             try:
                 out.images = self.parser.call(find_image_captions, text, page.url)
@@ -224,14 +229,24 @@ class PiiCounts:
         self.emails, self.ips, self.phones = s.redact_emails, s.redact_ips, s.redact_phones
         self.counts: Dict[str, int] = {}
 
-    def redact(self, text: str) -> str:
+    def _redacted(self, text: str) -> Redacted:
         if not (self.emails or self.ips or self.phones):
-            return text
-        out = redact_pii(text, phones=self.phones, emails=self.emails, ips=self.ips)
+            return Redacted(text, {})
+        return redact_pii(text, phones=self.phones, emails=self.emails, ips=self.ips)
+
+    def redact_each(self, texts: List[str]) -> List[Redacted]:
+        """Each text redacted, nothing counted yet (what several outputs share)."""
+        return [self._redacted(t) for t in texts]
+
+    def take(self, out: Redacted) -> str:
+        """A redacted text this candidate keeps: its replacements counted."""
         for kind, n in out.counts.items():
             if n:
                 self.counts[kind] = self.counts.get(kind, 0) + n
         return out.text
+
+    def redact(self, text: str) -> str:
+        return self.take(self._redacted(text))
 
     def scores(self) -> Dict[str, Any]:
         return {PII_SCORE: dict(self.counts)} if self.counts else {}
@@ -269,12 +284,12 @@ class ToDocument(AccountedDoFn):
             yield self.outcome(Outcome.of(RECORD, verdict, page.provenance, page.url, snippet=ex.joined))
             return
         items = []
-        flags = iter(ex.kept)
+        flags, paragraphs = iter(ex.kept), iter(ex.redacted)
         pii = PiiCounts(self.cfg)
         for item in ex.items:
             if item.kind == "text":
                 if next(flags):
-                    items.append({"type": "text", "text": pii.redact(item.text)})
+                    items.append({"type": "text", "text": pii.take(next(paragraphs))})
             else:
                 items.append({"type": "image", "url": item.url or "", "src": item.src,
                               "alt": pii.redact(item.alt) if item.alt else item.alt,
@@ -309,7 +324,7 @@ class ToTextDocument(AccountedDoFn):
                                      scores={"words": words}))
             return
         pii = PiiCounts(self.cfg)
-        texts = [{"type": "text", "text": pii.redact(t)} for t in ex.texts]
+        texts = [{"type": "text", "text": pii.take(r)} for r in ex.redacted]
         yield Candidate(page.doc_id, page.url, page.date, pii.redact(ex.title) if ex.title else ex.title,
                         page.provenance, texts,
                         {**text_scores(ex, verdict.scores), **pii.scores()})
