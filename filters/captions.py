@@ -18,7 +18,8 @@ from contract.reasons import Reason
 from filters.base import Verdict, drop, keep
 from filters.boilerplate import FUNCTION_WORDS
 from filters.config import CaptionConfig
-from filters.html import base_href, img_source, resolve_url, shallow_tree
+from filters.html import (ExtractedContent, base_href, content_of, has_img_tag, img_source, page_tree,
+                          resolve_tree_images, resolve_url, shallow_tree)
 
 
 @dataclass(frozen=True)
@@ -71,20 +72,27 @@ def _caption_block(img, blocks: dict, levels: int = 3) -> str:
 
 
 def find_image_captions(html_text: str, page_url: str) -> List[ImageCaption]:
-    """Every ``<img>`` of the page in document order. The alt text wins; an image
-    without one takes the ``<figcaption>`` of its ``<figure>``, else a caption block
-    beside it (:func:`_caption_block`). A page nested deeper than libxml2's limit
-    (whose plain parse stops there, every later image lost) is read as
-    :func:`filters.html.shallow_tree` reads it for the text, with the huge option but
-    not flattened: each image keeps its real ancestors (the last resort of flattening
-    merges a deep <figure> away). Raises PageTooDeep where even that loses some."""
-    import lxml.html
-    root, _ = shallow_tree(html_text, flatten=False)
-    if root is None:
-        try:
-            root = lxml.html.fromstring(html_text)
-        except Exception:          # empty or unparsable document
-            return []
+    """Every ``<img>`` of the page in document order (:func:`image_captions`), the page
+    parsed as trafilatura parses it (:func:`filters.html.page_tree`). A page nested
+    deeper than libxml2's limit (whose plain parse stops there, every later image lost)
+    is read as :func:`filters.html.shallow_tree` reads it for the text, with the huge
+    option but not flattened: each image keeps its real ancestors (the last resort of
+    flattening merges a deep <figure> away). Raises PageTooDeep where even that loses
+    some."""
+    tree, _, flattened = page_tree(html_text)
+    return _captions_of(tree, flattened, html_text, page_url)
+
+
+def _captions_of(tree, flattened: bool, html_text: str, page_url: str) -> List[ImageCaption]:
+    if flattened:
+        tree, _ = shallow_tree(html_text, flatten=False)
+    return [] if tree is None else image_captions(tree, html_text, page_url)
+
+
+def image_captions(root, html_text: str, page_url: str) -> List[ImageCaption]:
+    """Every ``<img>`` of a parsed page in document order, from its own attributes.
+    The alt text wins; an image without one takes the ``<figcaption>`` of its
+    ``<figure>``, else a caption block beside it (:func:`_caption_block`)."""
     base = base_href(html_text)
     blocks = _caption_blocks(root)
     out = []
@@ -100,6 +108,34 @@ def find_image_captions(html_text: str, page_url: str) -> List[ImageCaption]:
         out.append(ImageCaption(i, src, resolve_url(src, page_url, base) if src else None, caption,
                                 source if caption else ""))
     return out
+
+
+@dataclass
+class PageRead:
+    """What one parse of a page gives: its main content and, when asked for, every
+    ``<img>`` with its caption (or why the scan failed)."""
+    content: ExtractedContent
+    images: Optional[List[ImageCaption]] = None
+    scan_error: str = ""            # "Type: message" when the <img> scan raised
+
+
+def read_page(html_text: str, page_url: str, scan_images: bool) -> PageRead:
+    """:func:`filters.html.extract_content` and, with ``scan_images``,
+    :func:`find_image_captions` of a page from one parse: the scan reads the tree's
+    ``<img>`` attributes as written, then they are resolved in the tree for
+    trafilatura (which extracts from a copy). A page made shallow to be read at all is
+    scanned on its own unflattened parse, as before. A scan that raises leaves the
+    content as it is (``scan_error``)."""
+    tree, flattening, flattened = page_tree(html_text)
+    images, scan_error = None, ""
+    if scan_images:
+        try:
+            images = _captions_of(tree, flattened, html_text, page_url)
+        except Exception as exc:        # PageTooDeep; the content is judged on its own
+            scan_error = f"{type(exc).__name__}: {exc}"
+    if tree is not None and has_img_tag(html_text):
+        resolve_tree_images(tree, html_text, page_url)
+    return PageRead(content_of(tree, flattening, html_text, page_url), images, scan_error)
 
 
 def normalize_caption(caption: str) -> str:

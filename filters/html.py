@@ -11,6 +11,7 @@ import codecs
 import html as html_lib
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import List, Mapping, Optional, Tuple
 from urllib.parse import urljoin
 
@@ -243,9 +244,7 @@ def prose_of(runs: List[str], max_chars: int = 4000) -> str:
 
 _LONG_TAG = re.compile(r"<([A-Za-z][A-Za-z0-9:-]{0,63})([^<>]{4096,})>")
 _ATTRIBUTE = re.compile(r"""[^\s=/>"']+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s>"']+))?""")
-# Any _LONG_TAG match starts with this; most pages have none, and this simpler
-# pattern rules that out in about half the time.
-_LONG_TAG_START = re.compile(r"<[A-Za-z][^<>]{4096}")
+_LONG = 4097            # the fewest characters between a _LONG_TAG match's "<" and ">": a letter, 4096 more
 
 
 def limit_attributes(text: str, max_attributes: int = 256) -> str:
@@ -254,15 +253,28 @@ def limit_attributes(text: str, max_attributes: int = 256) -> str:
     libxml2 checks each new attribute against the tag's others (quadratic: one
     ``<img>`` with 40k attributes cost 12 s to parse and 23 s to extract, with
     300k over 300 s). Real tags have a few dozen; only tags over 4 KB are looked
-    at, so ordinary pages pass through unchanged."""
-    def cap(m):
+    at, so ordinary pages pass through unchanged.
+
+    What ``_LONG_TAG.sub`` over the page would do, found without a regex scan of the
+    whole page (which tries a 4 KB match at every "<" followed by a letter): a match
+    can only start at a "<" and ends at the first ">" after it, so it lies in one of
+    the pieces between two "<", one that starts with an ASCII letter and has no ">" in
+    its first 4,096 characters after that letter; only those pieces are matched."""
+    pieces = text.split("<")
+    changed = False
+    for i in range(1, len(pieces)):
+        piece = pieces[i]
+        if len(piece) < _LONG or not ("a" <= piece[0] <= "z" or "A" <= piece[0] <= "Z"):
+            continue
+        gt = piece.find(">")
+        if gt < _LONG:
+            continue
+        m = _LONG_TAG.match("<" + piece[:gt + 1])
         attrs = _ATTRIBUTE.findall(m.group(2))
-        if len(attrs) <= max_attributes:
-            return m.group(0)
-        return "<" + m.group(1) + " " + " ".join(attrs[:max_attributes]) + ">"
-    if not _LONG_TAG_START.search(text):
-        return text
-    return _LONG_TAG.sub(cap, text)
+        if len(attrs) > max_attributes:
+            pieces[i] = m.group(1) + " " + " ".join(attrs[:max_attributes]) + ">" + piece[gt + 1:]
+            changed = True
+    return "<".join(pieces) if changed else text
 
 
 # -- nesting depth ---------------------------------------------------------------------
@@ -500,8 +512,6 @@ def shallow_tree(text: str, flatten: bool = True):
 # Where lazy-loading scripts keep the real image while ``src`` holds a placeholder.
 _LAZY_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy", "data-url", "data-hi-res-src")
 _SRCSET_ATTRS = ("srcset", "data-srcset", "data-lazy-srcset")
-_IMG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
-_ATTR = re.compile(r"""([^\s=/>"']+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s>]+))?""")
 
 
 def largest_srcset_candidate(srcset: Optional[str]) -> str:
@@ -537,38 +547,11 @@ def img_source(attrs: Mapping[str, str]) -> str:
     return src
 
 
-def resolve_images(text: str, page_url: str) -> str:
-    """Each ``<img>`` tag rewritten to one absolute ``src`` (``img_source``, resolved
-    against ``<base href>`` and the page's own scheme), its ``alt`` and ``title`` kept,
-    before trafilatura reads the page. trafilatura alone takes a ``data:`` placeholder's
-    ``data-src`` only in some cases, resolves ``//cdn/a.jpg`` to ``http:`` whatever the
-    page's scheme, ignores ``srcset``, and drops any image whose URL has no image file
-    extension (gravatars, CDN and resizer URLs; issue 15 counted 373 of 3,227 image sources
-    of English pages so lost); such a URL gets a fragment that looks like one, which
-    ``normalize_url`` removes again afterwards. The rest of the page is left byte for byte."""
-    from trafilatura.utils import is_image_file     # the test trafilatura drops images by
-    base = base_href(text)
-
-    def rewrite(m: "re.Match") -> str:
-        attrs = {}
-        for name, value in _ATTR.findall(m.group(0)[4:-1]):
-            name = name.lower()
-            if name not in attrs:
-                attrs[name] = html_lib.unescape(value[1:-1] if value[:1] in "\"'" else value)
-        url = resolve_url(img_source(attrs), page_url, base)
-        if not url or url.lower().startswith("data:"):
-            return m.group(0)
-        if not is_image_file(url):
-            url += "#kosmos-image.jpg"
-        kept = "".join(f' {name}="{html_lib.escape(attrs[name], quote=True)}"' for name in ("alt", "title")
-                       if name in attrs)
-        return f'<img src="{html_lib.escape(url, quote=True)}"{kept}>'
-
-    return _IMG.sub(rewrite, text)
-
-
+@lru_cache(maxsize=4096)
 def resolve_url(src: str, page_url: str, base: Optional[str]) -> Optional[str]:
-    """Absolute URL of an image source, fragment removed; None if it cannot be."""
+    """Absolute URL of an image source, fragment removed; None if it cannot be. Cached:
+    a page asks for each of its images two or three times (the <img> scan, the tree's
+    rewrite for trafilatura, the extracted content)."""
     src = (src or "").strip()
     if not src:
         return None
@@ -612,21 +595,98 @@ def _inline_code(el) -> bool:
     return (parent is not None and parent.tag in _TEXT_BLOCKS and "\n" not in "".join(el.itertext()).strip())
 
 
-def extract_content(text: str, page_url: str) -> ExtractedContent:
-    """Main content as an ordered sequence of paragraphs and images.
+def page_tree(text: str):
+    """(tree, flattening, flattened): the one parse of a page that trafilatura and the
+    ``<img>`` scan share: trafilatura's own ``load_html`` (its parser's settings and
+    repairs: what ``trafilatura.extract`` does with a page's text). Where that parse
+    stopped at libxml2's depth limit (its error log says so; exactly the pages
+    :func:`shallow_tree` finds nested past it, which is checked in the tests), the page
+    is read again by :func:`shallow_tree`, and ``flattened`` says its tree was made
+    shallow (its images' real ancestors are gone, so the ``<img>`` scan parses such a
+    page for itself). The tree is None where trafilatura finds no document in the text
+    (empty, or not HTML)."""
+    from trafilatura.utils import HTML_PARSER, load_html
+    tree = load_html(text)
+    if not any("Excessive depth" in e.message for e in HTML_PARSER.error_log):
+        return tree, None, False
+    deep, flattening = shallow_tree(text)
+    return (tree, flattening, False) if deep is None else (deep, flattening, True)
 
-    The images are resolved before trafilatura reads the page (``resolve_images``);
-    trafilatura is given no URL, so their ``src`` comes back as we wrote it."""
-    import trafilatura
+
+def resolve_tree_images(root, text: str, page_url: str) -> None:
+    """Each ``<img>`` of a parsed page left with one absolute ``src`` (``img_source``,
+    resolved against ``<base href>`` and the page's own scheme), then its ``alt`` and
+    ``title``, before trafilatura reads the tree; an image with no usable source is left
+    as it is. trafilatura alone takes a ``data:`` placeholder's ``data-src`` only in
+    some cases, resolves ``//cdn/a.jpg`` to ``http:`` whatever the page's scheme,
+    ignores ``srcset``, and drops any image whose URL has no image file extension
+    (gravatars, CDN and resizer URLs; issue 15 counted 373 of 3,227 image sources of
+    English pages so lost); such a URL gets a fragment that looks like one, which
+    ``normalize_url`` removes again afterwards. The attributes are the parser's
+    (entities decoded, the first of a repeated name): until issue 31 a regex rewrote the
+    page's text instead, and a quoted ``>`` inside a value ended its tag early."""
+    from trafilatura.utils import is_image_file
+    base = base_href(text)
+    for img in root.iter("img"):
+        attrs = dict(img.attrib)
+        url = resolve_url(img_source(attrs), page_url, base)
+        if not url or url.lower().startswith("data:"):
+            continue
+        if not is_image_file(url):
+            url += "#kosmos-image.jpg"
+        kept = [(name, attrs[name]) for name in ("alt", "title") if name in attrs]
+        img.attrib.clear()
+        img.set("src", url)
+        for name, value in kept:
+            img.set(name, value)
+
+
+_EXTRACTOR = None
+
+
+def _trafilatura_xml(source) -> Optional[str]:
+    """``trafilatura.extract(source, output_format="xml", include_images=True,
+    include_comments=False, include_tables=True, include_links=False,
+    with_metadata=False, favor_recall=False, deduplicate=False)``, without the two
+    things ``extract`` adds that nothing here reads: the content fingerprint (a hash
+    of the whole text, 2 ms a page, written as an attribute of ``<doc>``) and the
+    record id. Its options are built once. Metadata extraction (dates, authors) is
+    off: it would cost 40% more time."""
+    global _EXTRACTOR
+    from trafilatura.core import bare_extraction, determine_returnstring
+    from trafilatura.settings import DEFAULT_CONFIG, Extractor
+    if _EXTRACTOR is None:
+        _EXTRACTOR = Extractor(config=DEFAULT_CONFIG, output_format="xml", fast=False, precision=False,
+                               recall=False, comments=False, formatting=None, links=False, images=True,
+                               tables=True, dedup=False, lang=None, url=None, with_metadata=False,
+                               only_with_metadata=False, tei_validation=False, author_blacklist=None,
+                               url_blacklist=None, date_params=None)
+    document = bare_extraction(source, options=_EXTRACTOR, as_dict=False)
+    if document is None:
+        return None
+    return determine_returnstring(document, _EXTRACTOR)
+
+
+def extract_content(text: str, page_url: str) -> ExtractedContent:
+    """Main content as an ordered sequence of paragraphs and images: the page parsed
+    once (:func:`page_tree`), its images resolved in the tree
+    (:func:`resolve_tree_images`), then trafilatura, which is given no URL, so their
+    ``src`` comes back as we wrote it."""
+    tree, flattening, _ = page_tree(text)
+    if tree is not None and _IMG_TAG.search(text):
+        resolve_tree_images(tree, text, page_url)
+    return content_of(tree, flattening, text, page_url)
+
+
+def content_of(tree, flattening: Optional[Flattening], text: str, page_url: str) -> ExtractedContent:
+    """:func:`extract_content` of a page already parsed by :func:`page_tree` and its
+    images resolved (trafilatura copies the tree: it is left as it was)."""
     from lxml import etree
 
-    page = resolve_images(text, page_url) if _IMG_TAG.search(text) else text
-    tree, flattening = shallow_tree(page)
-    xml = trafilatura.extract(
-        page if tree is None else tree, output_format="xml", include_images=True, include_comments=False,
-        include_tables=True, include_links=False, with_metadata=False, favor_recall=False,
-        deduplicate=False)  # metadata extraction (dates, authors) would cost 40% more time
     result = ExtractedContent(flattening=flattening)
+    if tree is None:
+        return result
+    xml = _trafilatura_xml(tree)
     if not xml:
         return result
     root = etree.fromstring(xml.encode("utf-8"), parser=etree.XMLParser(recover=True, huge_tree=False))

@@ -47,7 +47,7 @@ from array import array
 from bisect import bisect_left
 from functools import lru_cache
 from pathlib import Path
-from typing import FrozenSet, Iterable, List, Optional, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from contract.reasons import Reason
@@ -340,6 +340,9 @@ def blocklist_with_user_files(block_domains_file=None, allow_domains_file=None) 
     return default_blocklist().with_user_lists(extra, allow)
 
 
+_SITE_CACHE = 4096
+
+
 class BlockedSites:
     """The site and URL rule as a filter: ``BlockedSites(cfg.safety)(page)`` judges
     anything with a ``url`` (a page, an image reference). The lists are read once per
@@ -349,13 +352,15 @@ class BlockedSites:
         self.adult = cfg.block_adult_sites
         self.block_file, self.allow_file = cfg.block_domains_file, cfg.allow_domains_file
         self._list: Optional[UrlBlocklist] = None
+        self._sites: Dict[str, Verdict] = {}     # check_image_url's verdicts by site (a page's
+        #                                          images mostly share two or three sites)
 
     @property
     def active(self) -> bool:
         return bool(self.adult or self.block_file)
 
     def __getstate__(self):
-        return {**self.__dict__, "_list": None}
+        return {**self.__dict__, "_list": None, "_sites": {}}
 
     def blocklist(self) -> UrlBlocklist:
         if self._list is None:
@@ -382,7 +387,13 @@ class BlockedSites:
             parts = urlsplit(url.strip())
         except ValueError:
             return keep()
-        return self.blocklist().check(f"{parts.scheme}://{parts.netloc}/")
+        site = f"{parts.scheme}://{parts.netloc}/"
+        verdict = self._sites.get(site)
+        if verdict is None:
+            if len(self._sites) >= _SITE_CACHE:
+                self._sites.clear()
+            verdict = self._sites[site] = self.blocklist().check(site)
+        return verdict
 
     def __call__(self, item) -> Verdict:
         return self.check_url(item.url)

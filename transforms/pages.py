@@ -26,13 +26,13 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from contract.reasons import DROPPED, ENTERED, ERROR, PAIR, RECORD, TEXT, AnyReason, Level, Reason, Status
-from filters.captions import find_image_captions, judge_caption
+from filters.captions import judge_caption, read_page
 from filters.config import CurationConfig
 from filters.budget import OverBudget, TimeBoundCalls
 from filters.decontaminate import contamination_verdict
 from filters.documents import interspersed
 from filters.flagged_words import check_flagged_words
-from filters.html import (decode_html, extract_content, has_img_tag, joined_text, language_sample, limit_attributes,
+from filters.html import (decode_html, has_img_tag, joined_text, language_sample, limit_attributes,
                           prose_of, rough_text, visible_runs)
 from filters.images import furniture_url
 from filters.language import LanguageIdentifier, language_filter
@@ -161,8 +161,9 @@ class ExtractPage(_WithLanguageId):
         # Only what an HTML parser reads needs its tags' attributes capped: the cheap
         # checks before read tags by regex, whatever their length.
         text = limit_attributes(decoded.text, cfg.records.max_attributes)
+        scan = has_img and cfg.output.pairs        # the <img> scan of the pairs, from the same parse
         try:
-            content = self.parser.call(extract_content, text, page.url)
+            read = self.parser.call(read_page, text, page.url, scan)
         except OverBudget as exc:
             yield from self.drops(page, Reason.OVER_TIME_BUDGET, has_img, message=f"extraction {exc}",
                                   scores={"budget_s": cfg.records.page_time_budget_s})
@@ -171,6 +172,7 @@ class ExtractPage(_WithLanguageId):
             yield from self.drops(page, Reason.EXTRACTION_FAILED, has_img, message=f"{type(exc).__name__}: {exc}",
                                   status=ERROR)
             return
+        content = read.content
         if not content.items:
             yield from self.drops(page, Reason.EXTRACTION_EMPTY, has_img, snippet=rough_text(decoded.text, SNIPPET_CHARS))
             return
@@ -210,13 +212,10 @@ class ExtractPage(_WithLanguageId):
                             images_opted_out=decoded.images_opted_out)
         if out.text_verdict.keep:
             out.redacted = PiiCounts(cfg).redact_each(kept_texts)
-        if has_img and cfg.output.pairs:
-            try:
-                out.images = self.parser.call(find_image_captions, text, page.url)
-            except OverBudget as exc:
-                out.scan_failure = (DROPPED, Reason.OVER_TIME_BUDGET, f"<img> scan: {exc}")
-            except Exception as exc:          # ChildFailed
-                out.scan_failure = (ERROR, Reason.EXTRACTION_FAILED, f"<img> scan: {exc}")
+        if scan:
+            out.images = read.images
+            if read.scan_error:
+                out.scan_failure = (ERROR, Reason.EXTRACTION_FAILED, f"<img> scan: {read.scan_error}")
         yield out
 
 
