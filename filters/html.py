@@ -208,9 +208,21 @@ def language_sample(paragraphs: List[str], min_chars: int = 200, fallback: str =
     text = [p for p in paragraphs if not word_list_paragraph(p)] or list(paragraphs)
     prose = [p for p in text if p.count(" ") + 1 >= _PROSE_WORDS]
     sample = " ".join(prose) if sum(len(p) for p in prose) >= min_chars else " ".join(text)
-    if fallback and len({w.lower() for w in _WORD.findall(sample)}) < min_distinct_words:
+    if fallback and not _has_distinct_words(sample, min_distinct_words):
         return fallback
     return sample
+
+
+def _has_distinct_words(text: str, n: int) -> bool:
+    """``text`` has at least ``n`` different words (lower-cased); read only that far."""
+    if n <= 0:
+        return True
+    seen = set()
+    for m in _WORD.finditer(text):
+        seen.add(m.group(0).lower())
+        if len(seen) >= n:
+            return True
+    return False
 
 
 def prose_sample(text: str, max_chars: int = 4000) -> str:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import re
 from typing import List, Optional, Tuple
 
 from contract.reasons import Reason
 from filters.base import Verdict, drop, keep
-
-_SPACES = re.compile(r"\s+")
 
 
 def default_model_path() -> str:
@@ -34,7 +31,8 @@ class LanguageIdentifier:
         self._model = fasttext.load_model(self.model_path)
 
     def predict(self, text: str, k: int = 3) -> List[Tuple[str, float]]:
-        line = _SPACES.sub(" ", text[: self.max_chars]).strip()
+        # each run of spaces one " ", none at the ends (str.split's spaces are the regex's \s)
+        line = " ".join(text[: self.max_chars].split())
         if not line:
             return []
         labels, probs = self._model.predict(line, k=k)

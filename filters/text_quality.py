@@ -7,7 +7,10 @@ they can be stored beside the document and thresholds re-run later.
 
 from __future__ import annotations
 
+import operator
 import re
+import threading
+from itertools import compress
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from contract.reasons import Reason
@@ -36,16 +39,43 @@ _ALPHA_WORD = re.compile(r"(?<!\S)\S*?[^\W\d_]", re.UNICODE)
 _SPECIAL = re.compile(r"[^\w\s]|_", re.UNICODE)
 
 
-def text_signals(text: str) -> Dict[str, float]:
+# On ASCII text (most paragraphs) the classes are read from its bytes, with tables built
+# from the patterns themselves: what deleting every byte _SPECIAL does not match leaves.
+_ASCII_NOT_SPECIAL = bytes(c for c in range(128) if not _SPECIAL.match(chr(c)))
+# Letters ("a"), spaces (" ") and nothing else: a word has a letter when it leaves an "a".
+_ASCII_LETTERS = bytes(c for c in range(128) if re.fullmatch(r"[^\W\d_]", chr(c)))
+_ASCII_SPACES = bytes(c for c in range(128) if chr(c).isspace())
+_ASCII_WORD_SHAPE = bytes.maketrans(_ASCII_LETTERS + _ASCII_SPACES,
+                                    b"a" * len(_ASCII_LETTERS) + b" " * len(_ASCII_SPACES))
+_ASCII_NEITHER = bytes(c for c in range(256) if c not in _ASCII_LETTERS and c not in _ASCII_SPACES)
+
+
+def _counts(text: str) -> Tuple[int, int, int, int, int, int]:
+    """(words, non-space characters, emoji, URL characters, hashtags, special characters)
+    of ``text``. No match spans a space and a text's start reads as a space would, so the
+    counts of paragraphs joined by "\n" are the sums of theirs."""
     words = text.split()             # str.split and the regex \s agree on what a space is
-    n_words = len(words)
-    n_chars = len(text)
-    non_space = sum(map(len, words))
-    emoji = len(_EMOJI.findall(text))
-    url_chars = sum(len(m.group(0)) for m in _URL.finditer(text))
-    hashtags = len(_HASHTAG.findall(text))
-    special = len(_SPECIAL.findall(text))
-    alpha_words = len(_ALPHA_WORD.findall(text))
+    ascii_ = text.isascii()
+    emoji = 0 if ascii_ else len(_EMOJI.findall(text))      # every emoji is outside ASCII
+    # a URL has "://" or "www." (no character but "w" and "W" matches "w" ignoring case)
+    url_chars = sum(m.end() - m.start() for m in _URL.finditer(text)) \
+        if "://" in text or "w." in text or "W." in text else 0
+    hashtags = len(_HASHTAG.findall(text)) if "#" in text else 0
+    special = len(text.encode("ascii").translate(None, _ASCII_NOT_SPECIAL)) if ascii_ \
+        else len(_SPECIAL.findall(text))
+    return len(words), sum(map(len, words)), emoji, url_chars, hashtags, special
+
+
+def _alpha_words(text: str) -> int:
+    """The words (runs of non-space) with a letter in them."""
+    if text.isascii():
+        shape = text.encode("ascii").translate(_ASCII_WORD_SHAPE, _ASCII_NEITHER)   # "a" and " " left
+        return shape.count(b" a") + shape.startswith(b"a")
+    return len(_ALPHA_WORD.findall(text))
+
+
+def _signals(counts: Tuple[int, int, int, int, int, int], n_chars: int, alpha_words: int) -> Dict[str, float]:
+    n_words, non_space, emoji, url_chars, hashtags, special = counts
     return {
         "words": n_words,
         "emoji_ratio": emoji / non_space if non_space else 0.0,
@@ -54,6 +84,32 @@ def text_signals(text: str) -> Dict[str, float]:
         "special_char_ratio": special / non_space if non_space else 0.0,
         "alpha_word_ratio": alpha_words / n_words if n_words else 0.0,
     }
+
+
+def text_signals(text: str) -> Dict[str, float]:
+    return _signals(_counts(text), len(text), _alpha_words(text))
+
+
+# The counts of the paragraphs of this thread's last page (text -> _counts), so that the
+# document pass on the paragraphs kept reads none of them again. A cache by text: a miss
+# (another page, another thread) only costs the scan.
+_recent = threading.local()
+
+
+def _document_signals(paragraphs: Sequence[str]) -> Dict[str, float]:
+    """``text_signals`` of the paragraphs joined by "\n", from their counts."""
+    text = "\n".join(paragraphs)
+    known = getattr(_recent, "counts", None) or {}
+    rows = [known.get(p) or _counts(p) for p in paragraphs]
+    totals = tuple(map(sum, zip(*rows))) if rows else (0, 0, 0, 0, 0, 0)
+    # a word never spans a "\n": the ASCII paragraphs are read apart, quickly
+    if text.isascii():
+        alpha = _alpha_words(text)
+    else:
+        ascii_ = [p.isascii() for p in paragraphs]
+        alpha = _alpha_words("\n".join(compress(paragraphs, ascii_))) + \
+            len(_ALPHA_WORD.findall("\n".join(compress(paragraphs, map(operator.not_, ascii_)))))
+    return _signals(totals, len(text), alpha)
 
 
 def _spam_reason(sig: Dict[str, float], cfg: TextQualityConfig, max_special: float):
@@ -78,20 +134,40 @@ def filter_paragraph(text: str, cfg: TextQualityConfig) -> Verdict:
     return drop(reason, **_rounded(sig)) if reason else keep(**_rounded(sig))
 
 
+def _paragraph_spam(counts: Tuple[int, int, int, int, int, int], n_chars: int, cfg: TextQualityConfig):
+    """``_spam_reason`` of a paragraph's signals, from its counts."""
+    n_words, non_space, emoji, url_chars, hashtags, special = counts
+    if (emoji / non_space if non_space else 0.0) > cfg.max_emoji_ratio:
+        return Reason.SPAM.of("emoji")
+    if (hashtags / n_words if n_words else 0.0) > cfg.max_hashtag_ratio:
+        return Reason.SPAM.of("hashtags")
+    if (url_chars / n_chars if n_chars else 0.0) > cfg.max_url_char_ratio:
+        return Reason.SPAM.of("urls")
+    if (special / non_space if non_space else 0.0) > cfg.max_special_char_ratio_paragraph:
+        return Reason.SPECIAL_CHARACTERS
+    return None
+
+
 def paragraph_cuts(paragraphs: Sequence[str], cfg: TextQualityConfig, english: bool = False
                    ) -> List[Optional[str]]:
     """Paragraph-level pass: for each paragraph, the reason it is cut (None: it stays).
     ``english``: the page is known to be English, so the rules that read English words
     apply too (:func:`english_cuts`); they would cut any other language."""
     cuts: List[Optional[str]] = []
+    counts: Dict[str, Tuple[int, int, int, int, int, int]] = {}
+    judged: Dict[str, Optional[str]] = {}           # a page repeats paragraphs ("In stock")
+    navigation = cfg.cut_navigation_paragraphs
     for p in paragraphs:
-        v = filter_paragraph(p, cfg)
-        if not v.keep:
-            cuts.append(v.reason)
-        elif cfg.cut_navigation_paragraphs and navigation_paragraph(p):
-            cuts.append("navigation")
-        else:
-            cuts.append(None)
+        if p in judged:
+            cuts.append(judged[p])
+            continue
+        c = counts[p] = _counts(p)
+        cut = _paragraph_spam(c, len(p), cfg)
+        if cut is None and navigation and navigation_paragraph(p):
+            cut = "navigation"
+        cuts.append(cut)
+        judged[p] = cut
+    _recent.counts = counts
     if english:
         more = english_cuts(paragraphs, [c is None for c in cuts], cfg)
         cuts = [c or m for c, m in zip(cuts, more)]
@@ -134,8 +210,7 @@ def filter_paragraphs(paragraphs: Sequence[str], cfg: TextQualityConfig
 
 def filter_document_text(paragraphs: Sequence[str], cfg: TextQualityConfig) -> Verdict:
     """Document-level pass on the text that survived the paragraph pass."""
-    text = "\n".join(paragraphs)
-    sig = _rounded(text_signals(text))
+    sig = _rounded(_document_signals(paragraphs))
     if sig["words"] < cfg.min_words:
         return drop(Reason.TOO_FEW_WORDS, **sig)
     reason = _spam_reason(sig, cfg, cfg.max_special_char_ratio_document)
