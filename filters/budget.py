@@ -18,6 +18,7 @@ extraction, ``filters/captions.py``'s <img> scan), run under it by ``transforms/
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import traceback
 from typing import Any, Callable, Optional
@@ -32,6 +33,7 @@ class ChildFailed(Exception):
 
 
 def _serve(conn):
+    frozen = False
     while True:
         try:
             fn, args = conn.recv()
@@ -41,6 +43,10 @@ def _serve(conn):
             result = ("ok", fn(*args))
         except Exception as exc:
             result = ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=3))
+        if not frozen:      # after the first call, what it imported (trafilatura, lxml) stays:
+            gc.collect()    # kept out of the collector's sight for the child's life
+            gc.freeze()
+            frozen = True
         try:
             conn.send(result)
         except Exception as exc:            # an unpicklable result

@@ -104,8 +104,8 @@ def test_the_job_graph_is_the_same(tmp_path):
     from pipeline.curate import build_pipeline
     PICKLED = "beam:transform:pickled_python:v1"
 
-    def graph():
-        p = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"]))
+    def graph(options=PipelineOptions):
+        p = beam.Pipeline(options=options(["--runner=DirectRunner"]))
         build_pipeline(p, [str(tmp_path / "in.warc")], str(tmp_path / "out"), CurationConfig(), None)
         proto = p.to_runner_api()
         # a composite Beam keeps pickled whole (Reshuffle and the like) pickles differently
@@ -124,8 +124,23 @@ def test_the_job_graph_is_the_same(tmp_path):
         plain = graph()
         graph_cache.install()
         memo = graph()
+        views = graph(graph_cache.MemoisedViews)      # and the options views made once each
     finally:
         if not already:
             graph_cache.uninstall()
     assert len(plain[0]) > 500 and sum(1 for t in plain[0].values() if t[4]) > 500
-    assert memo == plain
+    assert memo == plain == views
+
+
+def test_memoised_views_read_and_write_as_beams_own():
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TypeOptions
+    args = ["--runner=DirectRunner", "--no_pipeline_type_check", "--direct_num_workers=2"]
+    memo, plain = graph_cache.MemoisedViews(args), PipelineOptions(args)
+    assert memo.view_as(TypeOptions) is memo.view_as(TypeOptions)
+    assert memo.get_all_options() == plain.get_all_options()
+    memo.view_as(StandardOptions).runner = "other"
+    assert memo.view_as(StandardOptions).runner == "other" == memo.get_all_options()["runner"]
+    import copy
+    twin = copy.deepcopy(memo)      # what beam.Pipeline does with its options
+    twin.view_as(StandardOptions).runner = "twin"
+    assert memo.view_as(StandardOptions).runner == "other" and twin.view_as(StandardOptions).runner == "twin"
