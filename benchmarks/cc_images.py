@@ -16,7 +16,7 @@ that the stats balance.
 
 ``--anchor img2dataset`` instead puts every <img> URL of the WARC through our fetch
 stage (``FetchBatch``, the worker's thread pool, download and image judging, default
-settings, in batches of ``fetch.batch_size``) and through img2dataset 1.47.0 (in a
+settings, in batches of ``fetch.batch_size``, one bundle) and through img2dataset 1.47.0 (in a
 virtual environment of its own that this script builds from PyPI when missing,
 ``~/.cache/kosmos/anchor-img2dataset``; resize_mode=no, otherwise its defaults: it
 still decodes and re-encodes every image), one after the other against the same
@@ -187,6 +187,9 @@ class ImageHosts:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # TCP_NODELAY, as web servers set it on kept-alive connections: without it the body,
+            # written after the headers, waits for the client's delayed ACK (40 ms) on each reuse
+            disable_nagle_algorithm = True
 
             def log_message(self, *a):
                 pass
@@ -262,15 +265,27 @@ def _fetch_share(urls, threads: int):
     from transforms.http_images import FETCHED, FetchBatch
     from transforms.records import ImageRef
     cfg = FetchConfig(concurrency=threads, allow_loopback=True)
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.timestamp import MIN_TIMESTAMP
     dofn = FetchBatch(cfg, ImageConfig(), RecordConfig().max_image_bytes)
     dofn.setup()
     counts = Counter()
-    for i in range(0, len(urls), cfg.batch_size):
-        for out in dofn.process([(u, [(ImageRef(u), 0)]) for u in urls[i:i + cfg.batch_size]]):
-            if isinstance(out, tuple):
-                counts["kept" if out[1].reason is None else f"reason:{out[1].reason}"] += 1
-            elif getattr(out, "tag", None) == FETCHED:
+
+    def count(outputs):
+        for out in outputs:
+            tag = getattr(out, "tag", None)
+            value = getattr(out, "value", out)          # a TaggedOutput's or a WindowedValue's
+            value = getattr(value, "value", value)
+            if tag is None and isinstance(value, tuple):
+                counts["kept" if value[1].reason is None else f"reason:{value[1].reason}"] += 1
+            elif tag == FETCHED:
                 counts["fetched"] += 1
+
+    dofn.start_bundle()                                 # one bundle, as the local runner gives one worker
+    for i in range(0, len(urls), cfg.batch_size):
+        count(dofn.process([(u, [(ImageRef(u), 0)]) for u in urls[i:i + cfg.batch_size]],
+                           timestamp=MIN_TIMESTAMP, window=GlobalWindow()))
+    count(dofn.finish_bundle())
     dofn.teardown()
     return counts
 

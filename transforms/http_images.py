@@ -15,18 +15,21 @@ images (``eval_index``, a side input) before anything is stored.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Deque, Dict, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
 
 from contract.reasons import FETCH, Reason, Work
 from archives.writer import warc_response_record
@@ -44,19 +47,43 @@ NOT_AN_IMAGE = (Reason.UNDECODABLE, Reason.EMPTY)
 
 
 def _iso_date(http_date: str) -> str:
+    return _parsed_date(http_date) or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_date(http_date: str) -> Optional[str]:
+    """A Date header in ISO form, or None; the responses of one second share it."""
     try:
         return parsedate_to_datetime(http_date).strftime("%Y-%m-%dT%H:%M:%SZ")
     except (TypeError, ValueError, IndexError, OverflowError):
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return None
+
+
+class _Pending(NamedTuple):
+    """A download handed to the pool, and what its outputs carry: the batch's window and side input."""
+    url: str
+    refs: list
+    future: Future
+    timestamp: Any
+    window: Any
+    eval_index: Any
 
 
 class FetchBatch(beam.DoFn):
-    """[(url, [(ref, position), ...]), ...] -> (ref, ImageResult) per reference."""
+    """[(url, [(ref, position), ...]), ...] -> (ref, ImageResult) per reference.
+
+    Within a bundle the pool is kept fed across batches: a batch's downloads are handed
+    on, in the order they were asked for, once done, and at most twice ``fetch.batch_size``
+    of them wait past the batch that asked for them (the rest at the bundle's end), so a slow
+    answer does not leave the pool idle until it comes. Outputs carry their own batch's
+    window and timestamp. Called without ``start_bundle`` (as a plain object), ``process``
+    hands on a whole batch before it returns."""
 
     def __init__(self, fetch_cfg: FetchConfig, image_cfg: ImageConfig, max_bytes: int, safety=None):
         self.fetch_cfg, self.image_cfg, self.max_bytes = fetch_cfg, image_cfg, max_bytes
         self.safety = safety                # filters.config.SafetyConfig, or None: no safety model
         self.fetcher = self.pool = self.scorer = None
+        self.pending: Optional[Deque[_Pending]] = None
         self.fetched = Metrics.counter("kosmos", "fetch.http_fetched")
         self.failed = Metrics.counter("kosmos", "fetch.http_failed")
 
@@ -68,29 +95,60 @@ class FetchBatch(beam.DoFn):
     def teardown(self):
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.fetcher is not None:
+            self.fetcher.close()            # its kept-alive connections
 
-    def process(self, batch, eval_index=None):
-        futures = [(url, refs, self.pool.submit(self.fetcher.fetch, url)) for url, refs in batch]
-        for url, refs, fut in futures:
-            r = fut.result()
-            prov = Provenance(file=r.final_url or url, offset=-1)
-            if r.reason is not None:
-                self.failed.inc()
-                yield pvalue.TaggedOutput(EVENTS, Event(FETCH, HTTP_FAILED, r.reason, url=url,
-                                                        message=r.message, attempts=r.attempts))
-                for ref, pos in refs:
-                    yield ref, ImageResult(pos, r.reason, None, prov, {"attempts": r.attempts}, url=url)
-                continue
-            self.fetched.inc()
-            verdict, stored = judge_image(r.data, self.image_cfg, self.scorer, eval_index)
-            reason = None if verdict.keep else (Reason.NOT_AN_IMAGE if verdict.reason in NOT_AN_IMAGE else verdict.reason)
-            yield pvalue.TaggedOutput(EVENTS, Event(FETCH, Work.HTTP_FETCHED, url=url, attempts=r.attempts))
-            yield from decode_events(url, refs)
-            if self.fetch_cfg.write_warc:
-                yield pvalue.TaggedOutput(FETCHED, {"url": url, "final_url": r.final_url, "date": _iso_date(r.date),
-                                                    "content_type": r.content_type, "data": r.data})
+    def start_bundle(self):
+        self.pending = deque()
+
+    def process(self, batch, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam, eval_index=None):
+        bundled = self.pending is not None
+        pending = self.pending if bundled else deque()
+        for url, refs in batch:
+            pending.append(_Pending(url, refs, self.pool.submit(self.fetcher.fetch, url), timestamp, window,
+                                    eval_index))
+        if not bundled:
+            while pending:
+                yield from self._results(pending.popleft())
+            return
+        carry = 2 * max(1, self.fetch_cfg.batch_size)
+        while pending and (pending[0].future.done() or len(pending) > carry):
+            yield from self._windowed(pending.popleft())
+
+    def finish_bundle(self):
+        pending, self.pending = self.pending, None
+        while pending:
+            yield from self._windowed(pending.popleft())
+
+    def _windowed(self, item: _Pending):
+        windows = (item.window,)
+        for out in self._results(item):
+            if isinstance(out, pvalue.TaggedOutput):
+                yield pvalue.TaggedOutput(out.tag, WindowedValue(out.value, item.timestamp, windows))
+            else:
+                yield WindowedValue(out, item.timestamp, windows)
+
+    def _results(self, item: _Pending):
+        url, refs = item.url, item.refs
+        r = item.future.result()
+        prov = Provenance(file=r.final_url or url, offset=-1)
+        if r.reason is not None:
+            self.failed.inc()
+            yield pvalue.TaggedOutput(EVENTS, Event(FETCH, HTTP_FAILED, r.reason, url=url,
+                                                    message=r.message, attempts=r.attempts))
             for ref, pos in refs:
-                yield ref, ImageResult(pos, reason, stored, prov, verdict.scores, url=url)
+                yield ref, ImageResult(pos, r.reason, None, prov, {"attempts": r.attempts}, url=url)
+            return
+        self.fetched.inc()
+        verdict, stored = judge_image(r.data, self.image_cfg, self.scorer, item.eval_index)
+        reason = None if verdict.keep else (Reason.NOT_AN_IMAGE if verdict.reason in NOT_AN_IMAGE else verdict.reason)
+        yield pvalue.TaggedOutput(EVENTS, Event(FETCH, Work.HTTP_FETCHED, url=url, attempts=r.attempts))
+        yield from decode_events(url, refs)
+        if self.fetch_cfg.write_warc:
+            yield pvalue.TaggedOutput(FETCHED, {"url": url, "final_url": r.final_url, "date": _iso_date(r.date),
+                                                "content_type": r.content_type, "data": r.data})
+        for ref, pos in refs:
+            yield ref, ImageResult(pos, reason, stored, prov, verdict.scores, url=url)
 
 
 class HttpImages(beam.PTransform):
