@@ -25,8 +25,9 @@ class RecordConfig:
     max_html_bytes: int = 5 * 1024 * 1024
     max_image_bytes: int = 20 * 1024 * 1024
     resolve_revisits: bool = True
-    # Wall-clock seconds one page's parsing may take (extraction; the <img> scan for
-    # pairs), in a child process that is killed when over: ``over_time_budget``.
+    # Wall-clock seconds one page's parsing may take (its parse, extraction and, for
+    # pairs, the <img> scan: one call), in a child process that is killed when over:
+    # ``over_time_budget``.
     # A typical page takes 0.05 s; 0 runs in-process with no limit.
     page_time_budget_s: float = 30.0
     # Attributes kept per tag before parsing (libxml2 is quadratic in them).

@@ -145,7 +145,9 @@ class CheapPageChecks(_WithLanguageId):
 class ExtractPage(_WithLanguageId):
     """Main content in reading order (trafilatura) within the page's time budget,
     spam paragraphs cut, the language of what is left; for an English page with
-    images (and pairs on), its ``<img>`` elements and their captions too."""
+    images (and pairs on), its ``<img>`` elements and their captions too. The page
+    is parsed once for both (``filters.captions.read_page``, one call in the page
+    child): one time budget covers the parse, the extraction and the ``<img>`` scan."""
 
     def setup(self):
         super().setup()
