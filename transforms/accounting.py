@@ -16,6 +16,7 @@ from typing import Callable, Dict, Iterable, NamedTuple, Optional, Tuple
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from contract.reasons import DEDUP, ERROR, KEPT, RECORD, TEXT, TEXT_DEDUP, CountKey, Level, Reason, Work, parse_reason
 from contract.schema import REJECT_SCHEMA
@@ -158,6 +159,12 @@ class CountKeys(beam.CombineFn):
         return acc
 
 
+def _keep(items, n: int):
+    """The ``n`` samples of one key with the smallest seeded hashes, ties broken by the
+    whole outcome (so every runner, and every way of cutting the input, picks the same)."""
+    return heapq.nsmallest(n, items, key=lambda item: (item[0], repr(item[1])))
+
+
 class SampleRejects(beam.CombineFn):
     """Rejects -> up to ``n`` per count key, those with the smallest seeded hashes
     (ties broken by the whole outcome, so every runner picks the same)."""
@@ -169,7 +176,7 @@ class SampleRejects(beam.CombineFn):
         return {}
 
     def _keep(self, items):
-        return heapq.nsmallest(self.n, items, key=lambda item: (item[0], repr(item[1])))
+        return _keep(items, self.n)
 
     def add_input(self, acc, o):
         items = acc.setdefault(o.key, [])
@@ -189,12 +196,120 @@ class SampleRejects(beam.CombineFn):
         return {key: self._keep(items) for key, items in acc.items()}
 
 
+class TallyOutcomes(beam.CombineFn):
+    """Outcomes and events -> a tally ``(counts, samples)``: :class:`CountKeys`' counts
+    and :class:`SampleRejects`' samples of the rejects (up to ``n`` per count key, the
+    smallest seeded hashes, ties broken by the whole outcome) in one accumulator, so
+    one pass over a stage's outcomes makes both. :meth:`add_tally` takes another
+    tally as an input: the partial tallies of a stage's bundles (and the lost
+    clusters of the trail) merge into the run's with the same combiner."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+
+    def create_accumulator(self):
+        return {}, {}
+
+    def add_input(self, acc, o):
+        counts, samples = acc
+        key = o.key
+        counts[key] = counts.get(key, 0) + 1
+        if o.is_reject:
+            items = samples.get(key)
+            if items is None:
+                items = samples[key] = []
+            items.append((sample_key(o, self.seed), o))
+            if len(items) > 2 * self.n:
+                samples[key] = _keep(items, self.n)
+        return acc
+
+    def add_tally(self, acc, tally):
+        """Another tally into ``acc`` (in place; a key's samples cut to ``n`` once
+        they pass ``2 n``, as :meth:`add_input` does)."""
+        counts, samples = acc
+        for key, n in tally[0].items():
+            counts[key] = counts.get(key, 0) + n
+        for key, items in tally[1].items():
+            mine = samples.get(key)
+            if mine is None:
+                samples[key] = list(items)
+            else:
+                mine.extend(items)
+                if len(mine) > 2 * self.n:
+                    samples[key] = _keep(mine, self.n)
+        return acc
+
+    def merge_accumulators(self, accs):
+        counts, samples = {}, {}
+        for acc_counts, acc_samples in accs:
+            for key, n in acc_counts.items():
+                counts[key] = counts.get(key, 0) + n
+            for key, items in acc_samples.items():
+                samples.setdefault(key, []).extend(items)
+        return counts, {key: _keep(items, self.n) for key, items in samples.items()}
+
+    def extract_output(self, acc):
+        counts, samples = acc
+        return counts, {key: _keep(items, self.n) for key, items in samples.items()}
+
+
+class MergeTallies(TallyOutcomes):
+    """Partial tallies (of every stage's bundles, and of the trail's lost clusters) -> the run's."""
+
+    def __init__(self, n: int):
+        super().__init__(n, 0)
+
+    def add_input(self, acc, tally):
+        return self.add_tally(acc, tally)
+
+
+# the tagged outputs of a stage's accounting step (the main output is its partial tallies)
+ERRORS, ROWS, JOIN = "errors", "rows", "join"
+_FATE, _DUP = "fate", "dup"     # what a value of the survivor join is
+
+
+class AccountStage(beam.DoFn):
+    """One stage's outcomes in one pass, where they are made: each bundle's tally
+    (:class:`TallyOutcomes`: counts and reject samples) on the main output when the
+    bundle finishes; an error's line on ``errors``; and, with the trail, each end's
+    audit row, already sorted for :class:`SurvivorFates`: a duplicate's row goes to
+    ``join`` keyed by its survivor, a candidate's end also sends its fate to ``join``
+    keyed by its document, and every row that waits for no survivor goes straight on
+    (``rows``), out of any join."""
+
+    def __init__(self, n: int, seed: int, trail: bool = True):
+        self.n, self.seed, self.trail = n, seed, trail
+
+    def setup(self):
+        self._tally = TallyOutcomes(self.n, self.seed)
+
+    def start_bundle(self):
+        self._acc = self._tally.create_accumulator()
+
+    def process(self, o):
+        self._tally.add_input(self._acc, o)
+        if o.is_reject and o.status == ERROR:
+            yield pvalue.TaggedOutput(ERRORS, error_line(o))
+        if not self.trail:
+            return
+        row = audit_row(o)
+        if row is not None:
+            yield from route(row)
+
+    def finish_bundle(self):
+        if self._acc[0]:
+            yield GlobalWindows.windowed_value(self._acc)
+        self._acc = None
+
+
 class AccountOutcomes(beam.PTransform):
     """The outcome PCollections of every stage (the pipeline's ledger) -> :class:`Accounting`.
-    Each stage's outcomes are reduced where they are made (counts summed, samples cut to
-    ``n`` per reason, errors turned into lines, ends turned into compact audit rows) and
-    only those results are flattened: a Flatten of many stages' outcomes is one buffer
-    that Beam's local runner holds whole, several outcomes for every record of the input."""
+    Each stage's outcomes are reduced where they are made, in one step per stage
+    (:class:`AccountStage`: counts and samples tallied per bundle, errors turned into
+    lines, ends into compact audit rows) and only those results are flattened: a
+    Flatten of many stages' outcomes is one buffer that Beam's local runner holds
+    whole, several outcomes for every record of the input. The trail's rows that wait
+    for no survivor go from there straight to the trail's output."""
 
     def __init__(self, n: int, seed: int, trail: bool = True):
         super().__init__()
@@ -204,7 +319,7 @@ class AccountOutcomes(beam.PTransform):
 
     def expand(self, parts):
         seed, n = self.seed, self.n
-        counts, samples, errors, trail = [], [], [], []
+        tallies, errors, rows, join = [], [], [], []
 
         def leaves(x):          # parts may nest: a stage hands on its outcomes as a tuple
             if isinstance(x, (tuple, list)):
@@ -212,68 +327,38 @@ class AccountOutcomes(beam.PTransform):
                     yield from leaves(y)
             else:
                 yield x
+        tags = (ERRORS, ROWS, JOIN) if self.trail else (ERRORS,)
         for i, pc in enumerate(leaves(parts)):
-            counts.append(pc | f"CountPerKey {i}" >> beam.CombineGlobally(CountKeys()))
-            samples.append(pc
-                           | f"OnlyRejects {i}" >> beam.Filter(lambda o: o.is_reject)
-                           | f"SampleRejects {i}" >> beam.CombineGlobally(SampleRejects(n, seed)))
-            errors.append(pc
-                          | f"OnlyErrors {i}" >> beam.Filter(lambda o: o.is_reject and o.status == ERROR)
-                          | f"ErrorLines {i}" >> beam.Map(error_line))
+            out = pc | f"Account {i}" >> beam.ParDo(AccountStage(n, seed, self.trail)).with_outputs(*tags, main="tally")
+            tallies.append(out.tally)
+            errors.append(out[ERRORS])
             if self.trail:
-                trail.append(pc | f"AuditRows {i}" >> beam.FlatMap(audit_rows))
+                rows.append(out[ROWS])
+                join.append(out[JOIN])
         if self.trail:
-            fated = (tuple(trail) | "AllAuditRows" >> beam.Flatten()) | "SurvivorFates" >> SurvivorFates()
-            rows_out = fated.rows
-            counts.append(fated.lost | "CountLostClusters" >> beam.CombineGlobally(CountLost()))
+            fated = tuple(join) | "SurvivorFates" >> SurvivorFates()
+            rows_out = (tuple(rows) + (fated.rows,)) | "AllRows" >> beam.Flatten()
+            tallies.append(fated.lost)
         else:
             rows_out = None
-        total = (tuple(counts) | "AllStageCounts" >> beam.Flatten()
-                 | "AllCounts" >> beam.CombineGlobally(MergeCounts()))
-        rows = (tuple(samples) | "AllStageSamples" >> beam.Flatten()
-                | "AllSamples" >> beam.CombineGlobally(MergeSamples(n))
-                | "ToRows" >> beam.FlatMap(lambda by_key: [sample_row(o, k) for items in by_key.values()
-                                                           for k, o in items]))
+        tally = (tuple(tallies) | "AllStageTallies" >> beam.Flatten()
+                 | "AllTallies" >> beam.CombineGlobally(MergeTallies(n)))
+        total = tally | "Counts" >> beam.Map(lambda t: t[0])
+        samples = tally | "ToRows" >> beam.FlatMap(lambda t: [sample_row(o, k) for items in t[1].values()
+                                                              for k, o in items])
         lines = tuple(errors) | "AllErrorLines" >> beam.Flatten()
-        return Accounting(total, rows, lines, rows_out)
-
-
-class MergeCounts(CountKeys):
-    """Per-stage ``{CountKey: n}`` dicts -> one."""
-
-    def add_input(self, acc, counts):
-        for key, n in counts.items():
-            acc[key] = acc.get(key, 0) + n
-        return acc
-
-
-class CountLost(CountKeys):
-    """Count keys (one per lost duplicate cluster) -> ``{CountKey: n}``."""
-
-    def add_input(self, acc, key):
-        acc[key] = acc.get(key, 0) + 1
-        return acc
-
-
-class MergeSamples(SampleRejects):
-    """Per-stage samples -> up to ``n`` per count key over the run."""
-
-    def __init__(self, n: int):
-        super().__init__(n, 0)
-
-    def add_input(self, acc, by_key):
-        return self.merge_accumulators([acc, by_key])
+        return Accounting(total, samples, lines, rows_out)
 
 
 DEDUP_REASONS = frozenset({Reason.DUPLICATE_URL, Reason.DUPLICATE_EXACT, Reason.NEAR_DUPLICATE,
                            Reason.DUPLICATE_IMAGE_SET})
 
 
-def audit_rows(o) -> Iterable[Dict]:
+def audit_row(o) -> Optional[Dict]:
     """The row of ``outcomes/`` for an end (kept, dropped, error, image record);
-    nothing for entry events and counted work."""
+    None for entry events and counted work."""
     if not isinstance(o, Outcome) or not o.status.terminal:
-        return
+        return None
     scores = json.loads(o.scores) if o.scores else {}
     survivor = scores.get("survivor_doc_id", "") if o.reason in DEDUP_REASONS else ""
     # the trail is written with the codes as strings: the one place an outcome becomes text
@@ -285,48 +370,69 @@ def audit_rows(o) -> Iterable[Dict]:
            "survivor_status": "", "survivor_reason": ""}
     # Every field: two rows with one id are the same row, so shards sort alike everywhere.
     row["outcome_id"] = hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()[:32]
-    yield row
+    return row
+
+
+def audit_rows(o) -> Iterable[Dict]:
+    """:func:`audit_row` as an iterable (none or one row)."""
+    row = audit_row(o)
+    if row is not None:
+        yield row
 
 
 class Fated(NamedTuple):
-    rows: beam.PCollection       # every audit row, duplicates with their survivor's fate
-    lost: beam.PCollection       # a count key per duplicate cluster whose survivor was dropped later
+    rows: beam.PCollection       # the duplicates' audit rows, each with its survivor's fate
+    lost: beam.PCollection       # a tally (MergeTallies) counting a duplicate cluster whose survivor was dropped later
 
 
 class SurvivorFates(beam.PTransform):
-    """A duplicate's row meets the end of the copy kept instead (a shuffle of audit
-    rows on ``(level, doc id)``; no text). The job does not elect a second survivor
-    when the first is dropped later (its images unusable, or the single-image draw):
-    the copies share its text, and electing again would mean fetching the images of
-    every duplicate, which deduplicating before any fetch exists to avoid. Such
-    clusters are counted under ``dedup/survivor_dropped/<reason>`` (``text_dedup/...``
-    for the text corpus) so an auditor sees how many there are."""
+    """A duplicate's row meets the end of the copy kept instead (a shuffle on
+    ``(level, doc id)`` of duplicates' rows and candidates' fates, as :func:`route`
+    keys them; no text). The job does not elect a second survivor when the first is
+    dropped later (its images unusable, or the single-image draw): the copies share its
+    text, and electing again would mean fetching the images of every duplicate, which
+    deduplicating before any fetch exists to avoid. Such clusters are counted under
+    ``dedup/survivor_dropped/<reason>`` (``text_dedup/...`` for the text corpus) so an
+    auditor sees how many there are. Takes the join's values (one PCollection, or a
+    tuple: every stage's); the rows that wait for no survivor never come here."""
 
-    def expand(self, rows):
-        split = rows | "DuplicatesApart" >> beam.Partition(lambda r, _: 1 if r["survivor_doc_id"] else 0, 2)
-        others, duplicates = split[0], split[1]
-        fates = (rows
-                 | "CandidateEnds" >> beam.Filter(lambda r: bool(r["doc_id"]) and r["level"] in (RECORD, TEXT))
-                 | "KeyByDocument" >> beam.Map(lambda r: ((r["level"], r["doc_id"]), (r["status"], r["reason"]))))
-        waiting = duplicates | "KeyBySurvivor" >> beam.Map(lambda r: ((r["level"], r["survivor_doc_id"]), r))
-        joined = ({"fate": fates, "dup": waiting}
-                  | "JoinSurvivors" >> beam.CoGroupByKey()
+    def expand(self, join) -> Fated:
+        if isinstance(join, tuple):
+            join = join | "AllJoinValues" >> beam.Flatten()
+        joined = (join
+                  | "JoinSurvivors" >> beam.GroupByKey()
                   | "WithFate" >> beam.FlatMap(_with_fate).with_outputs("lost", main="rows"))
-        return Fated((others, joined.rows) | "AllRows" >> beam.Flatten(), joined.lost)
+        return Fated(joined.rows, joined.lost)
+
+
+def route(row: Dict):
+    """Where an audit row goes (tagged outputs): a candidate's end (a document id at
+    the record or text level) also sends its fate to ``join`` keyed by its document;
+    a duplicate's row goes to ``join`` keyed by its survivor, to learn the survivor's
+    fate there; every other row goes straight on to ``rows``."""
+    level = row["level"]
+    if row["doc_id"] and level in (RECORD, TEXT):
+        yield pvalue.TaggedOutput(JOIN, ((level, row["doc_id"]), (_FATE, (row["status"], row["reason"]))))
+    if row["survivor_doc_id"]:
+        yield pvalue.TaggedOutput(JOIN, ((level, row["survivor_doc_id"]), (_DUP, row)))
+    else:
+        yield pvalue.TaggedOutput(ROWS, row)
 
 
 def _with_fate(element):
-    (level, _), groups = element
-    dups = list(groups["dup"])
+    (level, _), values = element
+    dups, fates = [], []
+    for what, value in values:
+        (dups if what == _DUP else fates).append(value)
     if not dups:
         return
-    fates = sorted(groups["fate"])
+    fates.sort()
     status, reason = fates[0] if fates else ("", "no_outcome")
     if status != KEPT and reason not in DEDUP_REASONS:
-        yield pvalue.TaggedOutput("lost", CountKey(DEDUP if level == RECORD else TEXT_DEDUP, Work.SURVIVOR_DROPPED,
-                                                   parse_reason(reason) or reason))
+        lost = CountKey(DEDUP if level == RECORD else TEXT_DEDUP, Work.SURVIVOR_DROPPED, parse_reason(reason) or reason)
+        yield pvalue.TaggedOutput("lost", ({lost: 1}, {}))
     for row in dups:
-        # the id stays the one audit_rows gave: it names the row, not what was learnt later
+        # the id stays the one audit_row gave: it names the row, not what was learnt later
         yield {**row, "survivor_status": status, "survivor_reason": reason}
 
 
