@@ -34,6 +34,7 @@ import warnings
 from typing import Optional
 
 import imagehash
+import numpy as np
 from PIL import Image
 
 from filters.config import SafetyConfig
@@ -41,6 +42,8 @@ from filters.config import SafetyConfig
 HASH_BITS = 64
 HEX_DIGITS = HASH_BITS // 4
 SAME_PICTURE_MAX_DISTANCE = SafetyConfig.same_image_max_distance    # 8 bits (one default: filters/config.py)
+HASH_SIDE = 8                    # imagehash.phash: hash_size 8 (8 x 8 bits)
+_MIDDLE = HASH_BITS // 2
 _SIDE = 32                       # imagehash.phash: hash_size 8 x highfreq_factor 4
 _REDUCING_GAP = 3.0              # reduce by boxes to >= 3 x 32 px, then Lanczos
 
@@ -48,7 +51,23 @@ _REDUCING_GAP = 3.0              # reduce by boxes to >= 3 x 32 px, then Lanczos
 def phash(rgb: Image.Image) -> str:
     """The 64-bit pHash of a decoded image as 16 lower-case hex digits."""
     small = rgb.convert("L").resize((_SIDE, _SIDE), Image.LANCZOS, reducing_gap=_REDUCING_GAP)
-    return str(imagehash.phash(small))
+    return phash_of_grey32(small)
+
+
+def phash_of_grey32(small: Image.Image) -> str:
+    """``str(imagehash.phash(small))`` for a 32 x 32 grey image, without its wrapping:
+    imagehash converts to grey and resizes to 32 x 32 (copies of an image already
+    both), then takes the same two DCTs, the same median of the 8 x 8 lowest
+    frequencies and writes the bits row by row, most significant first, as hex."""
+    import scipy.fftpack      # as imagehash does, on first use
+    if small.mode != "L" or small.size != (_SIDE, _SIDE):
+        return str(imagehash.phash(small))
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(np.asarray(small), axis=0), axis=1)
+    low = dct[:HASH_SIDE, :HASH_SIDE]
+    # np.median of 64 values: the mean of the 32nd and 33rd smallest, (a + b) / 2 in float64
+    ordered = np.sort(low, axis=None)
+    middle = (ordered[_MIDDLE - 1] + ordered[_MIDDLE]) / 2
+    return np.packbits(low > middle).tobytes().hex()
 
 
 def phash_of_bytes(data: bytes) -> Optional[str]:
