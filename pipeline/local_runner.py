@@ -10,7 +10,10 @@ scheduling (Dataflow, Flink, Spark) never load them.
    ``CompactGroupingBuffer`` keeps each value as its encoded bytes instead,
    zstd-compressed above ``COMPRESS_ABOVE`` bytes, and encodes the grouped
    output key by key as it is sent to the worker. The grouped output is the
-   same: the same coders encode the same values in the same order.
+   same: the same coders encode the same values in the same order. Most of the
+   job's values reach the runner as bytes (Beam's ``BytesCoder``: the runner's
+   view of a coder only the SDK knows); those are kept as they came, their own
+   encoding, never encoded again.
 
 2. **Bounded bundles.** Beam sends a bundle's whole input into an in-memory
    channel before the bundle starts, and a stage's whole input is one bundle:
@@ -49,7 +52,10 @@ import itertools
 import threading
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
-COMPRESS_ABOVE = 256      # bytes: smaller encodings (ids, counts, short rows) gain little from compressing
+# bytes: smaller encodings (ids, counts, outcomes, short rows) gain ~20% from zstd at ~5 us a value
+# each way; larger ones (texts, rows) 2-4x. On the job's shuffles at 256 compressing cost 5x
+# the rest of the buffers' work and held 10% less than at 1024.
+COMPRESS_ABOVE = 1024
 BUNDLE_BYTES = 8 << 20    # encoded input of one bundle of the local runner (32 MB before; see return_freed_memory)
 # glibc's thresholds for the local runner's processes (what they do: return_freed_memory).
 # Lower ones cost CPU: at 128 KB both, every page-sized string and every zlib or parser
@@ -293,7 +299,43 @@ def _names(func) -> set:
 
 def _sample_elements():
     """A few (key, value) pairs, some values above COMPRESS_ABOVE, keys repeated."""
-    return [(f"k{i % 3}".encode(), {"i": i, "text": "word " * (i * 40)}) for i in range(7)]
+    return [(f"k{i % 3}".encode(), {"i": i, "text": "word " * (i * COMPRESS_ABOVE // 12)}) for i in range(7)]
+
+
+def _check_bytes_coder() -> Optional[str]:
+    """BytesCoder as the compact grouping buffer keeps its values: decoded (nested) to a
+    plain ``bytes``, its unnested encoding, which it encodes as it is."""
+    from apache_beam.coders import coder_impl, coders
+    from apache_beam.coders.coder_impl import create_InputStream
+
+    coder = coders.BytesCoder()
+    impl = coder.get_impl()
+    if not _bytes_coder(coder):
+        return "BytesCoder's impl is not coder_impl.BytesCoderImpl"
+    for value in (b"", b"x", bytes(range(256)) * 9):
+        decoded = impl.decode_from_stream(create_InputStream(impl.encode_nested(value)), True)
+        if type(decoded) is not bytes or decoded != value or impl.encode(decoded) != value:
+            return "BytesCoder does not decode a value to its own encoding"
+    return None
+
+
+class _Zstd(bytes):
+    """A grouping buffer's value as zstd compressed it; a value kept as it came is a
+    plain ``bytes`` (the table is the buffer's own: nothing else puts values there)."""
+    __slots__ = ()
+
+
+def _shrunk(encoded: bytes) -> bytes:
+    """``encoded`` compressed (a ``_Zstd``) where that makes it smaller, else as it is."""
+    packed = _zstd().compress(encoded)
+    return _Zstd(packed) if len(packed) < len(encoded) else encoded
+
+
+def _bytes_coder(coder) -> bool:
+    """Beam's BytesCoder, whose impl decodes a value to its own unnested encoding and
+    encodes it as it is (the runner's view of a coder only the SDK knows: its bytes)."""
+    from apache_beam.coders import coder_impl, coders
+    return type(coder) is coders.BytesCoder and type(coder.get_impl()) is coder_impl.BytesCoderImpl
 
 
 def _grouping_buffer_class(base):
@@ -304,13 +346,28 @@ def _grouping_buffer_class(base):
     class CompactGroupingBuffer(base):
         """Beam's GroupingBuffer with each value kept encoded (and compressed when
         large) until the grouped output is produced; default windowing only, the
-        rest is left to Beam's own code."""
+        rest is left to Beam's own code. A value whose coder is Beam's BytesCoder
+        (what the runner sees of every coder only the SDK knows: most of the job's)
+        is kept as decoded, its encoding: nothing is encoded again."""
 
         def __init__(self, pre_grouped_coder, post_grouped_coder, windowing) -> None:
             super().__init__(pre_grouped_coder, post_grouped_coder, windowing)
             self._compact = windowing.is_default()
             if self._compact:
-                self._value_coder_impl = pre_grouped_coder.value_coder().get_impl()
+                value_coder = pre_grouped_coder.value_coder()
+                self._value_coder_impl = value_coder.get_impl()
+                self._values_are_bytes = _bytes_coder(value_coder)
+                self._compressed = False        # any value of the table stored as _Zstd
+
+        def _encoded(self, values) -> List[bytes]:
+            """Decoded values as the table keeps them: encoded (unnested), the large
+            ones compressed (``_shrunk``)."""
+            if not self._values_are_bytes:
+                encode = self._value_coder_impl.encode
+                values = [encode(v) for v in values]
+            out = [_shrunk(v) if len(v) > COMPRESS_ABOVE else v for v in values]
+            self._compressed = self._compressed or any(type(v) is _Zstd for v in out)
+            return out
 
         def append(self, elements_data: bytes) -> None:
             if not self._compact:
@@ -318,26 +375,34 @@ def _grouping_buffer_class(base):
             if self._grouped_output or getattr(self, "_read", False):
                 raise RuntimeError("Grouping table append after read.")
             stream = create_InputStream(elements_data)
-            coder_impl = self._pre_grouped_coder.get_impl()
-            key_impl = self._key_coder.get_impl()
-            value_impl = self._value_coder_impl
+            left = stream.size
+            decode = self._pre_grouped_coder.get_impl().decode_from_stream
+            key_encode = self._key_coder.get_impl().encode
+            value_encode = None if self._values_are_bytes else self._value_coder_impl.encode
             table = self._table
-            while stream.size() > 0:
-                key, value = coder_impl.decode_from_stream(stream, True).value
-                table[key_impl.encode(key)].append(_pack(value_impl.encode(value)))
+            above = COMPRESS_ABOVE
+            while left() > 0:
+                key, value = decode(stream, True).value
+                if value_encode is not None:
+                    value = value_encode(value)
+                if len(value) > above:
+                    value = _shrunk(value)
+                    self._compressed = True
+                table[key_encode(key)].append(value)
 
         def extend(self, input_buffer) -> None:
             # Beam's own merges the tables as they are: a table of Beam's own buffer
-            # (decoded values) joins this one's packed values packed.
+            # (decoded values) joins this one's encoded and compressed alike.
             if isinstance(input_buffer, base) and getattr(input_buffer, "_compact", False) != self._compact:
                 if not (self._compact and input_buffer._windowing.is_default()):
                     raise RuntimeError("grouping buffers of different windowings cannot be merged")
                 if self._grouped_output or getattr(self, "_read", False):
                     raise RuntimeError("Grouping table append after read.")
-                value_impl = self._value_coder_impl
                 for key, values in input_buffer._table.items():
-                    self._table[key].extend(_pack(value_impl.encode(v)) for v in values)
+                    self._table[key].extend(self._encoded(values))
                 return None
+            if getattr(input_buffer, "_compressed", False):
+                self._compressed = True
             return super().extend(input_buffer)
 
         def _grouped(self, n: int) -> Iterator[Tuple[int, bytes]]:
@@ -350,14 +415,19 @@ def _grouping_buffer_class(base):
                                            nonspeculative_index=0)
             in_window = GlobalWindows.windowed_value(None, timestamp=GlobalWindow().max_timestamp(),
                                                      pane_info=pane).with_value
-            coder_impl = self._post_grouped_coder.get_impl()
-            key_impl = self._key_coder.get_impl()
-            value_impl = self._value_coder_impl
+            encode = self._post_grouped_coder.get_impl().encode_to_stream
+            key_decode = self._key_coder.get_impl().decode
+            value_decode = None if self._values_are_bytes else self._value_coder_impl.decode
+            decompress = _zstd().decompress if self._compressed else None
             streams = [create_OutputStream() for _ in range(n)]
-            for idx, (encoded_key, packed) in enumerate(self._table.items()):
-                values = [value_impl.decode(_unpack(v)) for v in packed]
+            for idx, (encoded_key, stored) in enumerate(self._table.items()):
+                values = stored
+                if decompress is not None:
+                    values = [v if type(v) is bytes else decompress(v) for v in values]
+                if value_decode is not None:
+                    values = [value_decode(v) for v in values]
                 stream = streams[idx % n]
-                coder_impl.encode_to_stream(in_window((key_impl.decode(encoded_key), values)), stream, True)
+                encode(in_window((key_decode(encoded_key), values)), stream, True)
                 if stream.size() >= size:
                     yield idx % n, stream.get()
                     streams[idx % n] = create_OutputStream()
@@ -414,18 +484,41 @@ def _check_grouping_buffer(execution, fn_runner) -> Optional[str]:
         return why
     if theirs._table.default_factory is not list:
         return "GroupingBuffer._table is not a defaultdict of lists"
-    stream = create_OutputStream()
-    for kv_pair in _sample_elements():
-        pre.get_impl().encode_to_stream(window.GlobalWindows.windowed_value(kv_pair), stream, True)
-    data = stream.get()
+    why = _check_bytes_coder()
+    if why:
+        return why
+    # Values as the job's shuffles mostly carry them (BytesCoder: kept as they come),
+    # and of a coder that encodes them again (FastPrimitivesCoder); keys of two coders.
+    as_bytes = coders.FastPrimitivesCoder().get_impl().encode
+    samples = [(_sample_elements(), kv, grouped)]
+    for key_coder, key in ((coders.BytesCoder(), lambda k: k), (coders.VarIntCoder(), lambda k: int(k[1:]))):
+        samples.append(([(key(k), as_bytes(v)) for k, v in _sample_elements()],
+                        coders.TupleCoder([key_coder, coders.BytesCoder()]),
+                        coders.TupleCoder([key_coder, coders.IterableCoder(coders.BytesCoder())])))
     compact = _grouping_buffer_class(base)
-    ours, ours_whole = compact(pre, post, windowing), compact(pre, post, windowing)
-    theirs_whole = base(pre, post, windowing)
-    for buffer in (theirs, ours, ours_whole, theirs_whole):
-        buffer.append(data)
-    if ([b"".join(p) for p in ours.partition(2)] != [b"".join(p) for p in theirs.partition(2)]
-            or b"".join(ours_whole) != b"".join(theirs_whole)):
-        return "GroupingBuffer's grouped output differs from its compact copy's on a sample"
+    for elements, kv_coder, grouped_coder in samples:
+        pre = coders.WindowedValueCoder(kv_coder, coders.GlobalWindowCoder())
+        post = coders.WindowedValueCoder(grouped_coder, coders.GlobalWindowCoder())
+        stream = create_OutputStream()
+        for kv_pair in elements:
+            pre.get_impl().encode_to_stream(window.GlobalWindows.windowed_value(kv_pair), stream, True)
+        data = stream.get()
+        theirs, theirs_whole = base(pre, post, windowing), base(pre, post, windowing)
+        ours, ours_whole = compact(pre, post, windowing), compact(pre, post, windowing)
+        for buffer in (theirs, ours, ours_whole, theirs_whole):
+            buffer.append(data)
+        merged = compact(pre, post, windowing)      # Beam's own buffer's table joins a compact one's
+        merged.append(data)
+        own = base(pre, post, windowing)
+        own.append(data)
+        merged.extend(own)
+        doubled = base(pre, post, windowing)
+        doubled.append(data + data)
+        if ([b"".join(p) for p in ours.partition(2)] != [b"".join(p) for p in theirs.partition(2)]
+                or b"".join(ours_whole) != b"".join(theirs_whole) or b"".join(merged) != b"".join(doubled)):
+            return "GroupingBuffer's grouped output differs from its compact copy's on a sample"
+        if not any(type(v) is _Zstd for vs in ours._table.values() for v in vs):
+            return "the compact GroupingBuffer compressed no value of a sample"
     return None
 
 

@@ -27,7 +27,7 @@ from apache_beam import pvalue
 
 from contract.reasons import DEDUP, DROPPED, RECORD, TEXT, TEXT_DEDUP, Level, Reason, Work
 from filters.config import DedupConfig
-from filters.dedup import MinHasher, band_keys, capture_time, exact_text_hash, shingle_hashes
+from filters.dedup import MinHasher, band_keys, capture_time, exact_text_hash, text_hash_and_shingles
 from filters.urls import url_key
 from transforms.accounting import OUTCOMES, AccountedDoFn, ledger
 from transforms.records import Candidate, Event, Outcome, Provenance, text_snippet
@@ -60,10 +60,13 @@ class MakeDedupKeys(beam.DoFn):
         texts = [i["text"] for i in c.items if i["type"] == "text"]
         bands: Tuple[str, ...] = ()
         if self.hasher is not None:
-            hashes = shingle_hashes("\n".join(texts), self.cfg.ngram)
+            # The exact hash and the shingles read the same normalised words: one pass.
+            text_hash, hashes = text_hash_and_shingles("\n".join(texts), self.cfg.ngram)
             if len(hashes):
                 bands = tuple(band_keys(self.hasher.of_hashes(hashes), self.cfg.bands, self.cfg.rows))
-        yield DedupKey(c.doc_id, c.url, c.date, c.provenance, exact_text_hash(texts), bands, text_snippet(c.items))
+        else:
+            text_hash = exact_text_hash(texts)
+        yield DedupKey(c.doc_id, c.url, c.date, c.provenance, text_hash, bands, text_snippet(c.items))
 
 
 def capture_rank(c: DedupKey):
