@@ -305,7 +305,7 @@ def _sample_elements():
 def _check_bytes_coder() -> Optional[str]:
     """BytesCoder as the compact grouping buffer keeps its values: decoded (nested) to a
     plain ``bytes``, its unnested encoding, which it encodes as it is."""
-    from apache_beam.coders import coder_impl, coders
+    from apache_beam.coders import coders
     from apache_beam.coders.coder_impl import create_InputStream
 
     coder = coders.BytesCoder()
