@@ -257,9 +257,10 @@ def prose_of(runs: List[str], max_chars: int = 4000) -> str:
     return joined[:max_chars] if len(joined) >= 200 else joined_text(runs, max_chars)
 
 
-_LONG_TAG = re.compile(r"<([A-Za-z][A-Za-z0-9:-]{0,63})([^<>]{4096,})>")
+_LONG_ATTRIBUTES = 4096  # the attribute text past which a tag is looked at
+_LONG_TAG = re.compile(r"<([A-Za-z][A-Za-z0-9:-]{0,63})([^<>]{%d,})>" % _LONG_ATTRIBUTES)
 _ATTRIBUTE = re.compile(r"""[^\s=/>"']+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s>"']+))?""")
-_LONG = 4097            # the fewest characters between a _LONG_TAG match's "<" and ">": a letter, 4096 more
+_LONG = 1 + _LONG_ATTRIBUTES   # the fewest characters between a _LONG_TAG match's "<" and ">"
 
 
 def limit_attributes(text: str, max_attributes: int = 256) -> str:
@@ -274,7 +275,7 @@ def limit_attributes(text: str, max_attributes: int = 256) -> str:
     whole page (which tries a 4 KB match at every "<" followed by a letter): a match
     can only start at a "<" and ends at the first ">" after it, so it lies in one of
     the pieces between two "<", one that starts with an ASCII letter and has no ">" in
-    its first 4,096 characters after that letter; only those pieces are matched."""
+    its first ``_LONG_ATTRIBUTES`` characters after that letter; only those pieces are matched."""
     pieces = text.split("<")
     changed = False
     for i in range(1, len(pieces)):

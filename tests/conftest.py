@@ -119,3 +119,15 @@ def read_docs(out_dir):
     """Every document row of a run, shard by shard, through the manifest."""
     from trainer.shards import iter_documents
     return list(iter_documents(str(Path(out_dir) / "documents")))
+
+
+def matches(check):
+    """An assert_that matcher from a function of the whole output that asserts."""
+    from apache_beam.testing.util import BeamAssertException
+
+    def matcher(actual):
+        try:
+            check(list(actual))
+        except AssertionError as e:
+            raise BeamAssertException(str(e) or repr(e)) from e
+    return matcher

@@ -11,9 +11,9 @@ from collections import Counter
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
-from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
+from apache_beam.testing.util import assert_that, equal_to
 
-from conftest import IN_MEMORY, SHARED, shared_warc
+from conftest import IN_MEMORY, SHARED, matches, shared_warc
 from filters.config import CurationConfig, DocumentConfig, ImageConfig
 from transforms.records import Candidate, ImageRecord, ImageRef, ImageResult, Outcome, Page, Provenance
 
@@ -32,16 +32,6 @@ def code(x) -> str:
 def ends(o):
     """(level, status, reason, url) of an outcome, as codes."""
     return code(o.level), code(o.status), code(o.reason), o.url
-
-
-def matches(check):
-    """An assert_that matcher from a function of the whole output that asserts."""
-    def matcher(actual):
-        try:
-            check(list(actual))
-        except AssertionError as e:
-            raise BeamAssertException(str(e) or repr(e)) from e
-    return matcher
 
 
 def html_page(name, url, offset):

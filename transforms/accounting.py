@@ -136,70 +136,16 @@ class Accounting(NamedTuple):
     trail: Optional[beam.PCollection]    # rows of OUTCOME_SCHEMA, one per end (None: switched off)
 
 
-class CountKeys(beam.CombineFn):
-    """Outcomes and events -> ``{CountKey: n}``: counted where they are made (a
-    combiner, so only each bundle's small dict moves), never one element per key."""
-
-    def create_accumulator(self):
-        return {}
-
-    def add_input(self, acc, element):
-        key = element.key
-        acc[key] = acc.get(key, 0) + 1
-        return acc
-
-    def merge_accumulators(self, accs):
-        out = {}
-        for acc in accs:
-            for key, n in acc.items():
-                out[key] = out.get(key, 0) + n
-        return out
-
-    def extract_output(self, acc):
-        return acc
-
-
 def _keep(items, n: int):
     """The ``n`` samples of one key with the smallest seeded hashes, ties broken by the
     whole outcome (so every runner, and every way of cutting the input, picks the same)."""
     return heapq.nsmallest(n, items, key=lambda item: (item[0], repr(item[1])))
 
 
-class SampleRejects(beam.CombineFn):
-    """Rejects -> up to ``n`` per count key, those with the smallest seeded hashes
-    (ties broken by the whole outcome, so every runner picks the same)."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed = n, seed
-
-    def create_accumulator(self):
-        return {}
-
-    def _keep(self, items):
-        return _keep(items, self.n)
-
-    def add_input(self, acc, o):
-        items = acc.setdefault(o.key, [])
-        items.append((sample_key(o, self.seed), o))
-        if len(items) > 2 * self.n:
-            acc[o.key] = self._keep(items)
-        return acc
-
-    def merge_accumulators(self, accs):
-        out = {}
-        for acc in accs:
-            for key, items in acc.items():
-                out.setdefault(key, []).extend(items)
-        return {key: self._keep(items) for key, items in out.items()}
-
-    def extract_output(self, acc):
-        return {key: self._keep(items) for key, items in acc.items()}
-
-
 class TallyOutcomes(beam.CombineFn):
-    """Outcomes and events -> a tally ``(counts, samples)``: :class:`CountKeys`' counts
-    and :class:`SampleRejects`' samples of the rejects (up to ``n`` per count key, the
-    smallest seeded hashes, ties broken by the whole outcome) in one accumulator, so
+    """Outcomes and events -> a tally ``(counts, samples)``: each count key's count and
+    samples of the rejects (up to ``n`` per count key, the smallest seeded hashes, ties
+    broken by the whole outcome) in one accumulator, so
     one pass over a stage's outcomes makes both. :meth:`add_tally` takes another
     tally as an input: the partial tallies of a stage's bundles (and the lost
     clusters of the trail) merge into the run's with the same combiner."""
