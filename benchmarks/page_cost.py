@@ -1,7 +1,8 @@
 """What each page costs the job's page logic, without Beam (not a test).
 
 Reads a WARC in this process and runs every HTML response through the job's own
-DoFns, one call at a time, the way the job does: ``CheapPageChecks``, then for
+page logic, one call at a time, the way the job does: the sites not to be used
+(``BlockedSites``, a pure filter on the URL), ``CheapPageChecks``, then for
 what passes ``ExtractPage`` and the three decisions (``ToTextDocument``, and for a
 page with images ``ToDocument`` and ``ToPairs``). Extraction runs in this process
 (``records.page_time_budget_s`` 0), so CPU time splits exactly: trafilatura's own
@@ -40,6 +41,7 @@ def main() -> None:
     from apache_beam.pvalue import TaggedOutput
 
     from filters.config import CurationConfig
+    from filters.safety_urls import BlockedSites
     from transforms.pages import CheapPageChecks, ExtractPage, ToDocument, ToPairs, ToTextDocument
     from transforms.records import Page, Provenance
     from archives.records import ArchiveRecord, iter_archive
@@ -50,6 +52,8 @@ def main() -> None:
               "pair decision": ToPairs(cfg)}
     for dofn in stages.values():
         dofn.setup()
+    blocked = BlockedSites(cfg.safety)
+    blocked(Page("https://example.com/", "", "", b"", Provenance("warm-up", 0)))   # its lists, read once
     import trafilatura.utils
     import filters.html as html
     from filters.captions import read_page
@@ -100,7 +104,11 @@ def main() -> None:
             t_page, traf_before = time.process_time(), cpu[TRAFILATURA]
             page = Page(rec.target_uri, rec.date, rec.http_header("content-type"), rec.payload,
                         Provenance(args.input, rec.offset))
-            decoded = run("cheap checks", page)
+            t_site = time.process_time()
+            site = blocked(page)
+            cpu["blocked sites"] += time.process_time() - t_site
+            calls["blocked sites"] += 1
+            decoded = run("cheap checks", page) if site.keep else None
             if decoded:
                 extracted = run("extraction and text filters", decoded[0])
                 if extracted:
@@ -117,7 +125,7 @@ def main() -> None:
 
     print(f"{pages:,d} HTML pages of {args.input}; CPU per page, over all pages")
     print(f"{'stage':<38} {'calls':>7} {'ms/page':>8} {'ms/call':>8}")
-    for name in ["reading the WARC", *stages, "  trafilatura: its parse", "  trafilatura: extraction and its XML"]:
+    for name in ["reading the WARC", "blocked sites", *stages, "  trafilatura: its parse", "  trafilatura: extraction and its XML"]:
         if name in cpu:
             n = calls[name] or pages
             print(f"{name:<38} {n:>7,d} {1000 * cpu[name] / max(pages, 1):>8.2f} {1000 * cpu[name] / n:>8.2f}")

@@ -20,7 +20,7 @@ from conftest import IN_MEMORY, matches
 from contract.reasons import (DEDUP, DROPPED, ENTERED, ERROR, IMAGE, KEPT, READ, RECORD, TEXT, TEXT_DEDUP, CountKey,
                               Reason, Work, parse_reason)
 from transforms.accounting import (DEDUP_REASONS, JOIN, ROWS, AccountOutcomes,
-                                   TallyOutcomes, audit_row, audit_rows, error_line, route, sample_key, sample_row)
+                                   TallyOutcomes, _keep, _row_json, audit_row, audit_rows, error_line, route, sample_key, sample_row)
 from transforms.records import Event, Outcome, Provenance
 
 
@@ -214,6 +214,39 @@ def test_ties_on_the_sample_key_are_broken_by_the_whole_outcome():
         [(_, kept)] = samples[CountKey(RECORD, DROPPED, Reason.NON_ENGLISH)]
         assert kept.message == "a"
 
+
+
+def test_keeping_n_samples_is_nsmallest_on_hash_then_whole_outcome():
+    """``_keep`` writes out only the outcomes that can be kept, and keeps what
+    ``heapq.nsmallest`` on (hash, repr) keeps: the same objects in the same order,
+    ties on the hash at the cut included."""
+    rng = random.Random(7)
+    for _ in range(3000):
+        n = rng.randint(1, 6)
+        items = [(rng.choice("abcd"), Outcome.at(RECORD, DROPPED, _at(1), "https://s.example/1", Reason.NON_ENGLISH,
+                                                   message=rng.choice("xyz")))
+                 for _ in range(rng.randint(0, 14))]
+        want = heapq.nsmallest(n, items, key=lambda item: (item[0], repr(item[1])))
+        assert [id(x) for x in _keep(items, n)] == [id(x) for x in want]
+
+
+def test_an_audit_rows_id_text_is_json_dumps_of_the_row():
+    """The outcome id hashes ``json.dumps(row, sort_keys=True, default=str)``; the direct
+    writer gives the same text for any strings (quotes, controls, surrogates, non-ASCII)
+    and ints, in any key order, and hands anything else to json.dumps."""
+    rng = random.Random(3)
+    alphabet = ["a", "é", '"', "\\", "\n", "\x00", "\x1f", "\u2028", "\U0001F600", "\ud800", " ", "/", "\x7f"]
+    row = audit_row(Outcome.at(RECORD, DROPPED, _at(2), "https://s.example/2", Reason.NON_ENGLISH))
+    del row["outcome_id"]
+    keys = list(row)
+    for i in range(3000):
+        values = {k: ("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9))) if k not in ("offset", "inner_offset")
+                      else rng.choice([rng.randint(-2 ** 70, 2 ** 70), 0, -1])) for k in keys}
+        if i % 5 == 0:
+            values["offset"] = rng.choice([None, True, 1.5, "7"])
+        rng.shuffle(keys)
+        shuffled = {k: values[k] for k in keys}
+        assert _row_json(shuffled) == json.dumps(shuffled, sort_keys=True, default=str)
 
 # -- where a row goes ------------------------------------------------------------------------
 def _routed(o):
