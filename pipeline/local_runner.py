@@ -211,6 +211,25 @@ def unpatched() -> str:
     return "" if _originals else _unpatched
 
 
+def without_prism(runner) -> bool:
+    """Have Beam's ``DirectRunner`` (a SwitchingDirectRunner) go straight to its local
+    runner; True where it was told. Beam 2.77's first tries Prism, a Go binary it fetches
+    from GitHub: offline that fails after the whole graph was translated and optimised
+    once more (about 1 CPU-s on the curation graph) and leaves a gRPC worker pool
+    running; online the job would run on Prism, without the changes of this module.
+    Its ``is_interactive()`` is the one switch that skips Prism, and in the tested Beam
+    all it does (direct_runner.py reads ``_is_interactive`` only there); on any other
+    version the runner is left as it is."""
+    try:
+        from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
+    except ImportError:
+        return False
+    if type(runner) is not SwitchingDirectRunner or not _tested(beam_version()):
+        return False
+    runner.is_interactive()
+    return True
+
+
 def return_freed_memory() -> str:
     """Have glibc's allocator give freed memory back to the system: blocks over
     ``MMAP_THRESHOLD`` get their own mappings (unmapped when freed) and the heap is

@@ -74,8 +74,8 @@ def _arg_value(args: List[str], name: str) -> Optional[str]:
 def default_beam_args(beam_args: List[str], num_workers: Optional[int]) -> List[str]:
     """Beam's local runner: one in-process worker unless told otherwise, N worker
     processes for ``num_workers`` N (the same documents and statistics either way:
-    tests/test_pipeline.py); naming the runner keeps Beam from trying to download
-    Prism first."""
+    tests/test_pipeline.py); the run then tells that runner to skip Prism
+    (local_runner.without_prism)."""
     args = list(beam_args)
     if not any(a.startswith("--runner") for a in args):
         args.append("--runner=DirectRunner")
@@ -468,6 +468,8 @@ def _run(files: List[Dict], output: str, cfg: CurationConfig, beam_args: List[st
     progress_dir = tempfile.mkdtemp(prefix="kosmos-progress-") if progress and wait else None
     graph_cache.install()      # Beam's signature look-ups, memoised: a cheaper graph
     p = beam.Pipeline(options=options)
+    if local_fixes:
+        local_runner.without_prism(p.runner)
     build_pipeline(p, [f["path"] for f in files], output, cfg, progress_dir)
     printer = None
     if progress_dir:

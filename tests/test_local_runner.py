@@ -105,3 +105,38 @@ def test_every_range_is_read_when_bundles_hand_ranges_back_on_two_workers(instal
                  | beam.Filter(lambda o: getattr(o, "level", "") == RECORD and getattr(o, "status", "") == READ)
                  | beam.combiners.Count.Globally())
         assert_that(reads, equal_to([expected]))
+
+
+def test_a_direct_runner_told_so_runs_locally_without_trying_prism(monkeypatch):
+    """Beam's DirectRunner tries Prism first (here it fails: no binary to fetch) and then
+    runs locally; told by ``without_prism`` it goes to the local runner directly, with
+    the same result. Other runners are left as they are."""
+    from apache_beam.runners.portability import prism_runner
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    tried = []
+
+    def no_prism(self, pipeline, options):
+        tried.append(pipeline)
+        raise RuntimeError("no Prism here")
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", no_prism)
+    for skip in (False, True):
+        p = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"]))
+        assert (local_runner.without_prism(p.runner) if skip else False) is skip
+        doubled = p | beam.Create([1, 2, 3]) | beam.Map(lambda x: x * 2)
+        assert_that(doubled, equal_to([2, 4, 6]))
+        p.run().wait_until_finish()
+        assert len(tried) == 1, skip          # Beam's own tried Prism once; told, it did not
+    assert local_runner.without_prism(fn_runner.FnApiRunner()) is False
+
+
+def test_without_prism_touches_only_the_choice_of_prism():
+    """In the tested Beam the flag that without_prism sets is read in one place: where
+    SwitchingDirectRunner asks whether Prism would run the pipeline."""
+    import inspect as inspect_
+    from apache_beam.runners.direct import direct_runner
+
+    assert local_runner._tested(local_runner.beam_version())
+    uses = [line.strip() for line in inspect_.getsource(direct_runner).splitlines() if "_is_interactive" in line]
+    assert uses == ["_is_interactive = False", "self._is_interactive = True",
+                    "if _PrismRunnerSupportVisitor().accept(pipeline, self._is_interactive):"]
