@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from contract.reasons import Reason
 from filters.base import Verdict, drop, keep
@@ -20,6 +20,14 @@ def default_model_path() -> str:
     return path
 
 
+# Recent scores, by model file, line and language: the sample an extracted page is judged
+# on is often the very text its cheap check judged (its visible prose, when extraction
+# leaves too little), and a site's captions repeat from page to page. Shared by the
+# identifiers of a process (one per stage); emptied when full.
+_SCORES: Dict[Tuple[str, str, str], Tuple[str, float, float]] = {}
+_SCORES_MAX = 1024
+
+
 class LanguageIdentifier:
     """fastText language identification; loads the model once per process."""
 
@@ -30,21 +38,33 @@ class LanguageIdentifier:
         self.max_chars = max_chars
         self._model = fasttext.load_model(self.model_path)
 
-    def predict(self, text: str, k: int = 3) -> List[Tuple[str, float]]:
+    def _line(self, text: str) -> str:
         # each run of spaces one " ", none at the ends (str.split's spaces are the regex's \s)
-        line = " ".join(text[: self.max_chars].split())
-        if not line:
-            return []
+        return " ".join(text[: self.max_chars].split())
+
+    def _predict_line(self, line: str, k: int) -> List[Tuple[str, float]]:
         labels, probs = self._model.predict(line, k=k)
         return [(lab.replace("__label__", ""), float(p)) for lab, p in zip(labels, probs)]
 
+    def predict(self, text: str, k: int = 3) -> List[Tuple[str, float]]:
+        line = self._line(text)
+        return self._predict_line(line, k) if line else []
+
     def score(self, text: str, language: str) -> Tuple[str, float, float]:
         """Return (top language, top score, score of ``language``)."""
-        preds = self.predict(text, k=5)
-        if not preds:
+        line = self._line(text)
+        if not line:
             return "", 0.0, 0.0
-        wanted = next((p for lab, p in preds if lab == language), 0.0)
-        return preds[0][0], preds[0][1], wanted
+        key = (self.model_path, line, language)
+        found = _SCORES.get(key)
+        if found is None:
+            preds = self._predict_line(line, 5)
+            wanted = next((p for lab, p in preds if lab == language), 0.0)
+            found = (preds[0][0], preds[0][1], wanted) if preds else ("", 0.0, 0.0)
+            if len(_SCORES) >= _SCORES_MAX:
+                _SCORES.clear()
+            _SCORES[key] = found
+        return found
 
 
 def language_filter(identifier: LanguageIdentifier, text: str, language: str,

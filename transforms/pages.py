@@ -346,6 +346,11 @@ class ToPairs(_WithLanguageId):
             yield self.outcome(Outcome.at(PAIR, status, p, page.url, reason, message=message))
             return
         seen = set()
+        # a page repeats its images and captions (a gallery's thumbnails, "logo" in every
+        # card): each URL's site and path, and each caption, judged once per page
+        sites: Dict[str, Any] = {}
+        furniture: Dict[str, Optional[str]] = {}
+        judged: Dict[str, Any] = {}
         for img in ex.images or ():
             url = img.url or img.src
             yield self.outcome(Outcome.at(PAIR, ENTERED, p, url))
@@ -356,17 +361,23 @@ class ToPairs(_WithLanguageId):
                 yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, Reason.OPTED_OUT_IMAGE, snippet=img.caption,
                                               scores={"opt_out_signal": ex.images_opted_out}))
                 continue
-            site = self.sites.check_image_url(img.url)
+            site = sites.get(img.url)
+            if site is None:
+                site = sites[img.url] = self.sites.check_image_url(img.url)
             if not site.keep:
                 yield self.outcome(Outcome.of(PAIR, site, p, url, snippet=img.caption))
                 continue
-            word = furniture_url(img.url, self.cfg.images.furniture_url_words)
+            if img.url not in furniture:
+                furniture[img.url] = furniture_url(img.url, self.cfg.images.furniture_url_words)
+            word = furniture[img.url]
             if word:
                 yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, Reason.FURNITURE_URL, scores={"word": word},
                                               snippet=img.caption))
                 continue
-            verdict = judge_caption(img.caption, self.cfg.captions, self.lid, self.cfg.language.language,
-                                    page_url=page.url)
+            verdict = judged.get(img.caption)
+            if verdict is None:
+                verdict = judged[img.caption] = judge_caption(img.caption, self.cfg.captions, self.lid,
+                                                              self.cfg.language.language, page_url=page.url)
             if not verdict.keep:
                 yield self.outcome(Outcome.of(PAIR, verdict, p, url, snippet=img.caption))
                 continue
