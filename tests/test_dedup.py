@@ -238,3 +238,56 @@ def test_images_repeated_across_the_corpus_are_removed(tmp_path):
     off = run_job([src], tmp_path / "off", beam_args=IN_MEMORY,
                   overrides={"dedup.near": False, "dedup.image_max_repeats": 0})
     assert "repeated_image" not in off["images"]["dropped"]
+
+
+def _components_with_distinct_rounds(edges, rounds):
+    """The rounds as the job ran them before (a Distinct of the edges after each round),
+    in plain Python: the reference the leaner graph must match."""
+    from collections import defaultdict
+
+    def grouped(pairs):
+        out = defaultdict(list)
+        for k, v in pairs:
+            out[k].append(v)
+        return out.items()
+
+    current = set(edges)
+    for _ in range(rounds):
+        large = []
+        for u, nbrs in grouped([e for a, b in current for e in ((a, b), (b, a))]):
+            nbrs = set(nbrs)
+            m = min(nbrs | {u})
+            large += [(v, m) for v in nbrs if v > u]
+        small = set()
+        for u, nbrs in grouped([(max(e), min(e)) for e in large]):
+            smaller = {v for v in nbrs if v <= u}
+            m = min(smaller | {u})
+            small |= {(v, m) for v in smaller | {u} if v != m}
+        current = small
+    return sorted((u, min(set(nbrs) | {u}))
+                  for u, nbrs in grouped([e for a, b in current for e in ((a, b), (b, a))]))
+
+
+def test_connected_components_without_distinct_rounds_give_the_same_labels():
+    """Duplicate edges and too few rounds (labels not yet settled) included: the rounds
+    without a Distinct of their own label every node as the rounds with one did."""
+    import random
+
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+    from transforms.dedup import ConnectedComponents
+
+    rng = random.Random(11)
+    edges, expected = [], {1: [], 3: []}
+    for g in range(60):                     # disjoint graphs: nodes named by their graph
+        nodes = [f"g{g:02d}n{rng.randint(0, 40):02d}" for _ in range(rng.randint(2, 14))]
+        graph = [(rng.choice(nodes), rng.choice(nodes)) for _ in range(rng.randint(1, 20))]
+        graph = [(a, b) for a, b in graph if a != b]
+        edges += graph + graph[: rng.randint(0, len(graph))]          # some edges twice
+        for rounds in expected:
+            expected[rounds] += _components_with_distinct_rounds(graph, rounds)
+    with TestPipeline(options=beam.options.pipeline_options.PipelineOptions(IN_MEMORY)) as p:
+        for rounds, want in expected.items():
+            got = p | f"Edges{rounds}" >> beam.Create(edges) | f"Components{rounds}" >> ConnectedComponents(rounds)
+            assert_that(got, equal_to(want), label=f"Check{rounds}")
