@@ -125,7 +125,8 @@ def main() -> None:
 
     print(f"{pages:,d} HTML pages of {args.input}; CPU per page, over all pages")
     print(f"{'stage':<38} {'calls':>7} {'ms/page':>8} {'ms/call':>8}")
-    for name in ["reading the WARC", "blocked sites", *stages, "  trafilatura: its parse", "  trafilatura: extraction and its XML"]:
+    for name in ["reading the WARC", "blocked sites", *stages, "  trafilatura: its parse",
+                 "  trafilatura: extraction and its XML"]:
         if name in cpu:
             n = calls[name] or pages
             print(f"{name:<38} {n:>7,d} {1000 * cpu[name] / max(pages, 1):>8.2f} {1000 * cpu[name] / n:>8.2f}")

@@ -128,7 +128,8 @@ def test_the_job_graph_is_the_same(tmp_path):
     finally:
         if not already:
             graph_cache.uninstall()
-    assert len(plain[0]) > 500 and sum(1 for t in plain[0].values() if t[4]) > 500
+    # the whole job's graph (about 500 transforms, nearly 400 with a payload), not a stub of it
+    assert len(plain[0]) > 450 and sum(1 for t in plain[0].values() if t[4]) > 350
     assert memo == plain == views
 
 
