@@ -62,8 +62,13 @@ def _caption_blocks(root, levels: int = 4) -> dict:
     classes, caption_classes = _class_xpaths()
     if "caption" not in " ".join(classes(root)).lower():
         return {}
+    return blocks_around(caption_classes(root), levels)
+
+
+def blocks_around(elements, levels: int = 4) -> dict:
+    """Each of ``elements``' containers (at most ``levels`` up) -> the first of them inside it."""
     blocks = {}
-    for el in caption_classes(root):
+    for el in elements:
         node = el
         for _ in range(levels):
             node = node.getparent()

@@ -9,7 +9,7 @@ import random
 import pytest
 from apache_beam.pvalue import TaggedOutput
 
-from filters.captions import ImageCaption, _caption_blocks, image_captions
+from filters.captions import ImageCaption, _caption_blocks, blocks_around, image_captions
 from filters.config import CurationConfig
 from transforms.records import Page, Provenance
 
@@ -18,15 +18,7 @@ URL = "https://example.org/a/page.html"
 
 def _blocks_by_search(root, levels: int = 4) -> dict:
     """The caption blocks as the one XPath over every element found them (the reference)."""
-    blocks = {}
-    for el in root.xpath("//*[contains(translate(@class, 'CAPTION', 'caption'), 'caption')]"):
-        node = el
-        for _ in range(levels):
-            node = node.getparent()
-            if node is None:
-                break
-            blocks.setdefault(node, el)
-    return blocks
+    return blocks_around(root.xpath("//*[contains(translate(@class, 'CAPTION', 'caption'), 'caption')]"), levels)
 
 
 def test_caption_blocks_are_those_of_the_search_over_every_element():

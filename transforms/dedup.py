@@ -152,14 +152,14 @@ def star_edges(element):
 
 
 def _large_star(element):
-    """Large-star at ``u``: each larger neighbour linked to the smallest node it sees;
-    each edge as ``(larger, smaller)``, keyed for the small-star step."""
+    """Large-star at ``u``: each larger neighbour linked to the smallest node it sees,
+    as ``(larger, smaller)`` (``m <= u < v``), keyed for the small-star step."""
     u, nbrs = element
     nbrs = set(nbrs)
     m = min(nbrs | {u})
     for v in nbrs:
         if v > u:
-            yield max(v, m), min(v, m)
+            yield v, m
 
 
 def _small_star(element):

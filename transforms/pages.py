@@ -347,8 +347,8 @@ class ToPairs(_WithLanguageId):
             return
         seen = set()
         # a page repeats its images and captions (a gallery's thumbnails, "logo" in every
-        # card): each URL's site and path, and each caption, judged once per page
-        sites: Dict[str, Any] = {}
+        # card): each URL's path and each caption judged once per page (sites are judged
+        # once per site by BlockedSites itself)
         furniture: Dict[str, Optional[str]] = {}
         judged: Dict[str, Any] = {}
         for img in ex.images or ():
@@ -361,9 +361,7 @@ class ToPairs(_WithLanguageId):
                 yield self.outcome(Outcome.at(PAIR, DROPPED, p, url, Reason.OPTED_OUT_IMAGE, snippet=img.caption,
                                               scores={"opt_out_signal": ex.images_opted_out}))
                 continue
-            site = sites.get(img.url)
-            if site is None:
-                site = sites[img.url] = self.sites.check_image_url(img.url)
+            site = self.sites.check_image_url(img.url)
             if not site.keep:
                 yield self.outcome(Outcome.of(PAIR, site, p, url, snippet=img.caption))
                 continue
